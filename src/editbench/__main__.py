@@ -1,0 +1,133 @@
+"""`python -m editbench [overrides]` / `editbench [overrides]`: Hydra entry point.
+
+`editbench ls [group]` lists what each config group offers. Before Hydra runs, the command line is
+checked by composing it once, so a bad group option or key is one line with a suggestion, not a
+Hydra traceback.
+"""
+from __future__ import annotations
+
+import difflib
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import OmegaConf
+
+from editbench.errors import EditbenchError
+
+GROUPS = ("editor", "model", "data", "protocol", "logger", "experiment", "hydra/launcher")
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("eb_suffix"):
+        OmegaConf.register_new_resolver("eb_suffix", lambda s: f"_{s}" if s else "")
+
+
+def options(group: str) -> list[str]:
+    """Config names in a group: shipped in the package, plus the user's top-level conf/."""
+    names: set[str] = set()
+    roots = [Path(__file__).parent / "conf", Path("conf")]
+    for root in roots:
+        names |= {p.stem for p in (root / group).glob("*.yaml")}
+    if group == "hydra/launcher":
+        names |= {"basic", "submitit_local", "submitit_slurm"}
+    return sorted(names)
+
+
+def _first_values(args: list[str]) -> list[list[str]]:
+    """Expand sweep overrides (a,b,c) into command lines with one value each, so every value is checked."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(args)
+    base = [o.input_line for o in parsed]
+    firsts = [_first_of(o) if o.is_sweep_override() else line for o, line in zip(parsed, base)]
+    lines = [[*firsts[:i], f"{o.get_key_element()}={v}", *firsts[i + 1:]]
+             for i, o in enumerate(parsed) if o.is_sweep_override() for v in o.sweep_string_iterator()]
+    return lines or [base]
+
+
+def _first_of(o) -> str:
+    return f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
+
+
+def check_overrides(args: list[str]) -> None:
+    """Compose the config for each value of each override; raise EditbenchError on the first problem."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    args = [a for a in args if not a.startswith("-")]
+    try:
+        lines = _first_values(args)
+    except HydraException as e:
+        raise EditbenchError(f"cannot parse the overrides {' '.join(args)!r}: {str(e).splitlines()[0]} — "
+                             f"write them as key=value (sweeps: key=a,b,c)") from None
+    with initialize_config_module("editbench.conf", version_base="1.3"):
+        for line in lines:
+            try:
+                cfg = compose("config", overrides=line, return_hydra_config=False)
+                OmegaConf.to_container(cfg, resolve=True)
+            except MissingConfigException as e:
+                group, name = _missing(str(e), line)
+                close = difflib.get_close_matches(name, options(group), n=3, cutoff=0.4)
+                hint = f"did you mean {', '.join(close)}? " if close else ""
+                raise EditbenchError(f"unknown {group} '{name}' — {hint}available: {', '.join(options(group))} "
+                                     f"(see `editbench ls {group}`)") from None
+            except (HydraException, OmegaConfBaseException) as e:
+                msg = " ".join(str(e).split())
+                raise EditbenchError(f"bad config override: {msg[:300]} — check the key against "
+                                     f"`python -m editbench --cfg job`") from None
+
+
+def _missing(msg: str, line: list[str]) -> tuple[str, str]:
+    for o in line:
+        key, _, val = o.lstrip("+~").partition("=")
+        if key in GROUPS and f"'{key}/{val}'" in msg:
+            return key, val
+    for g in GROUPS:
+        if f"'{g}/" in msg:
+            return g, msg.split(f"'{g}/")[1].split("'")[0]
+    return "config", msg
+
+
+def list_groups(group: str | None) -> None:
+    for g in ([group] if group else GROUPS):
+        if g not in GROUPS:
+            raise EditbenchError(f"no config group '{g}' — groups: {', '.join(GROUPS)}")
+        print(f"{g}: {', '.join(options(g))}")
+
+
+@hydra.main(config_path="conf", config_name="config", version_base="1.3")
+def _hydra_main(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from editbench.run import format_table, run
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        run(cfg, run_dir)
+    except EditbenchError as e:
+        print(f"editbench: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    rows = [__import__("json").loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    print(f"\n{rows[-1]['method']} | {cfg.model.name} | {cfg.data.name} | {cfg.protocol.scoring} scoring | {run_dir}")
+    print(format_table(rows))
+
+
+def main() -> None:
+    register_resolvers()
+    argv = sys.argv[1:]
+    try:
+        if argv[:1] == ["ls"]:
+            list_groups(argv[1] if len(argv) > 1 else None)
+            return
+        if not any(a in ("--help", "-h", "--hydra-help") for a in argv):
+            check_overrides(argv)
+    except EditbenchError as e:
+        print(f"editbench: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""ZsRE in the MEND/EasyEdit schema (src, rephrase, answers, alt, loc, loc_ans).
+
+Sources, in order of precedence: `hub` (a `datasets` id, with `revision` and `split`), `path` (any
+JSON list or JSONL file), else the pool shipped with editbench (10,550 records; see
+`zsre_pool.md`). The stream is a seeded permutation (`order_seed`) of the usable records,
+starting at `skip` (so a calibration slice can be kept disjoint from reported runs).
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from editbench.data.records import EditRecord, load_json_records
+from editbench.errors import EditbenchError
+
+PACKAGED_POOL = Path(__file__).with_name("zsre_pool.jsonl")
+TARGETS = {"answer", "alt"}
+
+
+def _text(rec: dict, key: str, i: int, where: str) -> str:
+    v = rec.get(key)
+    if isinstance(v, list) and v and key == "answers":
+        v = v[0]
+    if not isinstance(v, str) or not v.strip():
+        raise EditbenchError(f"zsre record {i} (id={rec.get('id', '?')}) in {where}: field '{key}' is missing or "
+                             f"empty — fix the record or drop it from the file")
+    return v
+
+
+class ZsRE:
+    def __init__(self, name: str = "zsre", path: str | None = None, hub: str | None = None,
+                 revision: str | None = None, split: str = "train", target: str = "answer",
+                 order_seed: int = 0, skip: int = 0):
+        if target not in TARGETS:
+            raise EditbenchError(f"data.target={target!r} is not one of {sorted(TARGETS)} — use answer or alt")
+        self.name, self.target, self.order_seed, self.skip = name, target, order_seed, skip
+        if hub:
+            self.where = f"{hub}@{revision or 'main'}:{split}"
+            self.raw = self._from_hub(hub, revision, split)
+        else:
+            self.where = str(path or PACKAGED_POOL)
+            self.raw = load_json_records(self.where, "data=zsre")
+        self.info: dict = {}
+
+    @staticmethod
+    def _from_hub(hub, revision, split) -> list[dict]:
+        import datasets
+
+        try:
+            return list(datasets.load_dataset(hub, revision=revision, split=split))
+        except Exception as e:  # datasets raises many types for "not reachable / not found"
+            raise EditbenchError(f"data=zsre: cannot load '{hub}' from the hub ({type(e).__name__}) — download it "
+                                 f"and pass data.path=/local/file.jsonl") from None
+
+    def records(self) -> list[EditRecord]:
+        """Every usable record in file order; counts of skipped ones go to `self.info`."""
+        out, no_loc, no_target = [], 0, 0
+        for i, r in enumerate(self.raw):
+            prompt = _text(r, "src", i, self.where)
+            rephrase = _text(r, "rephrase", i, self.where)
+            if self.target == "alt" and not r.get("alt"):
+                no_target += 1
+                continue
+            target = _text(r, "alt" if self.target == "alt" else "answers", i, self.where)
+            if not r.get("loc") or not r.get("loc_ans"):
+                no_loc += 1  # e.g. KnowEdit-only records: no NQ locality question
+                continue
+            out.append(EditRecord(id=str(r.get("id", i)), prompt=prompt, target=target, rephrase=rephrase,
+                                  loc_prompt=_text(r, "loc", i, self.where), loc_answer=_text(r, "loc_ans", i, self.where),
+                                  subject=r.get("subject") or ""))
+        self.info = {"source": self.where, "records_total": len(self.raw), "skipped_no_locality": no_loc,
+                     f"skipped_no_{self.target}": no_target, "usable": len(out)}
+        return out
+
+    def stream(self, n: int) -> list[EditRecord]:
+        recs = self.records()
+        random.Random(self.order_seed).shuffle(recs)
+        avail = len(recs) - self.skip
+        if n > avail:
+            raise EditbenchError(
+                f"n_edits={n} but only {avail} usable ZsRE records with target '{self.target}' remain after skip="
+                f"{self.skip} ({self.info['skipped_no_locality']} lack a locality question, "
+                f"{self.info[f'skipped_no_{self.target}']} lack the target) — lower n_edits or use a larger data.path")
+        self.info.update(order_seed=self.order_seed, skip=self.skip)
+        return recs[self.skip:self.skip + n]

@@ -1,0 +1,136 @@
+"""Helpers shared by codebook editors (GRACE, HoReN): the edit-site wrapper, a growable codebook,
+prompt-position bookkeeping and the value-training loop. Editors never import each other."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+class SiteWrapper(nn.Module):
+    """Stands in for the edit-site module: runs it, then lets the editor change its output."""
+
+    def __init__(self, base: nn.Module, intervene: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.base = base
+        self._intervene = intervene
+
+    @property
+    def weight(self):  # so code that inspects the site (d_in, d_out) still works
+        return self.base.weight
+
+    @property
+    def in_features(self):
+        return self.base.in_features
+
+    @property
+    def out_features(self):
+        return self.base.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._intervene(x, self.base(x))
+
+
+
+def prompt_positions(prompt_mask: torch.Tensor, ratio: float | None = None):
+    """Index of the last prompt token per row and, with `ratio`, the B x T mask of the last
+    max(ceil(ratio * P), 1) prompt tokens (P = prompt length incl. BOS; EDITORS.md §2.1)."""
+    T = prompt_mask.shape[1]
+    ar = torch.arange(T, device=prompt_mask.device)
+    last = torch.where(prompt_mask, ar, -1).max(dim=1).values
+    if ratio is None:
+        return last, None
+    P = prompt_mask.sum(1)
+    k = torch.tensor([max(math.ceil(ratio * int(n)), 1) for n in P], device=prompt_mask.device)
+    rank = prompt_mask.long().cumsum(1) - 1  # 0..P-1 over prompt tokens
+    window = prompt_mask & (rank >= (P - k)[:, None])
+    return last, window
+
+
+class Codebook:
+    """Rows of keys / values / radii with amortised O(1) appends (capacity doubling)."""
+
+    def __init__(self, d_key: int, d_value: tuple[int, ...], key_dtype, device):
+        self.n = 0
+        self.keys = torch.empty(16, d_key, dtype=key_dtype, device=device)
+        self.values = torch.empty(16, *d_value, dtype=torch.float32, device=device)
+        self.radii = torch.empty(16, dtype=torch.float32, device=device)
+        self.labels: list[tuple[int, ...]] = []
+        self.ref_labels: list[float] = []
+
+    def _grow(self) -> None:
+        for name in ("keys", "values", "radii"):
+            old = getattr(self, name)
+            new = torch.empty(2 * old.shape[0], *old.shape[1:], dtype=old.dtype, device=old.device)
+            new[: self.n] = old[: self.n]
+            setattr(self, name, new)
+
+    def add(self, key, value, label: tuple[int, ...], ref_label: float, radius: float = 0.0) -> int:
+        if self.n == self.keys.shape[0]:
+            self._grow()
+        self.keys[self.n] = key
+        self.values[self.n] = value
+        self.radii[self.n] = radius
+        self.labels.append(label)
+        self.ref_labels.append(ref_label)
+        self.n += 1
+        return self.n - 1
+
+    @property
+    def K(self) -> torch.Tensor:
+        return self.keys[: self.n]
+
+    @property
+    def V(self) -> torch.Tensor:
+        return self.values[: self.n]
+
+    @property
+    def R(self) -> torch.Tensor:
+        return self.radii[: self.n]
+
+    def state_dict(self) -> dict:
+        return {"keys": self.K.cpu().clone(), "values": self.V.cpu().clone(), "radii": self.R.cpu().clone(),
+                "labels": list(self.labels), "ref_labels": list(self.ref_labels)}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.n = 0
+        self.labels, self.ref_labels = [], []
+        dev = self.keys.device
+        while self.keys.shape[0] < sd["keys"].shape[0]:
+            self._grow()
+        n = sd["keys"].shape[0]
+        self.keys[:n] = sd["keys"].to(dev, self.keys.dtype)
+        self.values[:n] = sd["values"].to(dev)
+        self.radii[:n] = sd["radii"].to(dev)
+        self.labels, self.ref_labels, self.n = list(map(tuple, sd["labels"])), list(sd["ref_labels"]), n
+
+
+def edit_labels(batch) -> tuple[tuple[int, ...], float]:
+    """(target token ids, the reference code's label: mean of the label tensor incl. the -100 mask)."""
+    lab = batch.labels[0][batch.attention_mask[0].bool()]
+    return tuple(lab[lab != -100].tolist()), float(lab.float().mean())
+
+
+def train(params: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], lr: float, n_iter: int,
+          stop_loss: float | None, patience: int | None) -> int:
+    """Adam on `params` (a fresh optimizer per edit); stops when the target loss falls below
+    `stop_loss` or has not improved for `patience` steps. Returns the number of steps taken."""
+    opt = torch.optim.Adam(params, lr=lr)
+    best, stale = math.inf, 0
+    for step in range(n_iter):
+        loss = loss_fn()
+        value = loss.item()
+        if stop_loss is not None and value < stop_loss:
+            return step
+        if value < best - 1e-4:
+            best, stale = value, 0
+        else:
+            stale += 1
+            if patience and stale >= patience:
+                return step
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return n_iter

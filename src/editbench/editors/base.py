@@ -1,0 +1,48 @@
+"""The editor protocol. An editor is built by `hydra.utils.instantiate(cfg.editor, model=...)`.
+
+The runner calls `edit()` (and times it), evaluates `module()`, and saves `state_dict()` at every
+checkpoint; `load_state_dict()` on a freshly loaded model must restore the edited model exactly.
+`state_dict()` holds *everything* that persists between edits (codebooks, side memories, weight
+deltas, running statistics, caches), as tensors / plain Python data.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Sequence
+
+from torch import nn
+
+from editbench.data import EditRecord
+from editbench.models import EditableModel
+
+
+class Editor(ABC):
+    #: the method's name in results tables; editors whose ablation switches change what the
+    #: method *is* (e.g. HoReN with 0 Hopfield steps = GRACE+Norm) override `method`.
+    label: str = "?"
+
+    def __init__(self, model: EditableModel, **hparams):
+        self.model = model
+        self.hparams = dict(hparams)
+
+    @property
+    def method(self) -> str:
+        return self.label
+
+    @abstractmethod
+    def edit(self, requests: Sequence[EditRecord]) -> None:
+        """Apply the edits in `requests` (a batch of 1 in the sequential protocol), in place."""
+
+    def module(self) -> nn.Module:
+        """The causal LM the evaluator runs (with this editor's wrappers installed)."""
+        return self.model.model
+
+    @abstractmethod
+    def state_dict(self) -> dict: ...
+
+    @abstractmethod
+    def load_state_dict(self, sd: dict) -> None: ...
+
+    @abstractmethod
+    def num_params(self) -> int:
+        """Parameters this editor added or changed (codebook entries, weight deltas, ...)."""

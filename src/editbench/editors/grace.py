@@ -1,0 +1,115 @@
+"""GRACE: a codebook of (key, value, deferral radius) at one layer (EDITORS.md §2.2; Hartvigsen
+et al. 2023). Key = the down_proj input at the last prompt token (raw, Euclidean); within the
+nearest key's radius the down_proj output at that token is *replaced* by the key's value.
+
+Insertion rules at each edit (epsilon0 = `eps_init`): empty codebook or farther than
+epsilon0 + epsilon_j -> add; within reach but another label -> add and split both radii to d/2;
+same label beyond epsilon_j -> expand (`coverage`: epsilon_j = d; `moving_average`: also move the
+key halfway). Labels are appended with their keys (the original; the EasyEdit port's prepend is a
+bug). Only `replace_last` is implemented (the HoReN runs' setting).
+"""
+from __future__ import annotations
+
+import torch
+
+from editbench.editors._common import Codebook, SiteWrapper, edit_labels, prompt_positions, train
+from editbench.editors.base import Editor
+from editbench.errors import EditbenchError
+
+
+class GRACE(Editor):
+    label = "GRACE"
+
+    def __init__(self, model, eps_init: float = 1.0, eps_expand: str = "coverage", lr: float = 1.0,
+                 n_iter: int = 100, stop_loss: float | None = None, patience: int | None = None,
+                 val_init: str = "cold", replacement: str = "replace_last", same_label: str = "exact", **hp):
+        super().__init__(model, eps_init=eps_init, eps_expand=eps_expand, lr=lr, n_iter=n_iter, stop_loss=stop_loss,
+                         patience=patience, val_init=val_init, replacement=replacement, same_label=same_label, **hp)
+        for name, val, ok in (("eps_expand", eps_expand, ("coverage", "moving_average")),
+                              ("val_init", val_init, ("cold", "warm")), ("replacement", replacement, ("replace_last",)),
+                              ("same_label", same_label, ("exact", "reference"))):
+            if val not in ok:
+                raise EditbenchError(f"editor.{name}={val!r} is not one of {ok} — pick one of them")
+        site = model.site_module()
+        self.book = Codebook(model.d_in, (model.d_out,), site.weight.dtype, model.device)
+        self.trained: tuple[torch.Tensor, bool] | None = None  # (value parameter, within radius?) while training
+        self.cases = {"add": 0, "split": 0, "expand": 0, "reuse": 0}
+        model.replace_site(SiteWrapper(site, self._intervene))
+
+    def nearest(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d = torch.cdist(q.float(), self.book.K.float())
+        return d.min(dim=-1)
+
+    def _intervene(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        pm = self.model.prompt_mask
+        if pm is None or pm.shape != x.shape[:2]:
+            return y
+        last, _ = prompt_positions(pm)
+        rows = torch.arange(x.shape[0], device=x.device)
+        if self.trained is not None:  # training one edit: retrieval was decided once, before training
+            param, within = self.trained
+            values = param.expand(x.shape[0], -1)
+            hit = torch.full((x.shape[0], 1), within, device=x.device)
+        elif self.book.n == 0:
+            return y
+        else:
+            d, j = self.nearest(x[rows, last])
+            values, hit = self.book.V[j], (d <= self.book.R[j])[:, None]
+        out = y.clone()
+        out[rows, last] = torch.where(hit, values.to(y.dtype), y[rows, last])
+        return out
+
+    def edit(self, requests) -> None:
+        eps0 = self.hparams["eps_init"]
+        for req in requests:
+            batch = self.model.batch([self.model.encode_example(req.prompt, req.target)])
+            x, y = self.model.site_io(batch)
+            last, _ = prompt_positions(batch.prompt_mask)
+            key, y_p = x[0, last[0]], y[0, last[0]].float()
+            init = y_p if self.hparams["val_init"] == "warm" else torch.rand_like(y_p)
+            label, ref_label = edit_labels(batch)
+            if self.book.n == 0:
+                row = self.book.add(key, init, label, ref_label, eps0)
+                self.cases["add"] += 1
+            else:
+                d, j = self.nearest(key[None])
+                d, j = float(d[0]), int(j[0])
+                same = (self.book.ref_labels[j] == ref_label if self.hparams["same_label"] == "reference"
+                        else self.book.labels[j] == label)
+                if d > eps0 + float(self.book.radii[j]):
+                    row = self.book.add(key, init, label, ref_label, eps0)
+                    self.cases["add"] += 1
+                elif not same:
+                    row = self.book.add(key, init, label, ref_label, d / 2)
+                    self.book.radii[j] = d / 2 - 1e-5
+                    self.cases["split"] += 1
+                else:
+                    row = j
+                    if d > float(self.book.radii[j]):
+                        if self.hparams["eps_expand"] == "moving_average":
+                            self.book.keys[j] = (self.book.keys[j] + key) / 2
+                        self.book.radii[j] = d
+                        self.cases["expand"] += 1
+                    else:
+                        self.cases["reuse"] += 1
+            d, j = self.nearest(key[None])
+            param = self.book.values[row].clone().requires_grad_(True)
+            self.trained = (param, bool(int(j[0]) == row and float(d[0]) <= float(self.book.radii[row])))
+            pre = self.model.prefix(batch, from_last_prompt=True)
+            hp = self.hparams
+            try:
+                train([param], lambda: self.model.target_loss(pre), hp["lr"], hp["n_iter"], hp["stop_loss"],
+                      hp["patience"])
+            finally:
+                self.trained = None
+            self.book.values[row] = param.detach()
+
+    def state_dict(self) -> dict:
+        return {"book": self.book.state_dict(), "cases": dict(self.cases)}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.book.load_state_dict(sd["book"])
+        self.cases = dict(sd["cases"])
+
+    def num_params(self) -> int:
+        return self.book.n * (self.book.keys.shape[1] + self.book.values.shape[1] + 1)

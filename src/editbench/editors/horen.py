@@ -1,0 +1,169 @@
+"""HoReN: normalized Hopfield retrieval over a GRACE-style codebook at one MLP down_proj
+(EDITORS.md §2.1).
+
+Query = the down_proj input averaged over the last ceil(rho * P) prompt tokens, L2-normalised;
+one damped Hopfield step (beta, alpha, M steps, tolerance) over the whole codebook, dummy entry
+included; the best cosine above tau selects an entry whose value is added to the down_proj output
+at the last prompt token. Edit cases: no match -> insert; match with the same label -> train that
+entry further; match with another label -> insert. The stored key is the pre-refinement query.
+
+Ablation switches: `normalize` (false: raw dot products, no L2), `hopfield_steps` (0 = GRACE+Norm),
+`alpha`, `beta`, `threshold`, `pooling_ratio`, `value_adaptor` (vector | lora), `same_label`
+(exact: equal target token ids | reference: the reference code's mean-of-label-tensor test).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from editbench.editors._common import Codebook, SiteWrapper, edit_labels, prompt_positions, train
+from editbench.editors.base import Editor
+from editbench.errors import EditbenchError
+
+
+class HoReN(Editor):
+    label = "HoReN"
+
+    def __init__(self, model, threshold: float, pooling_ratio: float, beta: float = 20.0, alpha: float = 0.1,
+                 hopfield_steps: int = 1, tol: float = 1e-5, normalize: bool = True, value_adaptor: str = "vector",
+                 lr: float = 1.0, n_iter: int = 50, stop_loss: float | None = None, patience: int | None = None,
+                 val_init: str = "cold", lora_rank: int = 4, lora_scale: float = 1.0, lora_lr: float = 1e-3,
+                 same_label: str = "exact", **hp):
+        super().__init__(model, threshold=threshold, pooling_ratio=pooling_ratio, beta=beta, alpha=alpha,
+                         hopfield_steps=hopfield_steps, tol=tol, normalize=normalize, value_adaptor=value_adaptor,
+                         lr=lr, n_iter=n_iter, stop_loss=stop_loss, patience=patience, val_init=val_init,
+                         lora_rank=lora_rank, lora_scale=lora_scale, lora_lr=lora_lr, same_label=same_label, **hp)
+        for name, val, ok in (("value_adaptor", value_adaptor, ("vector", "lora")), ("val_init", val_init, ("cold", "warm")),
+                              ("same_label", same_label, ("exact", "reference"))):
+            if val not in ok:
+                raise EditbenchError(f"editor.{name}={val!r} is not one of {ok} — pick one of them")
+        self.tau, self.rho, self.beta, self.alpha = threshold, pooling_ratio, beta, alpha
+        self.steps, self.tol, self.normalize = hopfield_steps, tol, normalize
+        self.lora = value_adaptor == "lora"
+        d_in, d_out = model.d_in, model.d_out
+        self.d_out, self.r = d_out, lora_rank
+        site = model.site_module()
+        self.book = Codebook(d_in, (2 * lora_rank * d_out,) if self.lora else (d_out,), site.weight.dtype, model.device)
+        dummy = torch.randn(d_in, device=model.device)  # entry 0: random unit key, zero value, never-matching label
+        self.book.add(dummy / dummy.norm(), 0.0, label=(), ref_label=float("nan"))
+        self.trained: tuple[torch.Tensor, bool] | None = None  # (value parameter, matched?) while an edit trains
+        self.cases = {"insert_no_match": 0, "train_same_label": 0, "insert_conflict": 0}
+        model.replace_site(SiteWrapper(site, self._intervene))
+
+    @property
+    def method(self) -> str:
+        if self.steps == 0:
+            return "GRACE+Norm" if self.normalize else "GRACE (pooled, dot)"
+        if not self.normalize:
+            return "HoReN w/o norm"
+        return "HoReN-LoRA" if self.lora else "HoReN"
+
+    # ------------------------------------------------------------------ retrieval
+    def query(self, x: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        _, window = prompt_positions(prompt_mask, self.rho)
+        w = window.to(x.dtype)[..., None]
+        q = ((x * w).sum(1) / w.sum(1)).float()
+        return F.normalize(q, dim=-1) if self.normalize else q
+
+    def refine(self, q: torch.Tensor) -> torch.Tensor:
+        """M damped Hopfield steps over every codebook entry (the dummy included)."""
+        K = self.book.K.float()
+        for _ in range(self.steps):
+            attn = torch.softmax(self.beta * q @ K.T, dim=-1)
+            r = attn @ K
+            if self.normalize:
+                r = F.normalize(r, dim=-1)
+            if (r - q).norm(dim=-1).max() < self.tol:
+                break
+            q = (1 - self.alpha) * q + self.alpha * r
+            if self.normalize:
+                q = F.normalize(q, dim=-1)
+        return q
+
+    def match(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = q @ self.book.K.float().T
+        return scores.max(dim=-1)
+
+    # ------------------------------------------------------------------ the site intervention
+    def _intervene(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        pm = self.model.prompt_mask
+        if pm is None or pm.shape != x.shape[:2]:
+            return y  # no token context, or a cached decoding step: the value went in at prefill
+        last, _ = prompt_positions(pm)
+        rows = torch.arange(x.shape[0], device=x.device)
+        y_p = y[rows, last]
+        if self.trained is not None:  # training one edit: retrieval was decided once, before training
+            param, hit = self.trained
+            values, s = param.expand(x.shape[0], -1), torch.full((x.shape[0],), 1.0 if hit else -1.0, device=x.device)
+            return self._add(y, rows, last, y_p, values, s, tau=0.0)
+        if self.book.n <= 1:
+            return y
+        s, j = self.match(self.refine(self.query(x, pm)))
+        return self._add(y, rows, last, y_p, self.book.V[j], s, self.tau)
+
+    def _add(self, y, rows, last, y_p, values, s, tau):
+        if self.lora:
+            rd = self.r * self.d_out
+            A = values[:, :rd].view(-1, self.r, self.d_out)
+            B = values[:, rd:].view(-1, self.d_out, self.r)
+            delta = self.hparams["lora_scale"] * (B @ (A @ y_p.float()[..., None]))[..., 0]
+        else:
+            delta = values
+        delta = delta * (s > tau)[:, None]
+        out = y.clone()
+        out[rows, last] = y_p + delta.to(y.dtype)
+        return out
+
+    # ------------------------------------------------------------------ editing
+    def _init_value(self, y_p: torch.Tensor) -> torch.Tensor:
+        if self.lora:
+            A = 0.01 * torch.randn(self.r * self.d_out, device=y_p.device)
+            return torch.cat([A, torch.zeros(self.d_out * self.r, device=y_p.device)])
+        if self.hparams["val_init"] == "warm":
+            return y_p.float()
+        return torch.rand(self.d_out, device=y_p.device)  # cold: U[0, 1)
+
+    def _same(self, j: int, label, ref_label) -> bool:
+        if self.hparams["same_label"] == "reference":
+            return self.book.ref_labels[j] == ref_label
+        return self.book.labels[j] == label
+
+    def edit(self, requests) -> None:
+        for req in requests:
+            batch = self.model.batch([self.model.encode_example(req.prompt, req.target)])
+            x, y = self.model.site_io(batch)
+            label, ref_label = edit_labels(batch)
+            q0 = self.query(x, batch.prompt_mask)
+            s, j = self.match(self.refine(q0))
+            s, j = float(s[0]), int(j[0])
+            if s > self.tau and self._same(j, label, ref_label):
+                row = j
+                self.cases["train_same_label"] += 1
+            else:
+                last, _ = prompt_positions(batch.prompt_mask)
+                row = self.book.add(q0[0], self._init_value(y[0, last[0]]), label, ref_label)
+                self.cases["insert_no_match" if s <= self.tau else "insert_conflict"] += 1
+            # As in the reference, the value is trained where retrieval sends this prompt: after an
+            # insertion the new key normally wins; if the refined query lands elsewhere, nothing trains.
+            s_after, j_after = self.match(self.refine(q0))
+            param = self.book.values[row].clone().requires_grad_(True)
+            self.trained = (param, bool(s_after[0] > self.tau and int(j_after[0]) == row))
+            pre = self.model.prefix(batch, from_last_prompt=True)
+            hp = self.hparams
+            try:
+                train([param], lambda: self.model.target_loss(pre), hp["lora_lr"] if self.lora else hp["lr"],
+                      hp["n_iter"], hp["stop_loss"], hp["patience"])
+            finally:
+                self.trained = None
+            self.book.values[row] = param.detach()
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"book": self.book.state_dict(), "cases": dict(self.cases)}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.book.load_state_dict(sd["book"])
+        self.cases = dict(sd["cases"])
+
+    def num_params(self) -> int:
+        return self.book.n * (self.book.keys.shape[1] + self.book.values.shape[1])

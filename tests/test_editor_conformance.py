@@ -1,0 +1,156 @@
+"""Every editor in conf/editor/ honours the protocol in editors/base.py (STYLE G1, G4, G6, G8).
+
+Parametrised over the YAML files, so a new editor is picked up with no change here. Each editor is
+built exactly as the runner builds it (`run.instantiate_group(cfg.editor, model=...)`) on
+`model=tiny_llama`, edits real ZsRE records one at a time, and must:
+* leave no parameter of the model trainable;
+* round-trip `state_dict()` (through torch.save / torch.load, as checkpoints do) into a fresh model
+  and a fresh editor with identical logits, and continue editing from it exactly as an
+  uninterrupted editor does (resume equivalence);
+* report `num_params()` as an int >= 0 and a non-empty `method`;
+* touch the model only at the edit site the *model* config names (G4): move the site with
+  `model.edit_site.layer=...` and the editor follows.
+"""
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import CONF, compose_config  # noqa: E402
+
+from editbench.evaluate import Evaluator  # noqa: E402
+from editbench.models import load_model  # noqa: E402
+from editbench.run import instantiate_group, seed_everything  # noqa: E402
+
+EDITORS = sorted(p.stem for p in (CONF / "editor").glob("*.yaml"))
+SITE_KEYS = {"layer", "layers", "edit_site", "module", "modules", "inner_params", "site"}
+
+
+def build(name: str, *overrides: str, seed: int = 0):
+    """(model, editor) the way run.py builds them."""
+    cfg = compose_config([f"editor={name}", "model=tiny_llama", *overrides])
+    seed_everything(seed)
+    model = load_model(cfg.model)
+    return model, instantiate_group(cfg.editor, model=model)
+
+
+def logits(model, editor, prompts: list[str]) -> torch.Tensor:
+    """Next-token logits at every real position of a left-padded batch, prompt context set."""
+    batch = model.batch([(model.encode_prompt(p), len(model.encode_prompt(p))) for p in prompts])
+    with torch.no_grad(), model.context(batch.prompt_mask):
+        out = editor.module()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                              position_ids=batch.position_ids, use_cache=False).logits
+    return out[batch.attention_mask.bool()]
+
+
+def roundtrip(sd: dict) -> dict:
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+def trainable(model) -> list[str]:
+    return [n for n, p in model.model.named_parameters() if p.requires_grad]
+
+
+@pytest.fixture(scope="module")
+def records(zsre_records):
+    return zsre_records[:3]
+
+
+@pytest.fixture(scope="module")
+def probe_prompts(records, zsre_records):
+    # the edited prompts, their paraphrases, and unrelated prompts (locality)
+    return [r.prompt for r in records] + [r.rephrase for r in records] + [r.loc_prompt for r in zsre_records[10:13]]
+
+
+@pytest.mark.parametrize("name", EDITORS)
+def test_editor_conformance(name, records, probe_prompts):
+    model, editor = build(name)
+    assert isinstance(editor.method, str) and editor.method.strip() and editor.method != "?"
+    base_logits = logits(model, editor, probe_prompts)
+    assert trainable(model) == []
+
+    for r in records[:2]:
+        editor.edit([r])
+        assert trainable(model) == [], f"{name}.edit left parameters trainable: {trainable(model)}"
+    mid_logits, mid_state = logits(model, editor, probe_prompts), roundtrip(editor.state_dict())
+    torch.manual_seed(1234)
+    editor.edit([records[2]])
+    assert trainable(model) == []
+    end_logits, end_state = logits(model, editor, probe_prompts), roundtrip(editor.state_dict())
+
+    n = editor.num_params()
+    assert isinstance(n, int) and not isinstance(n, bool) and n >= 0
+    if n > 0:  # an editor that added or changed parameters changed what the model computes
+        assert not torch.equal(end_logits, base_logits), f"{name}: 3 edits left every logit unchanged"
+
+    # a fresh model + fresh editor (other seed, so constructor randomness differs) restores exactly
+    model2, editor2 = build(name, seed=99)
+    editor2.load_state_dict(end_state)
+    torch.testing.assert_close(logits(model2, editor2, probe_prompts), end_logits, rtol=0, atol=0)
+    assert editor2.num_params() == n and editor2.method == editor.method
+    assert trainable(model2) == []
+
+    # resume equivalence: restore after 2 edits, apply the 3rd -> the same as never stopping
+    model3, editor3 = build(name, seed=7)
+    editor3.load_state_dict(mid_state)
+    torch.testing.assert_close(logits(model3, editor3, probe_prompts), mid_logits, rtol=0, atol=0)
+    torch.manual_seed(1234)
+    editor3.edit([records[2]])
+    torch.testing.assert_close(logits(model3, editor3, probe_prompts), end_logits, rtol=0, atol=0)
+
+    # the evaluator runs on the editor's module (KV-cached greedy decoding, teacher forcing)
+    for scoring in ("greedy", "teacher_forced"):
+        ev = Evaluator(model3, scoring, batch_size=2)
+        pre = ev.locality_outputs(editor3.module(), records)
+        out = ev.evaluate(editor3.module(), records, pre)
+        assert out["n_eval"] == len(records) and out["loc"] == 1.0
+        assert all(0.0 <= out[k] <= 1.0 for k in ("rel", "gen", "op"))
+
+
+# ----------------------------------------------------------------------------- G4: the edit site
+@pytest.mark.parametrize("name", EDITORS)
+def test_editor_yaml_declares_no_edit_site_of_its_own(name):
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / "editor" / f"{name}.yaml"), resolve=False)
+    for key in SITE_KEYS & set(raw):
+        assert isinstance(raw[key], str) and raw[key].startswith("${model.edit_site"), \
+            f"conf/editor/{name}.yaml sets {key}={raw[key]!r}: the edit site belongs to the model config"
+
+
+def _differences(pristine, edited) -> set[str]:
+    """Dotted paths where the edited model differs from the pristine one: parameters / buffers
+    (added, removed or changed), module types, and forward hooks."""
+    diff: set[str] = set()
+    a, b = pristine.state_dict(), edited.state_dict()
+    for k in a.keys() | b.keys():
+        if k not in a or k not in b or not torch.equal(a[k], b[k]):
+            diff.add(k)
+    ma, mb = dict(pristine.named_modules()), dict(edited.named_modules())
+    for k in ma.keys() | mb.keys():
+        if k not in ma or k not in mb or type(ma[k]) is not type(mb[k]):
+            diff.add(k)
+        elif len(mb[k]._forward_hooks) + len(mb[k]._forward_pre_hooks) != \
+                len(ma[k]._forward_hooks) + len(ma[k]._forward_pre_hooks):
+            diff.add(k + ".<hooks>")
+    return diff
+
+
+@pytest.mark.parametrize("layer", [None, 1])
+@pytest.mark.parametrize("name", EDITORS)
+def test_editor_touches_only_the_model_configs_edit_site(name, layer, records):
+    over = [] if layer is None else [f"model.edit_site.layer={layer}"]
+    model, editor = build(name, *over)
+    site = f"model.layers.{model.site.layer}.{model.site.module}"
+    assert model.site.layer == (2 if layer is None else layer)
+    pristine = load_model(compose_config(["model=tiny_llama", *over]).model).model
+    editor.edit([records[0]])
+    outside = sorted(d for d in _differences(pristine, model.model) if d != site and not d.startswith(site + "."))
+    assert outside == [], f"{name} changed the model outside the edit site {site}: {outside[:8]}"

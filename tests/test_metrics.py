@@ -1,0 +1,304 @@
+"""Rel / Gen / Loc / OP (EDITORS.md §3.1): the pure formulas by hand, the tokenization edge cases on
+the tiny model's byte-level BPE, and the evaluator's decoding conventions and batching."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from editbench import metrics
+from editbench.data import EditRecord
+from editbench.evaluate import Evaluator
+
+
+def enc(tok, s: str) -> list[int]:
+    return tok.encode(s, add_special_tokens=False)
+
+
+# ----------------------------------------------------------------------------------- token_em
+@pytest.mark.parametrize("answer,target,expected", [
+    ([5, 6, 7], [5, 6, 7], 1.0),
+    ([5, 9, 7], [5, 6, 7], 2 / 3),
+    ([9, 9, 7], [5, 6, 7], 1 / 3),
+    ([1, 2], [3, 4], 0.0),
+    ([5, 6], [5, 6, 7], 0.0),  # shorter: 0 even though the prefix matches
+    ([5, 6, 7, 8], [5, 6, 7], 0.0),  # longer: 0 (answer_ids truncates, so this is the raw formula)
+    ([], [5], 0.0),
+    ([], [], 0.0),
+])
+def test_token_em(answer, target, expected):
+    assert metrics.token_em(answer, target) == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------------- agreement
+@pytest.mark.parametrize("pre,post,expected", [
+    ([1, 2, 3], [1, 2, 3], 1.0),
+    ([1, 2, 3], [1, 9, 3], 2 / 3),
+    ([1, 2, 3], [1, 2], 2 / 3),  # denominator = the longer length
+    ([1, 2], [1, 2, 3, 4], 2 / 4),
+    ([1, 2, 3, 4], [9, 2], 1 / 4),
+    ([1], [], 0.0),
+    ([], [], 1.0),
+])
+def test_agreement_uses_the_longer_length(pre, post, expected):
+    assert metrics.agreement(pre, post) == pytest.approx(expected)
+    assert metrics.agreement(post, pre) == pytest.approx(expected)  # symmetric
+
+
+# ----------------------------------------------------------------------------------- token_accuracy
+@pytest.mark.parametrize("pred,labels,expected", [
+    ([1, 2, 3], [1, 2, 3], 1.0),
+    ([1, 2, 4], [1, 2, 3], 2 / 3),
+    ([0, 0, 0, 4], [1, 2, 3, 4], 1 / 4),
+    ([], [], 0.0),
+])
+def test_token_accuracy(pred, labels, expected):
+    assert metrics.token_accuracy(pred, labels) == pytest.approx(expected)
+
+
+# ----------------------------------------------------------------------------------- overall
+def test_overall_paper_check_values():
+    # EDITORS.md §3.1, checked against HoReN Table 1 rows
+    assert round(metrics.overall(1.00, 0.81, 1.00), 2) == 0.93
+    assert round(metrics.overall(0.99, 0.01, 1.00), 2) == 0.21
+
+
+@pytest.mark.parametrize("rel,gen,loc,expected", [
+    (1.0, 1.0, 1.0, 1.0),
+    (0.5, 0.5, 0.5, 0.5),
+    (0.2, 0.4, 0.8, (0.2 * 0.4 * 0.8) ** (1 / 3)),
+    (1.0, 0.125, 1.0, 0.5),
+    (0.0, 1.0, 1.0, 0.0),
+    (1.0, 1.0, 0.0, 0.0),
+    (-0.1, 1.0, 1.0, 0.0),
+])
+def test_overall_is_the_geometric_mean(rel, gen, loc, expected):
+    assert metrics.overall(rel, gen, loc) == pytest.approx(expected)
+
+
+def test_mean():
+    assert metrics.mean([1.0, 0.0, 0.5]) == pytest.approx(0.5)
+    assert math.isnan(metrics.mean([]))
+
+
+# ----------------------------------------------------------------------------------- answer_ids
+def test_answer_ids_strips_the_leading_space_before_re_encoding(tok):
+    target = enc(tok, "Paris")
+    generated = enc(tok, " Paris")
+    assert generated != target  # premise: a leading space changes the BPE ids
+    a = metrics.answer_ids(tok, generated, len(target))
+    assert a == target
+    assert metrics.token_em(a, target) == 1.0
+    assert metrics.token_em(generated, target) < 1.0  # what comparing raw ids would have scored
+
+
+def test_answer_ids_re_encoding_can_change_the_length(tok):
+    # " French" is two tokens, "French" one: T = 2 new tokens, scored against 1 target id
+    target = enc(tok, "French")
+    generated = enc(tok, " French")
+    assert (len(target), len(generated)) == (1, 2)
+    assert metrics.answer_ids(tok, generated, len(target)) == target
+
+
+def test_answer_ids_skips_special_tokens(tok):
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    target = enc(tok, "Paris")
+    assert metrics.answer_ids(tok, [bos, *enc(tok, " Paris"), eos], len(target)) == target
+    assert metrics.answer_ids(tok, [*enc(tok, " Paris"), eos, eos], len(target)) == target
+    assert metrics.answer_ids(tok, [eos, eos, eos], len(target)) == []
+
+
+def test_answer_ids_truncates_to_the_target_length(tok):
+    target = enc(tok, "New York")
+    generated = enc(tok, " New York is a city")
+    a = metrics.answer_ids(tok, generated, len(target))
+    assert len(a) == len(target) and a == target
+    assert metrics.token_em(a, target) == 1.0
+
+
+def test_shorter_re_encoding_scores_zero(tok):
+    target = enc(tok, "Lecanorales")
+    assert len(target) > 2
+    generated = enc(tok, " Lec") + [tok.eos_token_id] * 4  # the model stopped early
+    a = metrics.answer_ids(tok, generated, len(target))
+    assert 0 < len(a) < len(target) and a == target[:len(a)]  # a correct prefix ...
+    assert metrics.token_em(a, target) == 0.0  # ... still scores 0
+
+
+def test_partial_match_after_re_encoding(tok):
+    target = enc(tok, "New York")  # ["New", " York"]
+    generated = enc(tok, " New Jersey")[:2]  # [" New", " J"]
+    a = metrics.answer_ids(tok, generated, len(target))
+    assert len(a) == 2 and a[0] == target[0] and a[1] != target[1]
+    assert metrics.token_em(a, target) == 0.5
+
+
+# ----------------------------------------------------------------------------------- the evaluator
+def record(i: int, target: str, loc_answer: str) -> EditRecord:
+    return EditRecord(id=f"r{i}", prompt=f"Question {i} is what?", target=target, rephrase=f"Rephrased {i}, what?",
+                      loc_prompt=f"nq question: locality {i}", loc_answer=loc_answer)
+
+
+class ScriptedGreedy:
+    """Stands in for `Evaluator.greedy`: returns scripted ids per prompt and records the n_new asked."""
+
+    def __init__(self, model, script: dict[str, list[int]]):
+        self.by_ids = {tuple(model.encode_prompt(text)): ids for text, ids in script.items()}
+        self.calls: list[tuple[tuple[int, ...], int]] = []
+
+    def __call__(self, evaluator, module, prompts, n_new):
+        out = []
+        for p, n in zip(prompts, n_new):
+            self.calls.append((tuple(p), n))
+            ids = self.by_ids[tuple(p)]
+            assert len(ids) >= n
+            out.append(list(ids[:n]))
+        return out
+
+    def n_new_for(self, model, text: str) -> list[int]:
+        key = tuple(model.encode_prompt(text))
+        return [n for p, n in self.calls if p == key]
+
+
+def test_decode_length_is_len_of_space_plus_target(tiny_model, zsre_records, monkeypatch):
+    m, tok = tiny_model, tiny_model.tok
+    # records whose T = len(encode(" " + y)) differs from len(encode(y)), so the convention is visible
+    recs = [r for r in zsre_records
+            if len(enc(tok, " " + r.target)) != len(enc(tok, r.target))
+            and len(enc(tok, " " + r.loc_answer)) != len(enc(tok, r.loc_answer))][:3]
+    assert len(recs) >= 2
+    eos = m.eos_id
+    script = {}
+    for r in recs:
+        for text in (r.prompt, r.rephrase, r.loc_prompt):
+            script[text] = [eos] * 64
+    fake = ScriptedGreedy(m, script)
+    monkeypatch.setattr(Evaluator, "greedy", lambda self, module, prompts, n_new: fake(self, module, prompts, n_new))
+    ev = Evaluator(m, "greedy", batch_size=2)
+    pre = ev.locality_outputs(m.model, recs)
+    ev.evaluate(m.model, recs, pre)
+    for r, p in zip(recs, pre):
+        T = len(enc(tok, " " + r.target))
+        assert fake.n_new_for(m, r.prompt) == [T]
+        assert fake.n_new_for(m, r.rephrase) == [T]
+        assert fake.n_new_for(m, r.loc_prompt) == [len(enc(tok, " " + r.loc_answer))] * 2  # pre and post
+
+
+@pytest.mark.parametrize("answer", ["Paris", "November 9, 1620", "July 9, 2017"])
+def test_locality_keeps_the_last_len_encode_g_new_tokens(tiny_model, monkeypatch, answer):
+    """Loc decodes T = len(encode(" " + g)) tokens and keeps the last len(encode(g)) of them. When g
+    re-encodes *longer* without the space (e.g. "November 9, 1620": 6 ids vs 5 with the space), all
+    T new tokens must be kept, not a wrapped-around negative slice."""
+    m, tok = tiny_model, tiny_model.tok
+    r = record(1, "Paris", answer)
+    T, k = len(enc(tok, " " + answer)), len(enc(tok, answer))
+    new = list(range(100, 100 + T))  # distinct ids, so the slice taken is visible
+    fake = ScriptedGreedy(m, {r.loc_prompt: new})
+    monkeypatch.setattr(Evaluator, "greedy", lambda self, module, prompts, n_new: fake(self, module, prompts, n_new))
+    (out,) = Evaluator(m, "greedy").locality_outputs(m.model, [r])
+    assert fake.calls == [(tuple(m.encode_prompt(r.loc_prompt)), T)]
+    assert out == new[-k:]  # the last min(k, T) generated ids
+    assert len(out) == min(k, T)
+
+
+def test_evaluator_scores_computed_by_hand(tiny_model, monkeypatch):
+    """Greedy output scripted per prompt; every number below is worked out by hand."""
+    m, tok = tiny_model, tiny_model.tok
+    eos = m.eos_id
+    r1, r2 = record(1, "French", "Paris"), record(2, "New York", "New York")
+    assert enc(tok, " French") != enc(tok, "French")
+    script = {
+        r1.prompt: enc(tok, " French"),  # -> "French" -> [French]                      acc 1
+        r1.rephrase: [eos, eos],  # -> "" -> [] (shorter than the target)           acc 0
+        r2.prompt: enc(tok, " New York"),  # -> "New York" -> [New, York]             acc 1
+        r2.rephrase: enc(tok, " New Jersey"),  # 2 tokens: " New J" -> [New, J]       acc 1/2
+        r1.loc_prompt: enc(tok, " Paris"),
+        r2.loc_prompt: enc(tok, " New York"),
+    }
+    fake = ScriptedGreedy(m, script)
+    monkeypatch.setattr(Evaluator, "greedy", lambda self, module, prompts, n_new: fake(self, module, prompts, n_new))
+    ev = Evaluator(m, "greedy")
+    post = ev.locality_outputs(m.model, [r1, r2])
+    assert post == [enc(tok, " Paris")[-len(enc(tok, "Paris")):], enc(tok, " New York")[-2:]]
+
+    # the pre-edit cache itself: identical outputs -> Loc 1
+    out = ev.evaluate(m.model, [r1, r2], post)
+    assert out == {"rel": 1.0, "gen": 0.25, "loc": 1.0, "op": pytest.approx(0.25 ** (1 / 3)), "n_eval": 2}
+
+    # a hand-made pre-edit cache: r1 agrees fully, r2 agrees at 1 of max(3, 2) positions
+    pre = [list(post[0]), [post[1][0], post[1][1] + 1, 7]]
+    out = ev.evaluate(m.model, [r1, r2], pre)
+    loc = (1.0 + 1 / 3) / 2
+    assert out["rel"] == 1.0 and out["gen"] == 0.25
+    assert out["loc"] == pytest.approx(loc)
+    assert out["op"] == pytest.approx((1.0 * 0.25 * loc) ** (1 / 3))
+    assert out["n_eval"] == 2
+
+
+@pytest.mark.parametrize("scoring", ["greedy", "teacher_forced"])
+def test_unedited_model_has_locality_one_against_its_own_cache(tiny_model, zsre_records, scoring):
+    m = tiny_model
+    recs = zsre_records[:12]
+    pre = Evaluator(m, scoring, batch_size=32).locality_outputs(m.model, recs)
+    out = Evaluator(m, scoring, batch_size=5).evaluate(m.model, recs, pre)  # other batches than the cache's
+    assert out["loc"] == 1.0
+    assert out["n_eval"] == 12
+    for k in ("rel", "gen", "op"):
+        assert 0.0 <= out[k] <= 1.0
+
+
+def naive_greedy(m, module, prompt: list[int], n: int) -> list[int]:
+    """One prompt, no padding, no KV cache: the full forward pass at every step."""
+    ids, new, done = list(prompt), [], False
+    with torch.no_grad():
+        for _ in range(n):
+            x = torch.tensor([ids])
+            with m.context(torch.ones_like(x, dtype=torch.bool)):
+                nxt = int(module(input_ids=x).logits[0, -1].argmax())
+            nxt = m.eos_id if done else nxt
+            done = done or nxt == m.eos_id
+            new.append(nxt)
+            ids.append(nxt)
+    return new
+
+
+def test_greedy_batching_invariance(tiny_model, zsre_records):
+    m = tiny_model
+    prompts = [m.encode_prompt(r.prompt) for r in zsre_records[:8]]
+    assert len({len(p) for p in prompts}) >= 4  # different lengths -> real left padding
+    n_new = [3, 6, 1, 4, 5, 2, 6, 3]
+    ev = Evaluator(m, "greedy", batch_size=32)
+    batched = ev.greedy(m.model, prompts, n_new)
+    single = [ev.greedy(m.model, [p], [n])[0] for p, n in zip(prompts, n_new)]
+    assert [len(g) for g in batched] == n_new
+    assert batched == single
+    assert single == [naive_greedy(m, m.model, p, n) for p, n in zip(prompts, n_new)]
+
+
+def test_teacher_forced_matches_a_manual_unpadded_forward(tiny_model, zsre_records):
+    """Mode TF: argmax at positions [prompt_len-1, L-2] vs the ids at [prompt_len, L-1], one record
+    at a time and unpadded; the evaluator's left-padded batch must give the same Rel."""
+    m = tiny_model
+    recs = zsre_records[:6]
+    manual = []
+    with torch.no_grad():
+        for r in recs:
+            ids = m.tok(r.prompt + " " + r.target).input_ids  # raw prompt: default special tokens (BOS)
+            n_prompt = len(m.tok(r.prompt).input_ids)
+            x = torch.tensor([ids])
+            with m.context(torch.arange(len(ids))[None] < n_prompt):
+                logits = m.model(input_ids=x).logits[0]
+            pred = logits[n_prompt - 1:len(ids) - 1].argmax(-1).tolist()
+            manual.append(metrics.token_accuracy(pred, ids[n_prompt:]))
+    ev = Evaluator(m, "teacher_forced", batch_size=4)
+    pre = ev.locality_outputs(m.model, recs)
+    out = ev.evaluate(m.model, recs, pre)
+    assert out["rel"] == pytest.approx(sum(manual) / len(manual), abs=1e-12)
+
+
+def test_unknown_scoring_is_rejected(tiny_model):
+    from editbench.errors import EditbenchError
+
+    with pytest.raises(EditbenchError, match="scoring"):
+        Evaluator(tiny_model, "nope")

@@ -1,0 +1,399 @@
+"""editbench.report: synthetic results trees -> tables, figures, index; baselines; notebook."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from editbench import report
+
+sys.path.insert(0, str(Path(__file__).parent))  # works with or without tests/__init__.py
+from report_fixtures import VALUES, add_calibration, make_tree, row, write_run  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+BASELINES = REPO / "baselines"
+STEM = "zsre__qwen25_7b__lifelong_v1-v1__greedy"
+METRIC_COLUMNS = {"rel": "Rel", "gen": "Gen", "loc": "Loc", "op": "OP"}
+
+
+def read_md_table(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """Header and {row label: {column: cell text}} of a table written by the report."""
+    lines = [line for line in path.read_text().splitlines() if line.startswith("|")]
+    split = lambda line: [cell.strip() for cell in line.strip().strip("|").split("|")]  # noqa: E731
+    header = split(lines[0])
+    return header, {cells[0]: dict(zip(header, cells)) for cells in map(split, lines[2:])}
+
+
+def parse_cell(text: str) -> tuple[float, float | None]:
+    mean, _, std = text.strip("*").partition(" ± ")
+    return float(mean), float(std) if std else None
+
+
+def is_bold(text: str) -> bool:
+    return text.startswith("**") and text.endswith("**")
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    return make_tree(tmp_path / "results")
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> tuple[Path, dict, str]:
+    """The standard tree plus a calibration sweep, a protocol-v2 run and a teacher-forced run,
+    rendered once through the CLI: (out dir, paths written by kind, stdout)."""
+    root = tmp_path_factory.mktemp("shared")
+    tree = add_calibration(make_tree(root / "results"))
+    write_run(tree / "horen_v2", "seed0", [row("HoReN", 0, 10, 0.5, 0.5, 0.5, 0.5, protocol_version=2)])
+    write_run(tree / "horen_tf", "seed0", [row("HoReN", 0, 10, 0.2, 0.2, 0.2, 0.2, scoring="teacher_forced")])
+    out = root / "reports"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        assert report.main(["--results", str(tree), "--out", str(out), "--baselines", str(BASELINES)]) == 0
+    written = {"tables": sorted((out / "tables").iterdir()), "figures": sorted((out / "figures").iterdir()),
+               "index": [out / "index.md"]}
+    return out, written, stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def rendered(shared) -> tuple[Path, dict]:
+    return shared[0], shared[1]
+
+
+# ------------------------------------------------------------------------------------- baselines
+
+PAPER_CELLS = [  # (table, model, method, data, N) -> rel, gen, loc, op, hand-copied from EDITORS.md §5
+    (("1", "qwen25_7b", "HoReN", "zsre", 1000), (1.00, 0.93, 0.98, 0.97)),
+    (("1", "llama3_8b", "ROME", "zsre", 100), (0.17, 0.16, 0.01, 0.06)),
+    (("1", "sea_lion_32b", "GRACE", "zsre", 500), (0.41, 0.02, 1.00, 0.20)),
+    (("1", "qwen25_7b", "AlphaEdit", "zsre", 1000), (0.99, 0.88, 0.88, 0.92)),
+    (("1", "llama31_8b", "WISE", "zsre", 500), (0.71, 0.66, 1.00, 0.78)),
+    (("2", "gpt_oss_20b", "WISE", "zsre", 2000), (0.14, 0.14, 0.08, 0.12)),
+    (("2", "deepseek_r1_llama_8b", "GRACE", "zsre", 10000), (1.00, 0.02, 1.00, 0.27)),  # "same"
+    (("2", "sea_lion_32b", "HoReN", "zsre", 5000), (1.00, 0.90, 0.97, 0.96)),
+    (("4", "llama31_8b", "AlphaEdit", "zsre", 5000), (0.18, 0.15, 0.03, 0.10)),
+    (("4", "llama31_8b", "UltraEdit", "zsre", 10000), (0.86, 0.84, 0.42, 0.67)),
+    (("9", "llama31_8b", "GRACE+Norm", "zsre", 1000), (1.0, 0.33, 1.0, 0.69)),
+    (("9", "llama31_8b", "GRACE", "zsre", 100), (1.0, 0.06, 1.0, 0.40)),
+    (("9", "llama31_8b", "HoReN", "zsre", 500), (1.00, 0.92, 1.00, 0.97)),
+    (("10", "llama31_8b", "HoReN w/o norm", "zsre", 100), (1.00, 0.92, 0.08, 0.43)),
+    (("10", "llama31_8b", "HoReN", "zsre", 1000), (0.99, 0.93, 0.99, 0.97)),
+    (("11", "llama31_8b", "HoReN-LoRA", "zsre", 1000), (1.00, 0.93, 1.00, 0.98)),
+    (("6", "", "HoReN", "wikibigedit", 3000), (0.986, 0.754, 0.631, None)),
+    (("6", "", "AlphaEdit", "wikibigedit", 500), (0.825, 0.605, 0.267, None)),
+]
+
+
+def test_baselines_spot_checks():
+    df = report.load_baselines(BASELINES)
+    for (table, model, method, data, N), expected in PAPER_CELLS:
+        hit = df[(df["table"] == table) & (df["model"] == model) & (df["method"] == method)
+                 & (df["data"] == data) & (df["N"] == N)]
+        assert len(hit) == 1, (table, model, method, N)
+        for metric, value in zip(report.METRICS, expected):
+            got = hit.iloc[0][metric]
+            ok = pd.isna(got) if value is None else got == pytest.approx(value)
+            assert ok, (table, model, method, N, metric)
+    repair = df[(df["table"] == "8") & (df["method"] == "REPAIR") & (df["data"] == "zsre")].iloc[0]
+    assert (repair["rel"], repair["gen"]) == (pytest.approx(0.59), pytest.approx(0.57))
+    assert pd.isna(repair["loc"]) and pd.isna(repair["N"])
+
+
+def test_baselines_structure():
+    df = report.load_baselines(BASELINES)
+    assert df.groupby("table").size().to_dict() == {
+        "1": 72, "2": 36, "4": 15, "6": 6, "8": 8, "9": 9, "10": 6, "11": 6}
+    assert not df.duplicated(["table", "model", "method", "data", "N"]).any()
+    assert df.loc[df["table"].isin(["1", "2", "4", "9", "10", "11"]), "N_inferred"].all()
+    assert not df.loc[df["table"].isin(["6", "8"]), "N_inferred"].any()
+    assert set(df["model"]) <= {"", "llama3_8b", "llama31_8b", "qwen25_7b", "sea_lion_32b",
+                                "deepseek_r1_llama_8b", "gpt_oss_20b"}
+    assert set(df["method"]) <= {"ROME", "GRACE", "WISE", "AlphaEdit", "UltraEdit", "HoReN",
+                                 "GRACE+Norm", "HoReN w/o norm", "HoReN-LoRA", "REPAIR"}
+    values = df[list(report.METRICS)].stack().dropna()
+    assert ((values >= 0) & (values <= 1)).all()
+    assert df["source"].str.contains("EDITORS.md").all()
+    # Tables 9-11 repeat Table 1's LLaMA-3.1 HoReN rows, once per table.
+    t1 = df[(df["table"] == "1") & (df["model"] == "llama31_8b") & (df["method"] == "HoReN")]
+    for table in ("9", "10", "11"):
+        rows = df[(df["table"] == table) & (df["method"] == "HoReN")]
+        assert rows[list(report.METRICS)].to_numpy().tolist() == t1[list(report.METRICS)].to_numpy().tolist()
+
+
+# ---------------------------------------------------------------------------------------- tables
+
+def test_table_cells_are_mean_and_sample_std(rendered):
+    out, _ = rendered
+    header, rows = read_md_table(out / "tables" / f"{STEM}.md")
+    assert header[:2] == ["Method", "n"] and "N=10 Rel" in header and "N=100 OP" in header
+    for method in ("HoReN", "GRACE"):
+        assert rows[method]["n"] == "2"
+        for N in (10, 100):
+            for i, (metric, name) in enumerate(METRIC_COLUMNS.items()):
+                seeds = [VALUES[(method, seed, N)][i] for seed in (0, 1)]
+                mean, std = parse_cell(rows[method][f"N={N} {name}"])
+                assert mean == pytest.approx(statistics.mean(seeds), abs=5e-4)
+                assert std == pytest.approx(statistics.stdev(seeds), abs=5e-4)
+    # One cell written out by hand: HoReN N=100 Rel over seeds 0.96, 0.98.
+    assert rows["HoReN"]["N=100 Rel"].strip("*") == "0.970 ± 0.014"
+
+
+def test_best_per_column_is_bold_and_ties_all_bold(rendered):
+    out, _ = rendered
+    _, rows = read_md_table(out / "tables" / f"{STEM}.md")
+    assert is_bold(rows["HoReN"]["N=10 Gen"]) and not is_bold(rows["GRACE"]["N=10 Gen"])
+    assert is_bold(rows["GRACE"]["N=100 Rel"]) and not is_bold(rows["HoReN"]["N=100 Rel"])
+    assert is_bold(rows["HoReN"]["N=10 Loc"]) and is_bold(rows["GRACE"]["N=10 Loc"])  # tie at 1.000
+    published = rows["HoReN (published, T1)*"]
+    assert not any(is_bold(text) for text in published.values())
+    tex = (out / "tables" / f"{STEM}.tex").read_text()
+    assert r"\textbf{0.880 $\pm$ 0.028}" in tex and r"\begin{tabular}" in tex
+
+
+def test_published_row_sits_under_the_measured_method(rendered):
+    out, _ = rendered
+    header, rows = read_md_table(out / "tables" / f"{STEM}.md")
+    labels = list(rows)
+    assert labels.index("HoReN (published, T1)*") == labels.index("HoReN") + 1
+    assert labels.index("GRACE (published, T1)*") == labels.index("GRACE") + 1
+    published = rows["HoReN (published, T1)*"]  # EDITORS.md: Qwen2.5-7B HoReN N1 = .99/.93/1.00/.97
+    assert [published[f"N=100 {m}"] for m in ("Rel", "Gen", "Loc", "OP")] == ["0.99", "0.93", "1.00", "0.97"]
+    assert published["N=10 Rel"] == ""  # the paper has no N=10 column
+
+
+def test_published_rows_with_identical_numbers_are_merged(tmp_path):
+    results = tmp_path / "results"
+    write_run(results, "llama", [row("HoReN", 0, 100, model="llama31_8b")])
+    write_run(results, "unedited", [row("Unedited", 0, 100, model="llama31_8b", hparams={})])
+    out = tmp_path / "reports"
+    report.render(results, out, BASELINES)
+    _, rows = read_md_table(out / "tables" / "zsre__llama31_8b__lifelong_v1-v1__greedy.md")
+    assert "HoReN (published, T1/T9/T10/T11)*" in rows
+    assert rows["HoReN"]["N=100 Rel"] == "**1.000**"  # n = 1: mean only
+    assert rows["Unedited"]["N=100 Rel"] == "1.000"  # a reference row, never bold
+
+
+def test_protocol_versions_and_scoring_never_merge(rendered):
+    out, _ = rendered
+    _, v1 = read_md_table(out / "tables" / f"{STEM}.md")
+    _, v2 = read_md_table(out / "tables" / "zsre__qwen25_7b__lifelong_v1-v2__greedy.md")
+    _, tf = read_md_table(out / "tables" / "zsre__qwen25_7b__lifelong_v1-v1__teacher_forced.md")
+    assert v1["HoReN"]["n"] == "2" and parse_cell(v1["HoReN"]["N=10 Rel"]) == (0.99, 0.014)
+    assert v2["HoReN"]["n"] == "1" and v2["HoReN"]["N=10 Rel"] == "**0.500**"
+    assert tf["HoReN"]["N=10 Rel"] == "**0.200**"
+
+
+def test_aggregate_keeps_protocol_versions_apart(tree):
+    write_run(tree / "horen_v2", "seed0", [row("HoReN", 0, 10, protocol_version=2)])
+    write_run(tree / "horen_tf", "seed0", [row("HoReN", 0, 10, scoring="teacher_forced")])
+    agg = report.aggregate(report.load_rows(tree))
+    horen = agg[(agg["method"] == "HoReN") & (agg["N"] == 10)]
+    assert sorted(zip(horen["protocol_version"], horen["scoring"], horen["n"])) == [
+        (1, "greedy", 2), (1, "teacher_forced", 1), (2, "greedy", 1)]
+
+
+def test_hparam_variants_get_separate_labelled_rows(tmp_path):
+    results = tmp_path / "results"
+    for threshold, rel in ((0.7, 0.9), (0.8, 0.6)):
+        for seed in (0, 1):
+            hp = {"threshold": threshold, "pooling_ratio": 0.6, "seed": seed}
+            write_run(results, f"t{threshold}_s{seed}", [row("HoReN", seed, 10, rel=rel, hparams=hp)])
+    out = tmp_path / "reports"
+    report.render(results, out, BASELINES)
+    _, rows = read_md_table(out / "tables" / f"{STEM}.md")
+    assert rows["HoReN [threshold=0.7]"]["N=10 Rel"] == "**0.900 ± 0.000**"
+    assert rows["HoReN [threshold=0.8]"]["N=10 Rel"] == "0.600 ± 0.000"
+
+
+def test_cost_table(rendered):
+    out, _ = rendered
+    header, rows = read_md_table(out / "tables" / f"{STEM}__cost.md")
+    assert header == ["Method", "N", "n", "edit time (ms/edit)", "eval time (s)", "peak mem (GB)",
+                      "resident mem (GB)", "editor params"]
+    assert rows["HoReN"]["edit time (ms/edit)"] == "15.0 ± 7.1"  # seeds 10 ms and 20 ms per edit
+
+
+# --------------------------------------------------------------------------------------- figures
+
+def test_figures_and_index_are_written(rendered):
+    out, written = rendered
+    names = {p.name for p in written["figures"]}
+    for kind in ("op_vs_n", "metrics_vs_n", "cost_vs_n"):
+        assert {f"{kind}__{STEM}.png", f"{kind}__{STEM}.pdf"} <= names
+    for path in written["figures"] + written["tables"] + written["index"]:
+        assert path.is_file() and path.stat().st_size > 0, path
+    index = (out / "index.md").read_text()
+    assert f"tables/{STEM}.md" in index and f"figures/op_vs_n__{STEM}.png" in index
+    assert "| T1 | qwen25_7b | HoReN | zsre | 500, 1000 |" in index  # N=100 is measured
+    assert "| T1 | llama3_8b | ROME | zsre | 100, 500, 1000 |" in index
+
+
+def test_calibration_heatmap_and_pareto(rendered):
+    out, written = rendered
+    names = {p.name for p in written["figures"]}
+    assert f"calibration__{STEM}__HoReN.png" in names and f"pareto__{STEM}__HoReN.png" in names
+    assert (out / "figures" / f"calibration__{STEM}__HoReN.png").stat().st_size > 0
+    # Calibration rows stay out of the main tables.
+    _, rows = read_md_table(out / "tables" / f"{STEM}.md")
+    assert rows["HoReN"]["n"] == "2"
+
+
+def test_pareto_front():
+    points = pd.DataFrame({"loc": [0.9, 0.8, 0.7, 0.6, 0.85], "gen": [0.5, 0.7, 0.6, 0.9, 0.4]})
+    front = report.pareto_front(points)
+    assert list(front.index) == [0, 1, 3]
+
+
+def test_method_colours_are_fixed_and_deterministic():
+    assert report.method_color("HoReN") == report.METHOD_COLORS["HoReN"]
+    assert report.method_color("MyNewEditor") == report.method_color("MyNewEditor")
+    code = "from editbench.report import method_color; print(method_color('MyNewEditor'))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": "123"})
+    assert other.stdout.strip() == report.method_color("MyNewEditor")
+
+
+# ------------------------------------------------------------------------------- loading and CLI
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: root / "nope", "does not exist"),
+    (lambda root: root, "no metrics.jsonl under"),
+])
+def test_missing_or_empty_results_exit_2_with_one_line(tmp_path, capsys, make, message):
+    results = make(tmp_path)
+    assert report.main(["--results", str(results), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("editbench.report: ") and message in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_no_usable_rows_exit_2(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.jsonl").write_text("garbage\n")
+    assert report.main(["--results", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "no usable rows" in capsys.readouterr().err
+
+
+def test_cli_module_entry_point(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "editbench.report", "--results", str(tmp_path / "x")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_partial_run_still_renders(shared):
+    out, _, stdout = shared
+    assert "1 of 12 runs are partial" in stdout
+    _, rows = read_md_table(out / "tables" / f"{STEM}.md")
+    assert rows["GRACE"]["n"] == "2"  # the partial run's rows are used
+    assert "grace/seed1" in (out / "index.md").read_text()
+
+
+def test_malformed_lines_are_skipped_with_a_warning(tree, capsys, tmp_path):
+    with open(tree / "horen" / "seed0" / "metrics.jsonl", "a") as f:
+        f.write("{not json\n")
+        f.write(json.dumps({k: v for k, v in row().items() if k != "N"}) + "\n")
+    with pytest.warns(report.ResultsWarning) as caught:
+        rows = report.load_rows(tree)
+    assert len(rows) == 8
+    messages = [str(w.message) for w in caught]
+    assert any("metrics.jsonl:3" in m for m in messages)
+    assert any("metrics.jsonl:4" in m and "missing N" in m for m in messages)
+
+
+def test_cli_prints_warnings_for_malformed_lines(tmp_path, capsys):
+    run = write_run(tmp_path / "results", "run", [row("HoReN", 0, 10)])
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write("[1, 2]\n")
+    assert report.main(["--results", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert "editbench.report: warning:" in err and "metrics.jsonl:2" in err and "not a JSON object" in err
+
+
+def test_rerun_of_the_same_seed_counts_once(tmp_path):
+    results = tmp_path / "results"
+    write_run(results, "old", [row("HoReN", 0, 10, rel=0.1, time="2025-01-01T00:00:00")])
+    write_run(results, "new", [row("HoReN", 0, 10, rel=0.9, time="2025-02-01T00:00:00")])
+    agg = report.aggregate(report.load_rows(results))
+    assert agg["n"].tolist() == [1] and agg["rel"].tolist() == [0.9]
+
+
+def test_extra_metric_columns_pass_through(tmp_path):
+    results = tmp_path / "results"
+    for seed in (0, 1):
+        r = row("HoReN", seed, 10, data="unke", orig_rouge1=0.4 + 0.1 * seed, para_bleu=0.2)
+        for metric in report.METRICS:
+            del r[metric]
+        write_run(results, f"s{seed}", [r])
+    agg = report.aggregate(report.load_rows(results))
+    assert agg["orig_rouge1"].iloc[0] == pytest.approx(0.45)
+    assert agg["orig_rouge1_std"].iloc[0] == pytest.approx(math.sqrt(0.005))
+    written = report.render(results, tmp_path / "out", BASELINES)  # no Rel/Gen/Loc/OP: cost only
+    assert [p.name for p in written["tables"]] == ["unke__qwen25_7b__lifelong_v1-v1__greedy__cost.md",
+                                                   "unke__qwen25_7b__lifelong_v1-v1__greedy__cost.tex"]
+
+
+# ----------------------------------------------------------------------------------------- wandb
+
+class FakeRun:
+    def __init__(self):
+        self.calls = []
+
+    def log(self, payload, **kwargs):
+        self.calls.append(payload)
+
+
+def test_wandb_is_not_imported_with_the_report():
+    code = "import sys, editbench.report; print('wandb' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_log_to_wandb_with_a_fake_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    wandb = pytest.importorskip("wandb")
+    results = tmp_path / "results"
+    write_run(results, "run", [row("HoReN", 0, 10), row("HoReN", 0, 100)])
+    run = FakeRun()
+    written = report.log_to_wandb(run, results, tmp_path / "out", BASELINES)
+    assert len(run.calls) == 1
+    payload = run.calls[0]
+    table = payload[f"report/tables/{STEM}"]
+    assert isinstance(table, wandb.Table)
+    assert table.columns[:3] == ["Method", "n", "N=10 Rel"]
+    assert isinstance(payload[f"report/tables/{STEM}__cost"], wandb.Table)
+    pngs = [p for p in written["figures"] if p.suffix == ".png"]
+    assert pngs and all(isinstance(payload[f"report/figures/{p.stem}"], wandb.Image) for p in pngs)
+    # A frame from load_rows works too.
+    report.log_to_wandb(run, report.load_rows(results), tmp_path / "out2", BASELINES)
+    assert run.calls[1].keys() == payload.keys()
+
+
+# -------------------------------------------------------------------------------------- notebook
+
+def test_notebook_executes_headlessly(tree, monkeypatch):
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel", reason="the python3 kernel needs ipykernel in this interpreter")
+    monkeypatch.setenv("EDITBENCH_RESULTS", str(tree))
+    monkeypatch.setenv("EDITBENCH_BASELINES", str(BASELINES))
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    path = REPO / "notebooks" / "results.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    # kernel "python3" resolves to this interpreter (jupyter_client maps argv "python" to sys.executable).
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=120,
+                                     resources={"metadata": {"path": str(path.parent)}})
+    client.execute()
+    outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs)
+    assert any("HoReN" in o.get("data", {}).get("text/plain", "") for o in outputs)

@@ -1,0 +1,298 @@
+"""The runner end to end on the tiny models: result files, FT-L vs the unedited model, and resume
+as a contract (STYLE G6): "run 0->N" equals "run 0->k, kill, resume->N", in-process and with a real
+SIGKILL of `python -m editbench`."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import cli_cmd, cli_env, compose_config, read_rows, read_summary, run_cli, run_dirs  # noqa: E402
+
+from editbench.data.zsre import ZsRE  # noqa: E402
+from editbench.editors.ft import FineTune  # noqa: E402
+from editbench.errors import EditbenchError  # noqa: E402
+from editbench.run import checkpoint_grid, config_hash, eval_indices, run  # noqa: E402
+
+BASE = ["model=tiny_llama", "n_edits=8", "protocol.checkpoints=[4]"]
+FT = ["editor=ft", "editor.lr=0.01", "editor.n_iter=50"]  # strong enough to move Rel on a random model
+FT_OTHER = ["editor=ft", "editor.lr=0.02", "editor.n_iter=50"]
+METRIC_FIELDS = ("N", "rel", "gen", "loc", "op", "n_eval")
+SCHEMA_KEYS = {
+    "N", "rel", "gen", "loc", "op", "n_eval", "edit_s_mean", "edit_s_total", "eval_s", "peak_mem_gb",
+    "resident_mem_gb", "editor_params", "protocol_version", "scoring", "config_hash", "git_hash", "versions",
+    "hparams", "method", "schema", "run_id", "tag", "editor", "model", "data", "protocol", "seed", "n_edits",
+    "edit_layer", "edit_module", "chat_template", "data_info", "time",
+}
+
+
+def metrics_of(rows: list[dict]) -> list[dict]:
+    return [{k: r[k] for k in METRIC_FIELDS} for r in rows]
+
+
+def do_run(overrides: list[str], run_dir: Path) -> dict:
+    return run(compose_config([*BASE, *overrides], out_dir=run_dir.parent), run_dir)
+
+
+@pytest.fixture(autouse=True)
+def _restore_sigterm():
+    """run() installs a SIGTERM handler; keep it from outliving the test."""
+    prev = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, prev)
+
+
+@pytest.fixture(scope="module")
+def ft_run(tmp_path_factory) -> Path:
+    """FT-L, tiny_llama, 8 edits, checkpoints at 4 and 8, uninterrupted (shared, read-only)."""
+    prev = signal.getsignal(signal.SIGTERM)
+    d = tmp_path_factory.mktemp("ft") / "run"
+    do_run(FT, d)
+    signal.signal(signal.SIGTERM, prev)
+    return d
+
+
+@pytest.fixture
+def interrupt_at(monkeypatch):
+    """interrupt_at(k): FineTune.edit raises KeyboardInterrupt on its k-th call; returns the call log."""
+    calls: list[str] = []
+    orig = FineTune.edit
+
+    def arm(k: int | None) -> list[str]:
+        def edit(self, requests):
+            calls.append(requests[0].id)
+            if k is not None and len(calls) == k:
+                raise KeyboardInterrupt("simulated kill")
+            return orig(self, requests)
+
+        monkeypatch.setattr(FineTune, "edit", edit)
+        calls.clear()
+        return calls
+
+    return arm
+
+
+# ----------------------------------------------------------------------------- unit pieces
+@pytest.mark.parametrize("grid,n,expected", [
+    ([10, 100, 500, 1000], 100, [10, 100]),
+    ([10, 100, 500, 1000], 250, [10, 100, 250]),
+    ([10, 100], 5, [5]),
+    ([4], 8, [4, 8]),
+    ([0, 4, 4, 8, 12], 8, [4, 8]),
+    (["4", "2"], 8, [2, 4, 8]),
+    ([], 3, [3]),
+    ([10], 1, [1]),
+])
+def test_checkpoint_grid(grid, n, expected):
+    assert checkpoint_grid(grid, n) == expected
+
+
+def test_eval_indices():
+    ret = OmegaConf.create({"mode": "all_so_far", "max_eval": None, "sample_seed": 0})
+    assert eval_indices(5, ret, 5) == [0, 1, 2, 3, 4]
+    ret.max_eval = 3
+    assert eval_indices(3, ret, 3) == [0, 1, 2]
+    s = eval_indices(10, ret, 10)
+    assert len(s) == 3 and s == sorted(s) and set(s) <= set(range(10))
+    assert eval_indices(10, ret, 10) == s  # seeded
+    ret.mode = "last_k"
+    with pytest.raises(EditbenchError, match="retention.mode"):
+        eval_indices(10, ret, 10)
+
+
+def test_config_hash_ignores_runtime_keys_only(tmp_path):
+    h = config_hash(compose_config(BASE, out_dir=tmp_path))
+    runtime = [["resume=never"], ["tag=calibration"], ["logger=wandb"]]
+    if "threads" in compose_config(BASE):
+        runtime.append(["threads=1"])
+    for extra in runtime:
+        assert config_hash(compose_config([*BASE, *extra], out_dir=tmp_path)) == h, extra
+    assert config_hash(compose_config(BASE, out_dir=tmp_path / "elsewhere")) == h
+    for extra in (["seed=1"], ["editor=ft"], ["data.order_seed=1"], ["protocol=lifelong_v1_tf"]):
+        assert config_hash(compose_config([*BASE, *extra], out_dir=tmp_path)) != h, extra
+
+
+def test_non_positive_n_edits(tmp_path):
+    with pytest.raises(EditbenchError, match="n_edits=0"):
+        run(compose_config(["n_edits=0"], out_dir=tmp_path), tmp_path / "run")
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_end_to_end_result_files(ft_run):
+    rows = read_rows(ft_run)
+    assert [r["N"] for r in rows] == [4, 8]
+    for r in rows:
+        assert SCHEMA_KEYS <= set(r), SCHEMA_KEYS - set(r)
+        for k in ("rel", "gen", "loc", "op"):
+            assert 0.0 <= r[k] <= 1.0
+        assert r["n_eval"] == r["N"]
+        assert r["method"] == "FT-L" and r["editor"] == "ft" and r["model"] == "tiny_llama"
+        assert r["protocol"] == "lifelong_v1" and r["protocol_version"] == 1 and r["scoring"] == "greedy"
+        assert r["hparams"]["lr"] == 0.01 and r["hparams"]["n_iter"] == 50 and "_target_" not in r["hparams"]
+        assert r["editor_params"] == 128 * 64  # the layer-2 down_proj weight
+        assert (r["edit_layer"], r["edit_module"]) == (2, "mlp.down_proj")
+        assert len(r["config_hash"]) == 12 and set(r["versions"]) >= {"editbench", "torch", "transformers", "python"}
+        assert r["edit_s_total"] > 0 and r["edit_s_mean"] > 0 and r["eval_s"] > 0
+        assert r["peak_mem_gb"] > 0 and r["resident_mem_gb"] > 0
+    assert rows[1]["edit_s_total"] >= rows[0]["edit_s_total"]
+    assert rows[0]["config_hash"] == rows[1]["config_hash"]
+    summary = read_summary(ft_run)
+    assert summary["status"] == "complete" and summary["done"] == 8 and summary["n_edits"] == 8
+    assert summary["final"] == rows[-1]
+    assert summary["data_info"]["usable"] == 10_037
+    assert sorted(os.listdir(ft_run / "ckpt")) == ["step_000008"]  # keep_last=1, no temp dirs left
+    assert (ft_run / "pre_cache.pt").is_file()
+
+
+def test_ft_beats_the_unedited_model(ft_run, tmp_path):
+    do_run(["editor=none"], tmp_path / "none")
+    none, ft = read_rows(tmp_path / "none"), read_rows(ft_run)
+    assert [r["loc"] for r in none] == [1.0, 1.0]  # the unedited model agrees with its own cache
+    assert [r["editor_params"] for r in none] == [0, 0] and none[0]["method"] == "Unedited"
+    assert ft[-1]["rel"] > none[-1]["rel"], (ft[-1]["rel"], none[-1]["rel"])
+    assert ft[-1]["rel"] >= 0.25
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(ft_run, tmp_path, interrupt_at):
+    d = tmp_path / "run"
+    stream_ids = [r.id for r in ZsRE().stream(8)]
+    calls = interrupt_at(6)  # edits 1-5 happen; the kill comes during the 6th
+    with pytest.raises(KeyboardInterrupt):
+        do_run(FT, d)
+    assert calls == stream_ids[:6]
+    assert read_summary(d)["status"] == "running"
+    rows = read_rows(d)
+    assert [r["N"] for r in rows] == [4]
+    assert metrics_of(rows) == metrics_of(read_rows(ft_run))[:1]
+    assert sorted(p.name for p in (d / "ckpt").iterdir()) == ["step_000004"]
+
+    calls = interrupt_at(None)
+    final = do_run(FT, d)  # resume=auto is the default
+    assert calls == stream_ids[4:], "resume must continue after the last checkpoint, not start over"
+    assert read_summary(d)["status"] == "complete"
+    assert metrics_of(read_rows(d)) == metrics_of(read_rows(ft_run))
+    assert {k: final[k] for k in METRIC_FIELDS} == metrics_of(read_rows(ft_run))[-1]
+
+
+def test_resume_of_a_complete_run_is_a_no_op(ft_run, tmp_path, interrupt_at):
+    d = tmp_path / "run"
+    shutil.copytree(ft_run, d)
+    calls = interrupt_at(None)
+    do_run(FT, d)
+    assert calls == []
+    assert read_rows(d) == read_rows(ft_run)
+    assert read_summary(d)["status"] == "complete"
+
+
+def test_resume_with_another_config_is_refused(ft_run, tmp_path):
+    d = tmp_path / "run"
+    shutil.copytree(ft_run, d)
+    before = {p.relative_to(d): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    with pytest.raises(EditbenchError) as e:
+        do_run(FT_OTHER, d)
+    msg = str(e.value)
+    assert "\n" not in msg and "another config" in msg and str(d) in msg and "resume=never" in msg
+    after = {p.relative_to(d): p.read_bytes() for p in d.rglob("*") if p.is_file()}
+    assert after == before, "a refused resume must not touch the run directory"
+
+
+def test_resume_never_starts_over_cleanly(ft_run, tmp_path, interrupt_at):
+    """resume=never (the fix the refusal above suggests) must not leave the old run's checkpoints:
+    otherwise the old, newer step_000008 outlives the new run's step_000004 (keep_last prunes the
+    new one) and a later resume=auto picks the stale checkpoint of another config."""
+    d = tmp_path / "run"
+    shutil.copytree(ft_run, d)
+    interrupt_at(6)
+    with pytest.raises(KeyboardInterrupt):
+        do_run([*FT_OTHER, "resume=never"], d)
+    assert [r["N"] for r in read_rows(d)] == [4]
+    assert sorted(p.name for p in (d / "ckpt").iterdir()) == ["step_000004"]
+    interrupt_at(None)
+    do_run(FT_OTHER, d)  # resume=auto continues the new run
+    assert [r["N"] for r in read_rows(d)] == [4, 8]
+
+
+def test_unknown_resume_mode_is_refused(tmp_path):
+    with pytest.raises(EditbenchError, match="resume"):
+        run(compose_config(["editor=none", "n_edits=1", "resume=maybe"], out_dir=tmp_path), tmp_path / "run")
+
+
+def test_teacher_forced_run(tmp_path):
+    d = tmp_path / "run"
+    do_run([*FT, "protocol=lifelong_v1_tf", "n_edits=4", "protocol.checkpoints=[2]",
+            "protocol.retention.max_eval=3"], d)
+    rows = read_rows(d)
+    assert [r["N"] for r in rows] == [2, 4]
+    assert [r["n_eval"] for r in rows] == [2, 3]  # a seeded sample of max_eval edits
+    for r in rows:
+        assert r["scoring"] == "teacher_forced" and r["protocol"] == "lifelong_v1_tf"
+        for k in ("rel", "gen", "loc", "op"):
+            assert 0.0 <= r[k] <= 1.0
+    assert rows[-1]["rel"] > 0.5  # FT-L trains exactly the teacher-forced objective
+    assert read_summary(d)["status"] == "complete"
+
+
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_qwen2"])
+def test_both_tiny_models_run(tmp_path, model):
+    d = tmp_path / "run"
+    run(compose_config([f"model={model}", "editor=ft", "editor.n_iter=5", "n_edits=2", "protocol.checkpoints=[1]"],
+                       out_dir=tmp_path), d)
+    rows = read_rows(d)
+    assert [r["N"] for r in rows] == [1, 2]
+    assert all(r["model"] == model for r in rows)
+    assert read_summary(d)["status"] == "complete"
+
+
+# ----------------------------------------------------------------------------- a real kill
+def test_sigkill_then_cli_resume_equals_uninterrupted_cli_run(tmp_path):
+    args = ["model=tiny_llama", "editor=ft", "editor.lr=0.01", "editor.n_iter=50", "n_edits=10",
+            "protocol.checkpoints=[4]"]
+    ref_out, out = tmp_path / "ref", tmp_path / "killed"
+    env = cli_env()
+    ref = subprocess.Popen(cli_cmd(*args, f"out_dir={ref_out}"), cwd=tmp_path, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    victim = subprocess.Popen(cli_cmd(*args, f"out_dir={out}"), cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("**/ckpt/step_000004")):
+            assert victim.poll() is None, "the run ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint after 240 s"
+            time.sleep(0.02)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(30)
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+            victim.wait()
+    (d,) = {p.parents[1] for p in out.glob("**/ckpt/step_*")}
+    assert not (d / "ckpt" / "step_000010").exists(), "killed too late: the run had finished"
+    assert read_summary(d)["status"] == "running"
+    # the kill may land between the checkpoint's rename and the metrics.jsonl rewrite: the
+    # checkpoint's meta.json holds the rows either way
+    assert [r["N"] for r in read_rows(d)] in ([], [4])
+    assert [r["N"] for r in json.loads((d / "ckpt" / "step_000004" / "meta.json").read_text())["rows"]] == [4]
+
+    resumed = run_cli(*args, f"out_dir={out}", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout and "at edit 4" in resumed.stdout
+    assert run_dirs(out) == [d]  # the same run directory, not a new one
+    assert read_summary(d)["status"] == "complete"
+
+    ref_stdout, ref_stderr = ref.communicate(timeout=240)
+    assert ref.returncode == 0, ref_stderr[-2000:]
+    (ref_dir,) = run_dirs(ref_out)
+    assert ref_dir.relative_to(ref_out) == d.relative_to(out)
+    assert [r["N"] for r in read_rows(ref_dir)] == [4, 10]
+    assert metrics_of(read_rows(d)) == metrics_of(read_rows(ref_dir))
+    assert read_rows(d)[-1]["config_hash"] == read_rows(ref_dir)[-1]["config_hash"]
+    assert "FT-L | tiny_llama | zsre | greedy scoring" in ref_stdout  # the table printed at the end
