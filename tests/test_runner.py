@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import cli_cmd, cli_env, compose_config, read_rows, read_summary, run_cli, run_dirs  # noqa: E402
+from conftest import CONF, cli_cmd, cli_env, compose_config, read_rows, read_summary, run_cli, run_dirs  # noqa: E402
 
 from editbench.data.zsre import ZsRE  # noqa: E402
 from editbench.editors.ft import FineTune  # noqa: E402
@@ -26,6 +28,7 @@ from editbench.run import checkpoint_grid, config_hash, eval_indices, run  # noq
 BASE = ["model=tiny_llama", "n_edits=8", "protocol.checkpoints=[4]"]
 FT = ["editor=ft", "editor.lr=0.01", "editor.n_iter=50"]  # strong enough to move Rel on a random model
 FT_OTHER = ["editor=ft", "editor.lr=0.02", "editor.n_iter=50"]
+EDITORS = sorted(p.stem for p in (CONF / "editor").glob("*.yaml"))
 METRIC_FIELDS = ("N", "rel", "gen", "loc", "op", "n_eval")
 SCHEMA_KEYS = {
     "N", "rel", "gen", "loc", "op", "n_eval", "edit_s_mean", "edit_s_total", "eval_s", "peak_mem_gb",
@@ -37,6 +40,26 @@ SCHEMA_KEYS = {
 
 def metrics_of(rows: list[dict]) -> list[dict]:
     return [{k: r[k] for k in METRIC_FIELDS} for r in rows]
+
+
+def assert_same(a, b, where: str) -> None:
+    """Recursive bit-exact equality of checkpoint payloads (tensors, containers, plain data)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape, where
+        assert torch.equal(a, b) or (a.is_floating_point() and torch.equal(a.isnan(), b.isnan())
+                                      and torch.equal(a.nan_to_num(), b.nan_to_num())), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and a != a:
+        assert isinstance(b, float) and b != b, where
+    else:
+        assert a == b, where
 
 
 def do_run(overrides: list[str], run_dir: Path) -> dict:
@@ -63,18 +86,21 @@ def ft_run(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def interrupt_at(monkeypatch):
-    """interrupt_at(k): FineTune.edit raises KeyboardInterrupt on its k-th call; returns the call log."""
+    """interrupt_at(k, cls=FineTune): cls.edit raises KeyboardInterrupt on its k-th call (None: never);
+    returns the log of record ids passed to edit."""
     calls: list[str] = []
-    orig = FineTune.edit
+    originals: dict[type, object] = {}
 
-    def arm(k: int | None) -> list[str]:
+    def arm(k: int | None, cls=FineTune) -> list[str]:
+        orig = originals.setdefault(cls, cls.edit)
+
         def edit(self, requests):
             calls.append(requests[0].id)
             if k is not None and len(calls) == k:
                 raise KeyboardInterrupt("simulated kill")
             return orig(self, requests)
 
-        monkeypatch.setattr(FineTune, "edit", edit)
+        monkeypatch.setattr(cls, "edit", edit)
         calls.clear()
         return calls
 
@@ -162,25 +188,42 @@ def test_ft_beats_the_unedited_model(ft_run, tmp_path):
     assert ft[-1]["rel"] >= 0.25
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(ft_run, tmp_path, interrupt_at):
+@pytest.mark.parametrize("editor", EDITORS)
+def test_interrupted_then_resumed_equals_uninterrupted(editor, ft_run, tmp_path, interrupt_at):
+    """Kill during the 6th edit (after the checkpoint at 4), resume -> every checkpoint row equals
+    the uninterrupted run's. Every editor in conf/editor/: the RNG state must travel too (GRACE and
+    HoReN draw random values at each edit)."""
+    over = FT if editor == "ft" else [f"editor={editor}"]
+    if editor == "ft":
+        ref = read_rows(ft_run)
+    else:
+        do_run(over, tmp_path / "ref")
+        ref = read_rows(tmp_path / "ref")
+    cls = get_class(compose_config(over).editor._target_)
     d = tmp_path / "run"
     stream_ids = [r.id for r in ZsRE().stream(8)]
-    calls = interrupt_at(6)  # edits 1-5 happen; the kill comes during the 6th
+    calls = interrupt_at(6, cls)  # edits 1-5 happen; the kill comes during the 6th
     with pytest.raises(KeyboardInterrupt):
-        do_run(FT, d)
+        do_run(over, d)
     assert calls == stream_ids[:6]
     assert read_summary(d)["status"] == "running"
     rows = read_rows(d)
     assert [r["N"] for r in rows] == [4]
-    assert metrics_of(rows) == metrics_of(read_rows(ft_run))[:1]
+    assert metrics_of(rows) == metrics_of(ref)[:1]
     assert sorted(p.name for p in (d / "ckpt").iterdir()) == ["step_000004"]
 
-    calls = interrupt_at(None)
-    final = do_run(FT, d)  # resume=auto is the default
+    calls = interrupt_at(None, cls)
+    final = do_run(over, d)  # resume=auto is the default
     assert calls == stream_ids[4:], "resume must continue after the last checkpoint, not start over"
     assert read_summary(d)["status"] == "complete"
-    assert metrics_of(read_rows(d)) == metrics_of(read_rows(ft_run))
-    assert {k: final[k] for k in METRIC_FIELDS} == metrics_of(read_rows(ft_run))[-1]
+    assert metrics_of(read_rows(d)) == metrics_of(ref)
+    assert {k: final[k] for k in METRIC_FIELDS} == metrics_of(ref)[-1]
+    # finer than the metrics: the editor state and the RNG state at N=8 are bit-identical
+    ref_dir = ft_run if editor == "ft" else tmp_path / "ref"
+    a, b = (torch.load(x / "ckpt" / "step_000008" / "state.pt", weights_only=False) for x in (ref_dir, d))
+    assert_same(a["editor"], b["editor"], "editor")
+    assert_same(a["rng"]["torch"], b["rng"]["torch"], "rng")
+    assert a["cursor"] == b["cursor"] == 8 and len(a["edit_s"]) == len(b["edit_s"]) == 8
 
 
 def test_resume_of_a_complete_run_is_a_no_op(ft_run, tmp_path, interrupt_at):

@@ -56,7 +56,7 @@ def check_overrides(args: list[str]) -> None:
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
-    args = [a for a in args if not a.startswith("-")]
+    args = _overrides_only(args)
     try:
         lines = _first_values(args)
     except HydraException as e:
@@ -77,6 +77,23 @@ def check_overrides(args: list[str]) -> None:
                 msg = " ".join(str(e).split())
                 raise EditbenchError(f"bad config override: {msg[:300]} — check the key against "
                                      f"`python -m editbench --cfg job`") from None
+
+
+HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp",
+                          "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def _overrides_only(args: list[str]) -> list[str]:
+    """The key=value overrides of a command line, without Hydra's own flags and their values."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in HYDRA_FLAGS_WITH_VALUE:
+            skip = True
+        elif not a.startswith("-"):
+            out.append(a)
+    return out
 
 
 def _missing(msg: str, line: list[str]) -> tuple[str, str]:
@@ -121,7 +138,7 @@ def main() -> None:
         if argv[:1] == ["ls"]:
             list_groups(argv[1] if len(argv) > 1 else None)
             return
-        if not any(a in ("--help", "-h", "--hydra-help") for a in argv):
+        if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i") for a in argv):
             check_overrides(argv)
     except EditbenchError as e:
         print(f"editbench: error: {e}", file=sys.stderr)
