@@ -6,6 +6,8 @@ transformers or torch (tqdm reads `TQDM_*` variables, torch `OMP_NUM_THREADS`, w
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
 os.environ["TQDM_DISABLE"] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -17,6 +19,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # spin-waiting under oversubscription makes a 64x128 matmul ~50x slower.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
+# The runner keeps unedited-model states in cache_dir (default ~/.cache/editbench): never the user's.
+_CACHE = tempfile.mkdtemp(prefix="editbench-test-cache-")
+os.environ["EDITBENCH_CACHE"] = _CACHE
 
 import json  # noqa: E402
 import subprocess  # noqa: E402
@@ -29,6 +34,11 @@ import pytest  # noqa: E402
 import editbench  # noqa: E402
 
 CONF = Path(editbench.__file__).parent / "conf"
+CACHE_DIR = Path(_CACHE)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_CACHE, ignore_errors=True)
 TINY_MODELS = ("tiny_llama", "tiny_qwen2")
 
 

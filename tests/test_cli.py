@@ -20,6 +20,12 @@ from editbench.__main__ import GROUPS, options  # noqa: E402
 WARNING = re.compile(r"^\S.*:\d+: \w*Warning: ")
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_dir(tmp_path, monkeypatch):
+    """`options()` also reads a user conf/ in the working directory: look where the CLI looks."""
+    monkeypatch.chdir(tmp_path)
+
+
 def error_line(proc: subprocess.CompletedProcess) -> str:
     """The single `editbench: error: ...` line; Python warnings (file:line: XWarning + the source
     line under it) are set aside here and checked by test_stderr_holds_nothing_but_the_error."""
@@ -173,12 +179,18 @@ def test_help_passes_through(tmp_path):
     assert proc.returncode == 0 and "editor" in proc.stdout
 
 
-def test_cfg_job_prints_the_config(tmp_path):
+@pytest.mark.parametrize("flags,expect", [
+    (["--cfg", "job"], ["n_edits:", "name: tiny_llama"]),
+    (["-c", "job", "--package", "editor"], ["_target_: editbench.editors.ft.FineTune"]),
+    (["--info", "defaults"], ["editor/ft", "model/tiny_llama"]),
+])
+def test_hydra_flags_with_values_pass_through(tmp_path, flags, expect):
     """The bad-key error tells users to run `python -m editbench --cfg job`; that must work
-    (`job` is the value of --cfg, not an override)."""
-    proc = cli(tmp_path, "--cfg", "job")
+    (`job` is the value of --cfg, not an override), and so must Hydra's other valued flags."""
+    proc = cli(tmp_path, "editor=ft", *flags)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "n_edits:" in proc.stdout and "tiny_llama" in proc.stdout
+    for text in expect:
+        assert text in proc.stdout
     assert not (tmp_path / "out").exists()
 
 

@@ -49,14 +49,14 @@ def test_every_group_directory_is_listed_by_the_cli():
 
 
 @pytest.mark.parametrize("group,name", FILES, ids=IDS)
-def test_every_config_composes_and_resolves(group, name, tmp_path):
+def test_every_config_composes_and_resolves(group, name, compose_cfg):
     if group.startswith("hydra/"):
-        cfg = compose_config([f"{group}={name}"], out_dir=tmp_path, return_hydra_config=True)
+        cfg = compose_cfg([f"{group}={name}"], return_hydra_config=True)
         node = OmegaConf.select(cfg, group.replace("/", "."))
         assert node is not None and "_target_" in node, f"{group}={name} did not land under cfg.{group}"
         get_class(node._target_)  # the launcher plugin is installed
         return
-    cfg = compose_config([f"{group}={name}"], out_dir=tmp_path)
+    cfg = compose_cfg([f"{group}={name}"])
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for key in ("editor", "model", "data", "protocol", "logger", "n_edits", "seed", "resume", "out_dir"):
         assert key in resolved, f"{group}={name}: top-level key {key!r} missing after composition"

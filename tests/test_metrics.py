@@ -135,6 +135,11 @@ def test_partial_match_after_re_encoding(tok):
 
 
 # ----------------------------------------------------------------------------------- the evaluator
+# The evaluator has two greedy paths: the plain one (decode every row) and, for an editor that leaves
+# the blocks below the edit site frozen, an exact shortcut that confirms expected outputs teacher-
+# forced and decodes only the rows it cannot confirm. Hand-computed tests script `Evaluator.greedy`
+# and take the plain path (frozen_below_site=False); the shortcut must agree with the plain path.
+
 def record(i: int, target: str, loc_answer: str) -> EditRecord:
     return EditRecord(id=f"r{i}", prompt=f"Question {i} is what?", target=target, rephrase=f"Rephrased {i}, what?",
                       loc_prompt=f"nq question: locality {i}", loc_answer=loc_answer)
@@ -144,6 +149,7 @@ class ScriptedGreedy:
     """Stands in for `Evaluator.greedy`: returns scripted ids per prompt and records the n_new asked."""
 
     def __init__(self, model, script: dict[str, list[int]]):
+        self.model = model
         self.by_ids = {tuple(model.encode_prompt(text)): ids for text, ids in script.items()}
         self.calls: list[tuple[tuple[int, ...], int]] = []
 
@@ -156,8 +162,12 @@ class ScriptedGreedy:
             out.append(list(ids[:n]))
         return out
 
-    def n_new_for(self, model, text: str) -> list[int]:
-        key = tuple(model.encode_prompt(text))
+    def install(self, monkeypatch) -> "ScriptedGreedy":
+        monkeypatch.setattr(Evaluator, "greedy", lambda ev, module, prompts, n_new: self(ev, module, prompts, n_new))
+        return self
+
+    def n_new_for(self, text: str) -> list[int]:
+        key = tuple(self.model.encode_prompt(text))
         return [n for p, n in self.calls if p == key]
 
 
@@ -168,38 +178,38 @@ def test_decode_length_is_len_of_space_plus_target(tiny_model, zsre_records, mon
             if len(enc(tok, " " + r.target)) != len(enc(tok, r.target))
             and len(enc(tok, " " + r.loc_answer)) != len(enc(tok, r.loc_answer))][:3]
     assert len(recs) >= 2
-    eos = m.eos_id
-    script = {}
-    for r in recs:
-        for text in (r.prompt, r.rephrase, r.loc_prompt):
-            script[text] = [eos] * 64
-    fake = ScriptedGreedy(m, script)
-    monkeypatch.setattr(Evaluator, "greedy", lambda self, module, prompts, n_new: fake(self, module, prompts, n_new))
+    script = {text: [m.eos_id] * 64 for r in recs for text in (r.prompt, r.rephrase, r.loc_prompt)}
+    fake = ScriptedGreedy(m, script).install(monkeypatch)
     ev = Evaluator(m, "greedy", batch_size=2)
-    pre = ev.locality_outputs(m.model, recs)
-    ev.evaluate(m.model, recs, pre)
+    pre = ev.pre_locality(recs)
+    ev.evaluate(m.model, recs, pre, frozen_below_site=False)
     for r, p in zip(recs, pre):
         T = len(enc(tok, " " + r.target))
-        assert fake.n_new_for(m, r.prompt) == [T]
-        assert fake.n_new_for(m, r.rephrase) == [T]
-        assert fake.n_new_for(m, r.loc_prompt) == [len(enc(tok, " " + r.loc_answer))] * 2  # pre and post
+        assert fake.n_new_for(r.prompt) == [T]
+        assert fake.n_new_for(r.rephrase) == [T]
+        T_loc = len(enc(tok, " " + r.loc_answer))
+        assert fake.n_new_for(r.loc_prompt) == [T_loc] * 2  # pre and post
+        assert len(p) == T_loc
 
 
-@pytest.mark.parametrize("answer", ["Paris", "November 9, 1620", "July 9, 2017"])
-def test_locality_keeps_the_last_len_encode_g_new_tokens(tiny_model, monkeypatch, answer):
-    """Loc decodes T = len(encode(" " + g)) tokens and keeps the last len(encode(g)) of them. When g
-    re-encodes *longer* without the space (e.g. "November 9, 1620": 6 ids vs 5 with the space), all
-    T new tokens must be kept, not a wrapped-around negative slice."""
+@pytest.mark.parametrize("answer", ["Paris", "30", "November 9, 1620", "July 9, 2017"])
+def test_locality_compares_the_last_len_encode_g_new_tokens(tiny_model, monkeypatch, answer):
+    """Loc decodes T = len(encode(" " + g)) tokens and compares the last k = len(encode(g)) of them.
+    Pre and post differ only in the FIRST decoded token, so Loc = (T-1)/T when every token is
+    compared (k >= T) and 1 when the first falls outside the tail (k < T). When g re-encodes *longer*
+    without the space ("November 9, 1620": k=6, T=5) all T tokens must be compared, not the
+    k-T tokens a wrapped-around negative slice (ids[T-k:]) leaves."""
     m, tok = tiny_model, tiny_model.tok
     r = record(1, "Paris", answer)
     T, k = len(enc(tok, " " + answer)), len(enc(tok, answer))
-    new = list(range(100, 100 + T))  # distinct ids, so the slice taken is visible
-    fake = ScriptedGreedy(m, {r.loc_prompt: new})
-    monkeypatch.setattr(Evaluator, "greedy", lambda self, module, prompts, n_new: fake(self, module, prompts, n_new))
-    (out,) = Evaluator(m, "greedy").locality_outputs(m.model, [r])
-    assert fake.calls == [(tuple(m.encode_prompt(r.loc_prompt)), T)]
-    assert out == new[-k:]  # the last min(k, T) generated ids
-    assert len(out) == min(k, T)
+    post = list(range(100, 100 + T))
+    pre = [999] + post[1:]
+    fake = ScriptedGreedy(m, {r.prompt: [m.eos_id] * 8, r.rephrase: [m.eos_id] * 8, r.loc_prompt: post})
+    fake.install(monkeypatch)
+    out = Evaluator(m, "greedy").evaluate(m.model, [r], [pre], frozen_below_site=False)
+    assert fake.n_new_for(r.loc_prompt) == [T]
+    expected = 1.0 if k < T else (T - 1) / T
+    assert out["loc"] == pytest.approx(expected), f"T={T}, k={k}"
 
 
 def test_evaluator_scores_computed_by_hand(tiny_model, monkeypatch):
@@ -216,36 +226,53 @@ def test_evaluator_scores_computed_by_hand(tiny_model, monkeypatch):
         r1.loc_prompt: enc(tok, " Paris"),
         r2.loc_prompt: enc(tok, " New York"),
     }
-    fake = ScriptedGreedy(m, script)
-    monkeypatch.setattr(Evaluator, "greedy", lambda self, module, prompts, n_new: fake(self, module, prompts, n_new))
+    ScriptedGreedy(m, script).install(monkeypatch)
     ev = Evaluator(m, "greedy")
-    post = ev.locality_outputs(m.model, [r1, r2])
-    assert post == [enc(tok, " Paris")[-len(enc(tok, "Paris")):], enc(tok, " New York")[-2:]]
+    pre = ev.pre_locality([r1, r2])
+    assert pre == [enc(tok, " Paris"), enc(tok, " New York")]
 
-    # the pre-edit cache itself: identical outputs -> Loc 1
-    out = ev.evaluate(m.model, [r1, r2], post)
+    # against the unedited model's own outputs: Loc 1
+    out = ev.evaluate(m.model, [r1, r2], pre, frozen_below_site=False)
     assert out == {"rel": 1.0, "gen": 0.25, "loc": 1.0, "op": pytest.approx(0.25 ** (1 / 3)), "n_eval": 2}
 
-    # a hand-made pre-edit cache: r1 agrees fully, r2 agrees at 1 of max(3, 2) positions
-    pre = [list(post[0]), [post[1][0], post[1][1] + 1, 7]]
-    out = ev.evaluate(m.model, [r1, r2], pre)
-    loc = (1.0 + 1 / 3) / 2
-    assert out["rel"] == 1.0 and out["gen"] == 0.25
-    assert out["loc"] == pytest.approx(loc)
-    assert out["op"] == pytest.approx((1.0 * 0.25 * loc) ** (1 / 3))
-    assert out["n_eval"] == 2
+    # a hand-made pre-edit output: r1 agrees fully, r2 at 1 of its 2 positions
+    pre2 = [list(pre[0]), [pre[1][0], pre[1][1] + 1]]
+    out = ev.evaluate(m.model, [r1, r2], pre2, frozen_below_site=False)
+    assert (out["rel"], out["gen"], out["loc"], out["n_eval"]) == (1.0, 0.25, 0.75, 2)
+    assert out["op"] == pytest.approx((1.0 * 0.25 * 0.75) ** (1 / 3))
 
 
+@pytest.mark.parametrize("frozen_below_site", [True, False], ids=["shortcut", "plain"])
 @pytest.mark.parametrize("scoring", ["greedy", "teacher_forced"])
-def test_unedited_model_has_locality_one_against_its_own_cache(tiny_model, zsre_records, scoring):
+def test_unedited_model_has_locality_one_against_its_own_outputs(tiny_model, zsre_records, scoring,
+                                                                 frozen_below_site):
     m = tiny_model
     recs = zsre_records[:12]
-    pre = Evaluator(m, scoring, batch_size=32).locality_outputs(m.model, recs)
-    out = Evaluator(m, scoring, batch_size=5).evaluate(m.model, recs, pre)  # other batches than the cache's
+    pre = Evaluator(m, scoring, batch_size=32).pre_locality(recs)
+    out = Evaluator(m, scoring, batch_size=5).evaluate(m.model, recs, pre, frozen_below_site)  # other batches
     assert out["loc"] == 1.0
     assert out["n_eval"] == 12
     for k in ("rel", "gen", "op"):
         assert 0.0 <= out[k] <= 1.0
+
+
+def test_greedy_shortcut_equals_plain_decoding(tiny_model, zsre_records, monkeypatch):
+    """The exact shortcut must give what decoding gives, row by row. Make it matter: script nothing,
+    but make the targets the unedited model's own greedy outputs for half the records, so that the
+    shortcut confirms those rows and decodes the others."""
+    m = tiny_model
+    recs = list(zsre_records[:16])
+    ev = Evaluator(m, "greedy", batch_size=4)
+    own = ev.greedy(m.model, [m.encode_prompt(r.prompt) for r in recs[:8]], [3] * 8)
+    for i, ids in enumerate(own):
+        text = m.tok.decode(ids, skip_special_tokens=True)
+        if text.strip() and m.eos_id not in ids:
+            recs[i] = EditRecord(**{**recs[i].__dict__, "target": text.lstrip()})
+    pre = ev.pre_locality(recs)
+    plain = Evaluator(m, "greedy", batch_size=4).evaluate(m.model, recs, pre, frozen_below_site=False)
+    fast = Evaluator(m, "greedy", batch_size=4).evaluate(m.model, recs, pre, frozen_below_site=True)
+    assert fast == plain
+    assert plain["rel"] > 0  # some rows were confirmable
 
 
 def naive_greedy(m, module, prompt: list[int], n: int) -> list[int]:
@@ -292,8 +319,7 @@ def test_teacher_forced_matches_a_manual_unpadded_forward(tiny_model, zsre_recor
             pred = logits[n_prompt - 1:len(ids) - 1].argmax(-1).tolist()
             manual.append(metrics.token_accuracy(pred, ids[n_prompt:]))
     ev = Evaluator(m, "teacher_forced", batch_size=4)
-    pre = ev.locality_outputs(m.model, recs)
-    out = ev.evaluate(m.model, recs, pre)
+    out = ev.evaluate(m.model, recs, ev.pre_locality(recs))
     assert out["rel"] == pytest.approx(sum(manual) / len(manual), abs=1e-12)
 
 

@@ -182,6 +182,7 @@ def test_end_to_end_result_files(ft_run):
 def test_ft_beats_the_unedited_model(ft_run, tmp_path):
     do_run(["editor=none"], tmp_path / "none")
     none, ft = read_rows(tmp_path / "none"), read_rows(ft_run)
+    print("Rel at N=4, 8: FT-L", [r["rel"] for r in ft], "unedited", [r["rel"] for r in none])
     assert [r["loc"] for r in none] == [1.0, 1.0]  # the unedited model agrees with its own cache
     assert [r["editor_params"] for r in none] == [0, 0] and none[0]["method"] == "Unedited"
     assert ft[-1]["rel"] > none[-1]["rel"], (ft[-1]["rel"], none[-1]["rel"])
@@ -285,10 +286,9 @@ def test_teacher_forced_run(tmp_path):
 
 
 @pytest.mark.parametrize("model", ["tiny_llama", "tiny_qwen2"])
-def test_both_tiny_models_run(tmp_path, model):
+def test_both_tiny_models_run(tmp_path, compose_cfg, model):
     d = tmp_path / "run"
-    run(compose_config([f"model={model}", "editor=ft", "editor.n_iter=5", "n_edits=2", "protocol.checkpoints=[1]"],
-                       out_dir=tmp_path), d)
+    run(compose_cfg([f"model={model}", "editor=ft", "editor.n_iter=5", "n_edits=2", "protocol.checkpoints=[1]"]), d)
     rows = read_rows(d)
     assert [r["N"] for r in rows] == [1, 2]
     assert all(r["model"] == model for r in rows)
@@ -338,4 +338,6 @@ def test_sigkill_then_cli_resume_equals_uninterrupted_cli_run(tmp_path):
     assert [r["N"] for r in read_rows(ref_dir)] == [4, 10]
     assert metrics_of(read_rows(d)) == metrics_of(read_rows(ref_dir))
     assert read_rows(d)[-1]["config_hash"] == read_rows(ref_dir)[-1]["config_hash"]
+    a, b = (torch.load(x / "ckpt" / "step_000010" / "state.pt", weights_only=False) for x in (ref_dir, d))
+    assert_same(a["editor"], b["editor"], "editor")
     assert "FT-L | tiny_llama | zsre | greedy scoring" in ref_stdout  # the table printed at the end

@@ -3,7 +3,6 @@
 Layout of a run directory:
   metrics.jsonl     one row per completed checkpoint (rewritten atomically at each checkpoint)
   summary.json      {"status": "running" | "complete", ...}; "complete" only after the last checkpoint
-  pre_cache.pt      the unedited model's locality outputs (computed once)
   ckpt/step_NNNNNN/ state.pt (editor state, stream cursor, RNG states, per-edit costs) + meta.json
 A checkpoint directory is written under a temporary name and renamed into place, so a directory
 named step_* is always complete; a kill at any moment loses at most the edits since the last one.
@@ -65,19 +64,6 @@ class RunStore:
 
     def write_summary(self, summary: dict) -> None:
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-
-    # ------------------------------------------------------------------ pre-edit cache
-    def load_pre_cache(self, key: str):
-        p = self.dir / "pre_cache.pt"
-        if p.is_file():
-            obj = torch.load(p, weights_only=False)
-            if obj.get("key") == key:
-                return obj["value"]
-        return None
-
-    def save_pre_cache(self, key: str, value) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_torch_save({"key": key, "value": value}, self.dir / "pre_cache.pt")
 
     # ------------------------------------------------------------------ checkpoints
     def save(self, step: int, state: dict, meta: dict) -> None:

@@ -25,11 +25,11 @@ from tqdm import tqdm
 from editbench import __version__
 from editbench.checkpoint import RunStore, rng_state, set_rng_state
 from editbench.errors import EditbenchError
-from editbench.evaluate import Evaluator
+from editbench.evaluate import Evaluator, StateCache, cache_key
 from editbench.models import load_model
 
 SCHEMA = 1
-RUNTIME_KEYS = ("resume", "out_dir", "logger", "tag", "threads")  # do not change what a run computes
+RUNTIME_KEYS = ("resume", "out_dir", "logger", "tag", "threads", "cache_dir")  # do not change what a run computes
 
 
 def checkpoint_grid(grid, n_edits: int) -> list[int]:
@@ -133,9 +133,15 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     data = instantiate_group(cfg.data)
     records = data.stream(n_edits)
     model = load_model(cfg.model)
-    editor = instantiate_group(cfg.editor, model=model)
     proto = cfg.protocol
-    evaluator = Evaluator(model, proto.scoring, proto.eval_batch_size)
+    cache = StateCache(Path(cfg.cache_dir).expanduser() / "states" /
+                       f"{cfg.model.name}-{cache_key(OmegaConf.to_container(cfg.model, resolve=True), proto.scoring)}.pt")
+    evaluator = Evaluator(model, proto.scoring, proto.eval_batch_size, cache)
+    t0 = time.perf_counter()
+    pre_loc = evaluator.pre_locality(records)  # the unedited model, before any editor touches it
+    cache.save()
+    print(f"[editbench] pre-edit locality outputs: {len(pre_loc)} prompts in {time.perf_counter() - t0:.1f}s")
+    editor = instantiate_group(cfg.editor, model=model)
     grid = checkpoint_grid(proto.checkpoints, n_edits)
     costs = Costs(model.device)
     static = {
@@ -161,14 +167,6 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     store.write_rows(rows)
     store.write_summary({"status": "running", "run_id": static["run_id"], "n_edits": n_edits, "done": cursor})
 
-    pre_key = f"{chash}:{proto.scoring}"
-    pre_loc = store.load_pre_cache(pre_key)
-    if pre_loc is None:
-        t0 = time.perf_counter()
-        pre_loc = evaluator.locality_outputs(model.model, records)
-        store.save_pre_cache(pre_key, pre_loc)
-        print(f"[editbench] pre-edit locality cache: {len(pre_loc)} prompts in {time.perf_counter() - t0:.1f}s")
-
     logger = instantiate_group(cfg.logger)
     logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), chash)
     for row in rows:
@@ -184,7 +182,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         if any(cursor - len(batch) < g <= cursor for g in grid):
             t0 = time.perf_counter()
             idx = eval_indices(cursor, proto.retention, cursor)
-            scores = evaluator.evaluate(editor.module(), [records[i] for i in idx], [pre_loc[i] for i in idx])
+            scores = evaluator.evaluate(editor.module(), [records[i] for i in idx], [pre_loc[i] for i in idx],
+                                        editor.frozen_below_site)
             row = {**static, "N": cursor, **scores,
                    "edit_s_mean": float(np.mean(costs.edit_s)) / bs, "edit_s_total": float(np.sum(costs.edit_s)),
                    "eval_s": time.perf_counter() - t0, "peak_mem_gb": costs.peak_gb,

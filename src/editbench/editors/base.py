@@ -20,6 +20,10 @@ class Editor(ABC):
     #: the method's name in results tables; editors whose ablation switches change what the
     #: method *is* (e.g. HoReN with 0 Hopfield steps = GRACE+Norm) override `method`.
     label: str = "?"
+    #: True when the editor never changes anything below the edit-site block (codebooks, side
+    #: memories, a weight edit at the site layer). The evaluator then reuses the unedited hidden
+    #: states entering that block; editors that update lower layers (ROME-family) set False.
+    frozen_below_site: bool = True
 
     def __init__(self, model: EditableModel, **hparams):
         self.model = model
