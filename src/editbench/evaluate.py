@@ -43,9 +43,14 @@ class StateCache:
             self.site, self.outputs = obj["site"], obj["outputs"]
 
     def save(self) -> None:
+        """Write the cache, merged with what other runs wrote meanwhile (last writer keeps both)."""
         if self.path and self.dirty:
             from editbench.checkpoint import atomic_torch_save
 
+            if self.path.is_file():
+                other = torch.load(self.path, weights_only=False)
+                self.site = {**other["site"], **self.site}
+                self.outputs = {**other["outputs"], **self.outputs}
             self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_torch_save({"site": self.site, "outputs": self.outputs}, self.path)
             self.dirty = False
