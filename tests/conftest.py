@@ -37,9 +37,13 @@ CONF = Path(editbench.__file__).parent / "conf"
 CACHE_DIR = Path(_CACHE)
 
 
+def pytest_configure(config):
+    # Hydra warns in-process when the optional user conf/ is absent from the working directory
+    config.addinivalue_line("filterwarnings", "ignore:provider=hydra.searchpath in main:UserWarning")
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_CACHE, ignore_errors=True)
-TINY_MODELS = ("tiny_llama", "tiny_qwen2")
 
 
 def compose_config(overrides: Sequence[str] = (), *, out_dir: Path | str | None = None, tiny: bool = True,
@@ -98,7 +102,9 @@ def zsre_records():
 def cli_env() -> dict:
     env = dict(os.environ)
     env.update(TQDM_DISABLE="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", WANDB_MODE="disabled",
-               HYDRA_FULL_ERROR="0", PYTHONWARNINGS="default", OMP_NUM_THREADS="1")
+               OMP_NUM_THREADS="1")
+    env.pop("HYDRA_FULL_ERROR", None)  # what a user sees by default
+    env.pop("PYTHONWARNINGS", None)
     return env
 
 

@@ -76,6 +76,7 @@ def test_editor_conformance(name, records, probe_prompts):
     model, editor = build(name)
     assert isinstance(editor.method, str) and editor.method.strip() and editor.method != "?"
     base_logits = logits(model, editor, probe_prompts)
+    pre = {s: Evaluator(model, s).pre_locality(records) for s in ("greedy", "teacher_forced")}  # unedited
     assert trainable(model) == []
 
     for r in records[:2]:
@@ -107,13 +108,17 @@ def test_editor_conformance(name, records, probe_prompts):
     editor3.edit([records[2]])
     torch.testing.assert_close(logits(model3, editor3, probe_prompts), end_logits, rtol=0, atol=0)
 
-    # the evaluator runs on the editor's module (KV-cached greedy decoding, teacher forcing)
-    for scoring in ("greedy", "teacher_forced"):
-        ev = Evaluator(model3, scoring, batch_size=2)
-        pre = ev.locality_outputs(editor3.module(), records)
-        out = ev.evaluate(editor3.module(), records, pre)
-        assert out["n_eval"] == len(records) and out["loc"] == 1.0
-        assert all(0.0 <= out[k] <= 1.0 for k in ("rel", "gen", "op"))
+    # the evaluator runs on the editor's module: KV-cached greedy decoding (plain, and the exact
+    # shortcut when the editor declares the blocks below the site frozen) and teacher forcing
+    plain = Evaluator(model3, "greedy", batch_size=2).evaluate(editor3.module(), records, pre["greedy"], False)
+    assert plain["n_eval"] == len(records)
+    assert all(0.0 <= plain[k] <= 1.0 for k in ("rel", "gen", "loc", "op"))
+    if editor3.frozen_below_site:
+        fast = Evaluator(model3, "greedy", batch_size=2).evaluate(editor3.module(), records, pre["greedy"], True)
+        assert fast == plain, f"{name}: the evaluator's shortcut disagrees with plain decoding"
+    tf = Evaluator(model3, "teacher_forced", batch_size=2).evaluate(editor3.module(), records, pre["teacher_forced"],
+                                                                   editor3.frozen_below_site)
+    assert all(0.0 <= tf[k] <= 1.0 for k in ("rel", "gen", "loc", "op"))
 
 
 # ----------------------------------------------------------------------------- G4: the edit site

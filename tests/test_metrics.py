@@ -2,6 +2,7 @@
 the tiny model's byte-level BPE, and the evaluator's decoding conventions and batching."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -197,8 +198,10 @@ def test_locality_compares_the_last_len_encode_g_new_tokens(tiny_model, monkeypa
     """Loc decodes T = len(encode(" " + g)) tokens and compares the last k = len(encode(g)) of them.
     Pre and post differ only in the FIRST decoded token, so Loc = (T-1)/T when every token is
     compared (k >= T) and 1 when the first falls outside the tail (k < T). When g re-encodes *longer*
-    without the space ("November 9, 1620": k=6, T=5) all T tokens must be compared, not the
-    k-T tokens a wrapped-around negative slice (ids[T-k:]) leaves."""
+    without the space ("November 9, 1620": k=6, T=5) the tail of the full output sequence reaches
+    k-T tokens back into the prompt (EDITORS.md: "last len(tok.encode(g)) ids of the full output
+    sequence"), which pre and post share: Loc = (k-1)/k — not the k-T tokens a wrapped-around
+    negative slice (ids[T-k:]) would leave."""
     m, tok = tiny_model, tiny_model.tok
     r = record(1, "Paris", answer)
     T, k = len(enc(tok, " " + answer)), len(enc(tok, answer))
@@ -208,7 +211,7 @@ def test_locality_compares_the_last_len_encode_g_new_tokens(tiny_model, monkeypa
     fake.install(monkeypatch)
     out = Evaluator(m, "greedy").evaluate(m.model, [r], [pre], frozen_below_site=False)
     assert fake.n_new_for(r.loc_prompt) == [T]
-    expected = 1.0 if k < T else (T - 1) / T
+    expected = 1.0 if k < T else (k - 1) / k
     assert out["loc"] == pytest.approx(expected), f"T={T}, k={k}"
 
 
@@ -267,7 +270,7 @@ def test_greedy_shortcut_equals_plain_decoding(tiny_model, zsre_records, monkeyp
     for i, ids in enumerate(own):
         text = m.tok.decode(ids, skip_special_tokens=True)
         if text.strip() and m.eos_id not in ids:
-            recs[i] = EditRecord(**{**recs[i].__dict__, "target": text.lstrip()})
+            recs[i] = dataclasses.replace(recs[i], target=text.lstrip())
     pre = ev.pre_locality(recs)
     plain = Evaluator(m, "greedy", batch_size=4).evaluate(m.model, recs, pre, frozen_below_site=False)
     fast = Evaluator(m, "greedy", batch_size=4).evaluate(m.model, recs, pre, frozen_below_site=True)

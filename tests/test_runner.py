@@ -18,7 +18,8 @@ from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import CONF, cli_cmd, cli_env, compose_config, read_rows, read_summary, run_cli, run_dirs  # noqa: E402
+from conftest import (CACHE_DIR, CONF, cli_cmd, cli_env, compose_config, read_rows, read_summary,  # noqa: E402
+                      run_cli, run_dirs)
 
 from editbench.data.zsre import ZsRE  # noqa: E402
 from editbench.editors.ft import FineTune  # noqa: E402
@@ -176,7 +177,7 @@ def test_end_to_end_result_files(ft_run):
     assert summary["final"] == rows[-1]
     assert summary["data_info"]["usable"] == 10_037
     assert sorted(os.listdir(ft_run / "ckpt")) == ["step_000008"]  # keep_last=1, no temp dirs left
-    assert (ft_run / "pre_cache.pt").is_file()
+    assert list((CACHE_DIR / "states").glob("tiny_llama-*.pt")), "unedited-model states go to cache_dir"
 
 
 def test_ft_beats_the_unedited_model(ft_run, tmp_path):
@@ -225,6 +226,18 @@ def test_interrupted_then_resumed_equals_uninterrupted(editor, ft_run, tmp_path,
     assert_same(a["editor"], b["editor"], "editor")
     assert_same(a["rng"]["torch"], b["rng"]["torch"], "rng")
     assert a["cursor"] == b["cursor"] == 8 and len(a["edit_s"]) == len(b["edit_s"]) == 8
+
+
+def test_cold_and_warm_state_cache_give_the_same_rows(ft_run, tmp_path):
+    """Unedited-model states in cache_dir are shared by runs (computed in other batches, padded
+    differently): a run that starts with an empty cache and one that finds it full agree exactly."""
+    cache = tmp_path / "cache"
+    do_run([*FT, f"cache_dir={cache}"], tmp_path / "cold")
+    assert list((cache / "states").glob("*.pt"))
+    do_run([*FT, f"cache_dir={cache}"], tmp_path / "warm")
+    cold, warm = read_rows(tmp_path / "cold"), read_rows(tmp_path / "warm")
+    assert metrics_of(cold) == metrics_of(warm) == metrics_of(read_rows(ft_run))
+    assert cold[0]["config_hash"] == read_rows(ft_run)[0]["config_hash"]  # cache_dir is a runtime key
 
 
 def test_resume_of_a_complete_run_is_a_no_op(ft_run, tmp_path, interrupt_at):
@@ -297,7 +310,8 @@ def test_both_tiny_models_run(tmp_path, compose_cfg, model):
 
 # ----------------------------------------------------------------------------- a real kill
 def test_sigkill_then_cli_resume_equals_uninterrupted_cli_run(tmp_path):
-    args = ["model=tiny_llama", "editor=ft", "editor.lr=0.01", "editor.n_iter=50", "n_edits=10",
+    # no early stop: every edit takes all 50 steps, so the kill lands well inside edits 5..12
+    args = ["model=tiny_llama", "editor=ft", "editor.lr=0.01", "editor.n_iter=50", "editor.stop_loss=0", "n_edits=12",
             "protocol.checkpoints=[4]"]
     ref_out, out = tmp_path / "ref", tmp_path / "killed"
     env = cli_env()
@@ -318,7 +332,7 @@ def test_sigkill_then_cli_resume_equals_uninterrupted_cli_run(tmp_path):
             victim.kill()
             victim.wait()
     (d,) = {p.parents[1] for p in out.glob("**/ckpt/step_*")}
-    assert not (d / "ckpt" / "step_000010").exists(), "killed too late: the run had finished"
+    assert not (d / "ckpt" / "step_000012").exists(), "killed too late: the run had finished"
     assert read_summary(d)["status"] == "running"
     # the kill may land between the checkpoint's rename and the metrics.jsonl rewrite: the
     # checkpoint's meta.json holds the rows either way
@@ -335,9 +349,9 @@ def test_sigkill_then_cli_resume_equals_uninterrupted_cli_run(tmp_path):
     assert ref.returncode == 0, ref_stderr[-2000:]
     (ref_dir,) = run_dirs(ref_out)
     assert ref_dir.relative_to(ref_out) == d.relative_to(out)
-    assert [r["N"] for r in read_rows(ref_dir)] == [4, 10]
+    assert [r["N"] for r in read_rows(ref_dir)] == [4, 12]
     assert metrics_of(read_rows(d)) == metrics_of(read_rows(ref_dir))
     assert read_rows(d)[-1]["config_hash"] == read_rows(ref_dir)[-1]["config_hash"]
-    a, b = (torch.load(x / "ckpt" / "step_000010" / "state.pt", weights_only=False) for x in (ref_dir, d))
+    a, b = (torch.load(x / "ckpt" / "step_000012" / "state.pt", weights_only=False) for x in (ref_dir, d))
     assert_same(a["editor"], b["editor"], "editor")
     assert "FT-L | tiny_llama | zsre | greedy scoring" in ref_stdout  # the table printed at the end

@@ -19,8 +19,9 @@ GROUPS = ("editor", "model", "data", "protocol", "logger", "experiment", "hydra/
 
 
 def register_resolvers() -> None:
+    # run-dir suffix from the overrides; '/' in values (paths) would nest folders
     if not OmegaConf.has_resolver("eb_suffix"):
-        OmegaConf.register_new_resolver("eb_suffix", lambda s: f"_{s}" if s else "")
+        OmegaConf.register_new_resolver("eb_suffix", lambda s: "_" + s.replace("/", "%") if s else "")
 
 
 def options(group: str) -> list[str]:
@@ -132,6 +133,10 @@ def _hydra_main(cfg) -> None:
 
 
 def main() -> None:
+    import warnings
+
+    # the top-level conf/ is optional: Hydra warns when the folder is absent
+    warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath in main, path=conf is not available")
     register_resolvers()
     argv = sys.argv[1:]
     try:

@@ -65,6 +65,12 @@ class RunStore:
     def write_summary(self, summary: dict) -> None:
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
+    def clear(self) -> None:
+        """Forget a previous run in this directory (resume=never)."""
+        shutil.rmtree(self.ckpt_dir, ignore_errors=True)
+        for name in ("metrics.jsonl", "summary.json"):
+            (self.dir / name).unlink(missing_ok=True)
+
     # ------------------------------------------------------------------ checkpoints
     def save(self, step: int, state: dict, meta: dict) -> None:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)

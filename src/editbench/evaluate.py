@@ -57,8 +57,13 @@ class StateCache:
 
 
 def cache_key(model_cfg: dict, scoring: str) -> str:
+    """Identifies the unedited model's states: its config (not where it runs) and the library
+    versions that compute them."""
+    import transformers
+
     keep = {k: v for k, v in model_cfg.items() if k not in ("device", "device_map", "horen")}
-    return hashlib.sha1(repr((sorted(keep.items()), scoring)).encode()).hexdigest()[:16]
+    ident = (sorted(keep.items()), scoring, torch.__version__, transformers.__version__)
+    return hashlib.sha1(repr(ident).encode()).hexdigest()[:16]
 
 
 class Evaluator:
@@ -99,11 +104,14 @@ class Evaluator:
 
     # ------------------------------------------------------------------ scoring modes
     def _loc_tail(self, ids: list[int], r: EditRecord) -> list[int]:
-        """Greedy locality compares the last len(tok(loc_answer)) ids of the output (EDITORS.md §3.1)."""
+        """Greedy locality compares the last len(tok(loc_answer)) ids of the *full* output sequence,
+        prompt included (EDITORS.md §3.1): when the answer encodes longer without its leading space
+        than the decode length, the tail reaches back into the (shared) prompt."""
         if self.scoring == "teacher_forced":
             return ids
         k = len(self.m.encode_answer(r.loc_answer))
-        return ids[len(ids) - k:]
+        full = self.m.encode_prompt(r.loc_prompt) + list(ids)
+        return full[max(len(full) - k, 0):]
 
     def _locality(self, module, records, pre_loc, fast: bool) -> list[list[int]]:
         pairs = [(r.loc_prompt, r.loc_answer) for r in records]

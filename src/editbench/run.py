@@ -13,6 +13,7 @@ import random
 import resource
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -68,10 +69,19 @@ def seed_everything(seed: int) -> None:
 
 
 def instantiate_group(node: DictConfig, **kwargs):
-    """Build a config-group object; `name` is bookkeeping, not a constructor argument."""
+    """Build a config-group object; `name` is bookkeeping, not a constructor argument. Our own
+    errors come out unwrapped (Hydra wraps constructor exceptions in InstantiationException)."""
+    from hydra.errors import InstantiationException
+
     cfg = OmegaConf.to_container(node, resolve=True)
     cfg.pop("name", None)
-    return instantiate(cfg, **kwargs)
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as e:
+        if isinstance(e.__cause__, EditbenchError):
+            raise e.__cause__ from None
+        raise EditbenchError(f"cannot build {cfg.get('_target_')}: {' '.join(str(e).split())[:300]} "
+                             f"— check the group's keys and values") from None
 
 
 class Costs:
@@ -120,13 +130,36 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt("SIGTERM")
 
 
+def check_top_level(cfg: DictConfig) -> None:
+    for key in ("n_edits", "seed"):
+        v = cfg[key]
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise EditbenchError(f"{key}={v!r} is not an integer — e.g. {key}=100")
+    if cfg.n_edits < 1:
+        raise EditbenchError(f"n_edits={cfg.n_edits} — give a positive number of edits")
+    if cfg.resume not in ("auto", "never"):
+        raise EditbenchError(f"resume={cfg.resume!r} — use resume=auto (continue the newest checkpoint) or resume=never")
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict:
     """Run one edit stream; returns the final metrics row. Resumes from `run_dir` if asked."""
-    signal.signal(signal.SIGTERM, _on_sigterm)  # clean stop: files stay consistent, summary stays "running"
+    check_top_level(cfg)
+    previous = signal.getsignal(signal.SIGTERM)
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:  # a clean stop on SIGTERM: files stay consistent, summary stays "running"
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _run(cfg, Path(run_dir))
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(cfg: DictConfig, run_dir: Path) -> dict:
     store = RunStore(run_dir)
+    if cfg.resume == "never":
+        store.clear()
     chash, n_edits = config_hash(cfg), int(cfg.n_edits)
-    if n_edits < 1:
-        raise EditbenchError(f"n_edits={n_edits} — give a positive number of edits")
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     seed_everything(cfg.seed)
@@ -192,7 +225,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
             rows.append(row)
             state = {"editor": editor.state_dict(), "cursor": cursor, "rng": rng_state(),
                      "edit_s": costs.edit_s, "peak_gb": costs.peak_gb}
-            store.save(cursor, state, {"config_hash": chash, "cursor": cursor, "rows": rows})
+            store.save(cursor, state, {"config_hash": chash, "cursor": cursor, "rows": rows,
+                                       "config": OmegaConf.to_container(cfg, resolve=True)})
             store.write_rows(rows)
             logger.log(row)
             bar.write(f"[editbench] N={cursor}: rel={row['rel']:.3f} gen={row['gen']:.3f} loc={row['loc']:.3f} "

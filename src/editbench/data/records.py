@@ -26,13 +26,20 @@ def load_json_records(path: str | Path, what: str) -> list[dict]:
     if not p.is_file():
         raise EditbenchError(f"{what}: data file not found: {p} — check data.path (or omit it to use the packaged data)")
     text = p.read_text(encoding="utf-8")
-    try:
-        if text.lstrip().startswith("["):
+    if text.lstrip().startswith("["):
+        try:
             rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise EditbenchError(f"{what}: {p} is not valid JSON/JSONL (line {e.lineno}: {e.msg}) — fix or replace the file") from None
+        except json.JSONDecodeError as e:
+            raise EditbenchError(f"{what}: {p} is not valid JSON (line {e.lineno}: {e.msg}) — fix or replace the file") from None
+    else:
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise EditbenchError(f"{what}: {p} line {lineno} is not valid JSON ({e.msg}) — fix or remove that line") from None
     if not all(isinstance(r, dict) for r in rows):
         raise EditbenchError(f"{what}: {p} must hold JSON objects, one per record — fix the file")
     return rows
