@@ -109,6 +109,8 @@ def _missing(msg: str, line: list[str]) -> tuple[str, str]:
 
 
 def list_groups(group: str | None) -> None:
+    if group and group not in GROUPS and group.rstrip("s") in GROUPS:
+        group = group.rstrip("s")  # `editbench ls editors` reads naturally too
     for g in ([group] if group else GROUPS):
         if g not in GROUPS:
             raise EditbenchError(f"no config group '{g}' — groups: {', '.join(GROUPS)}")

@@ -335,6 +335,9 @@ def load_model(cfg) -> EditableModel:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_logging.set_verbosity_error()  # connection retries are summed up in our one-line error
     dtype = DTYPES[cfg.dtype]
     device = _resolve_device(cfg.device)
     if cfg.source == "tiny":
