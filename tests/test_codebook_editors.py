@@ -9,7 +9,7 @@ from editbench.data import EditRecord
 from editbench.editors._common import prompt_positions
 from editbench.models import load_model
 from editbench.run import instantiate_group, seed_everything
-from tests.conftest import compose_config
+from conftest import compose_config  # noqa: E402  (pytest puts tests/ on sys.path; one conftest module)
 
 
 def build(name: str, *overrides: str):
