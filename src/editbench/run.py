@@ -184,6 +184,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
         "hparams": {k: v for k, v in OmegaConf.to_container(cfg.editor, resolve=True).items()
                     if k not in ("_target_", "name")},
         "edit_layer": model.site.layer, "edit_module": model.site.module, "chat_template": model.chat_template,
+        "model_revision": getattr(model.model.config, "_commit_hash", None),  # the hub commit actually loaded
         "data_info": {"order_seed": data.order_seed, "skip": data.skip},
         "config_hash": chash, "git_hash": git_hash(), "versions": versions(),
     }
