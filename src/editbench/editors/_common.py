@@ -134,3 +134,18 @@ def train(params: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], lr: f
         loss.backward()
         opt.step()
     return n_iter
+
+
+def train_entry(editor, row: int, hit: bool, batch, lr: float) -> None:
+    """Train codebook row `row` of a codebook editor on one edit. While it trains, `editor.trained`
+    tells the site wrapper to use the trainable copy (`hit`: whether retrieval sends this prompt to
+    the row); the frozen network before the last prompt token runs once."""
+    param = editor.book.values[row].clone().requires_grad_(True)
+    editor.trained = (param, hit)
+    pre = editor.model.prefix(batch, from_last_prompt=True)
+    hp = editor.hparams
+    try:
+        train([param], lambda: editor.model.target_loss(pre), lr, hp["n_iter"], hp["stop_loss"], hp["patience"])
+    finally:
+        editor.trained = None
+    editor.book.values[row] = param.detach()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from editbench.editors._common import Codebook, SiteWrapper, edit_labels, prompt_positions, train
+from editbench.editors._common import Codebook, SiteWrapper, edit_labels, prompt_positions, train_entry
 from editbench.editors.base import Editor
 from editbench.errors import EditbenchError
 
@@ -93,16 +93,8 @@ class GRACE(Editor):
                     else:
                         self.cases["reuse"] += 1
             d, j = self.nearest(key[None])
-            param = self.book.values[row].clone().requires_grad_(True)
-            self.trained = (param, bool(int(j[0]) == row and float(d[0]) <= float(self.book.radii[row])))
-            pre = self.model.prefix(batch, from_last_prompt=True)
-            hp = self.hparams
-            try:
-                train([param], lambda: self.model.target_loss(pre), hp["lr"], hp["n_iter"], hp["stop_loss"],
-                      hp["patience"])
-            finally:
-                self.trained = None
-            self.book.values[row] = param.detach()
+            train_entry(self, row, bool(int(j[0]) == row and float(d[0]) <= float(self.book.radii[row])), batch,
+                        self.hparams["lr"])
 
     def state_dict(self) -> dict:
         return {"book": self.book.state_dict(), "cases": dict(self.cases)}

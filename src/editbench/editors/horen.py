@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from editbench.editors._common import Codebook, SiteWrapper, edit_labels, prompt_positions, train
+from editbench.editors._common import Codebook, SiteWrapper, edit_labels, prompt_positions, train_entry
 from editbench.editors.base import Editor
 from editbench.errors import EditbenchError
 
@@ -146,16 +146,9 @@ class HoReN(Editor):
             # As in the reference, the value is trained where retrieval sends this prompt: after an
             # insertion the new key normally wins; if the refined query lands elsewhere, nothing trains.
             s_after, j_after = self.match(self.refine(q0))
-            param = self.book.values[row].clone().requires_grad_(True)
-            self.trained = (param, bool(s_after[0] > self.tau and int(j_after[0]) == row))
-            pre = self.model.prefix(batch, from_last_prompt=True)
+            hit = bool(s_after[0] > self.tau and int(j_after[0]) == row)
             hp = self.hparams
-            try:
-                train([param], lambda: self.model.target_loss(pre), hp["lora_lr"] if self.lora else hp["lr"],
-                      hp["n_iter"], hp["stop_loss"], hp["patience"])
-            finally:
-                self.trained = None
-            self.book.values[row] = param.detach()
+            train_entry(self, row, hit, batch, hp["lora_lr"] if self.lora else hp["lr"])
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
