@@ -181,8 +181,7 @@ class Evaluator:
         for i, s in enumerate(states):
             h[i, T - s.shape[0]:] = s
         hidden = self.m.suffix_hidden(EditableModel.Prefix(h, batch, None, 0))
-        nxt = torch.zeros_like(batch.prompt_mask)
-        nxt[:, :-1] = batch.labels[:, 1:] != -100
+        nxt = batch.predicts_label
         pred = self.m.model.lm_head(hidden[nxt]).argmax(-1)
         agree = pred == batch.labels[:, 1:][nxt[:, :-1]]
         counts = nxt.sum(1).tolist()
@@ -197,8 +196,7 @@ class Evaluator:
             with torch.no_grad(), self.m.context(batch.prompt_mask):
                 hidden = module.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                       position_ids=batch.position_ids, use_cache=False).last_hidden_state
-                nxt = torch.zeros_like(batch.prompt_mask)
-                nxt[:, :-1] = batch.labels[:, 1:] != -100
+                nxt = batch.predicts_label
                 pred = module.lm_head(hidden[nxt]).argmax(-1).tolist()
             out, k = [], 0
             for i, n in enumerate(nxt.sum(1).tolist()):

@@ -44,6 +44,13 @@ class TokenBatch:
     def position_ids(self) -> torch.Tensor:
         return (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
+    @property
+    def predicts_label(self) -> torch.Tensor:
+        """B x T bool: positions whose logits predict a labelled token (logits at t predict t+1)."""
+        nxt = torch.zeros_like(self.prompt_mask)
+        nxt[:, :-1] = self.labels[:, 1:] != -100
+        return nxt
+
     def to(self, device) -> "TokenBatch":
         return TokenBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.prompt_mask, self.labels)))
 
@@ -240,8 +247,7 @@ class EditableModel:
     def target_loss(self, pre: "EditableModel.Prefix") -> torch.Tensor:
         """Mean next-token cross-entropy over the target tokens, scoring only those positions."""
         labels = pre.batch.labels
-        nxt = torch.zeros_like(pre.batch.prompt_mask)
-        nxt[:, :-1] = labels[:, 1:] != -100  # logits at t predict token t+1
+        nxt = pre.batch.predicts_label
         logits = self.model.lm_head(self.suffix_hidden(pre)[nxt])
         return nn.functional.cross_entropy(logits.float(), labels[:, 1:][nxt[:, :-1]])
 
@@ -264,9 +270,6 @@ class EditableModel:
         finally:
             handle.remove()
         return captured["x"], captured["y"]
-
-    def param_count(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
 
 
 # --------------------------------------------------------------------------- loading
