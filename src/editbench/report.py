@@ -589,7 +589,7 @@ def _title(data, model, protocol, version, scoring) -> str:
 def _save(fig: Figure, folder: Path, stem: str) -> list[Path]:
     paths = [folder / f"{stem}.png", folder / f"{stem}.pdf"]
     fig.savefig(paths[0], dpi=150)
-    fig.savefig(paths[1])
+    fig.savefig(paths[1], metadata={"CreationDate": None})  # byte-identical on re-render
     return paths
 
 
