@@ -331,3 +331,41 @@ def test_unknown_scoring_is_rejected(tiny_model):
 
     with pytest.raises(EditbenchError, match="scoring"):
         Evaluator(tiny_model, "nope")
+
+
+def test_locality_output_ends_at_its_first_eos(tiny_model, monkeypatch):
+    """HF `generate` (the reference decodes one prompt at a time) stops a sequence at its first EOS,
+    so the compared tail of prompt + output reaches back into the prompt when the output ends early.
+    Padding the output with EOS up to T tokens instead would shift the tail (EDITORS.md §3.1)."""
+    m = tiny_model
+    eos = m.eos_id
+    r = record(1, "Paris", "New York City")  # T = len(" New York City") = k = len("New York City")
+    T, k = len(enc(m.tok, " New York City")), len(enc(m.tok, "New York City"))
+    assert T == k >= 3
+    a = enc(m.tok, " Paris")[0]
+    pre = [a, eos] + [eos] * (T - 2)  # "Paris" then stop
+    post = [eos] * T  # stops at once
+    ScriptedGreedy(m, {r.prompt: [eos] * 8, r.rephrase: [eos] * 8, r.loc_prompt: post}).install(monkeypatch)
+    out = Evaluator(m, "greedy").evaluate(m.model, [r], [pre], frozen_below_site=False)
+    prompt = m.encode_prompt(r.loc_prompt)
+    pre_tail, post_tail = (prompt + [a, eos])[-k:], (prompt + [eos])[-k:]
+    assert out["loc"] == pytest.approx(metrics.agreement(pre_tail, post_tail))
+    # what comparing the EOS-padded outputs would have given: every position but the first agrees
+    assert metrics.agreement(pre, post) == pytest.approx((T - 1) / T) != pytest.approx(out["loc"])
+
+
+def test_greedy_stops_at_any_eos_id(tiny_model, zsre_records, monkeypatch):
+    """A row that emits any of the model's EOS ids (generation config: one or a list) is finished:
+    every later position holds `eos_id`, as HF `generate` pads finished rows."""
+    m = tiny_model
+    prompts = [m.encode_prompt(r.prompt) for r in zsre_records[:6]]
+    free = Evaluator(m, "greedy").greedy(m.model, prompts, [6] * len(prompts))
+    first = free[0][0]  # make the first token row 0 produces an EOS id
+    stops = (m.eos_id, first)
+    monkeypatch.setattr(m, "eos_ids", stops)
+    out = Evaluator(m, "greedy").greedy(m.model, prompts, [6] * len(prompts))
+    for g, f in zip(out, free):
+        cut = next((i for i, t in enumerate(f) if t in stops), None)
+        expected = f if cut is None else f[:cut + 1] + [m.eos_id] * (len(f) - cut - 1)
+        assert g == expected
+    assert out[0] == [first] + [m.eos_id] * 5

@@ -163,7 +163,7 @@ def test_end_to_end_result_files(ft_run):
             assert 0.0 <= r[k] <= 1.0
         assert r["n_eval"] == r["N"]
         assert r["method"] == "FT-L" and r["editor"] == "ft" and r["model"] == "tiny_llama"
-        assert r["protocol"] == "lifelong_v1" and r["protocol_version"] == 1 and r["scoring"] == "greedy"
+        assert r["protocol"] == "lifelong_v1" and r["protocol_version"] == 2 and r["scoring"] == "greedy"
         assert r["hparams"]["lr"] == 0.01 and r["hparams"]["n_iter"] == 50 and "_target_" not in r["hparams"]
         assert r["editor_params"] == 128 * 64  # the layer-2 down_proj weight
         assert (r["edit_layer"], r["edit_module"]) == (2, "mlp.down_proj")

@@ -105,12 +105,14 @@ class Evaluator:
     # ------------------------------------------------------------------ scoring modes
     def _loc_tail(self, ids: list[int], r: EditRecord) -> list[int]:
         """Greedy locality compares the last len(tok(loc_answer)) ids of the *full* output sequence,
-        prompt included (EDITORS.md §3.1): when the answer encodes longer without its leading space
-        than the decode length, the tail reaches back into the (shared) prompt."""
+        prompt included (EDITORS.md §3.1). The output ends at its first EOS, as HF `generate` (the
+        reference decodes one prompt at a time) stops there: when the output is shorter than the
+        answer, or the answer encodes longer without its leading space than the decode length, the
+        tail reaches back into the (shared) prompt."""
         if self.scoring == "teacher_forced":
             return ids
         k = len(self.m.encode_answer(r.loc_answer))
-        full = self.m.encode_prompt(r.loc_prompt) + list(ids)
+        full = self.m.encode_prompt(r.loc_prompt) + self.m.until_eos(ids)
         return full[max(len(full) - k, 0):]
 
     def _locality(self, module, records, pre_loc, fast: bool) -> list[list[int]]:
@@ -153,8 +155,7 @@ class Evaluator:
                 rows.append(None)
                 continue
             # after an EOS the decoder pads with EOS on its own: only check through the first one
-            upto = c.index(self.m.eos_id) + 1 if self.m.eos_id in c else n
-            rows.append((p + c[:upto], len(p)))
+            rows.append((p + self.m.until_eos(c), len(p)))
         live = [i for i, r in enumerate(rows) if r is not None]
         ok = [False] * len(rows)
         for i, good in zip(live, self._batched([rows[i][0] for i in live], lambda idx: self._check([rows[live[i]] for i in idx]))):
@@ -220,10 +221,10 @@ class Evaluator:
     @torch.no_grad()
     def greedy(self, module, prompts: list[list[int]], n_new: list[int]) -> list[list[int]]:
         """Greedy decoding of n_new[i] tokens per prompt (left-padded batch, KV cache). A row that
-        emits EOS keeps emitting EOS, as HF `generate` pads finished rows."""
+        emits an EOS id keeps emitting `eos_id`, as HF `generate` pads finished rows."""
         batch = self.m.batch([(p, len(p)) for p in prompts])
         am, pos = batch.attention_mask, batch.position_ids
-        eos = self.m.eos_id
+        eos, stops = self.m.eos_id, torch.tensor(self.m.eos_ids, device=batch.input_ids.device)
         steps, ids, past = max(n_new), batch.input_ids, None
         done = torch.zeros(len(prompts), dtype=torch.bool, device=ids.device)
         new = []
@@ -233,7 +234,7 @@ class Evaluator:
                              use_cache=True, logits_to_keep=1)
                 nxt = out.logits[:, -1].argmax(-1)
                 nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
-                done |= nxt == eos
+                done |= torch.isin(nxt, stops)
                 new.append(nxt)
                 past, ids = out.past_key_values, nxt[:, None]
                 am = torch.cat([am, torch.ones_like(am[:, :1])], dim=1)

@@ -74,9 +74,11 @@ class EditableModel:
         self.system_prompt = system_prompt
         self.device = torch.device(device)
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        if isinstance(gen_eos, (list, tuple)):
-            gen_eos = gen_eos[0]
-        self.eos_id = int(gen_eos if gen_eos is not None else tokenizer.eos_token_id)
+        if gen_eos is None:
+            gen_eos = tokenizer.eos_token_id
+        # every id that ends a generation (HF `generate` stops at any of them); the first pads
+        self.eos_ids = tuple(int(e) for e in (gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]))
+        self.eos_id = self.eos_ids[0]
         self.pad_id = self.eos_id  # protocol: pad := eos
         self.prompt_mask: torch.Tensor | None = None  # the token context, set around every forward
         n_layers = len(self.blocks)
@@ -127,8 +129,15 @@ class EditableModel:
         """What joins a prompt and its answer: a space for raw prompts, nothing after a chat turn."""
         return "" if self.chat_template else " "
 
+    def until_eos(self, ids: Sequence[int]) -> list[int]:
+        """`ids` up to and including the first EOS id (where HF `generate` stops a sequence)."""
+        ids = list(ids)
+        ends = [i for i, t in enumerate(ids) if t in self.eos_ids]
+        return ids[:ends[0] + 1] if ends else ids
+
     def encode_prompt(self, prompt: str) -> list[int]:
-        # Raw prompts get the tokenizer's default special tokens (BOS); a chat template has its own.
+        # Raw prompts get the model's own default special tokens (BOS for LLaMA, none for Qwen or
+        # SmolLM2 — see `gguf_tokenizer`); a chat template brings its own.
         return self.tok(self.format_prompt(prompt), add_special_tokens=not self.chat_template).input_ids
 
     def encode_answer(self, answer: str) -> list[int]:
@@ -285,14 +294,65 @@ def _gguf_location(package: str, filename: str) -> tuple[str, str]:
     return str(folder), filename
 
 
+# GGUF keys of the tokenizer's special tokens (llama.cpp's names) -> the HF tokenizer attribute
+GGUF_SPECIAL_IDS = {"bos_token": "tokenizer.ggml.bos_token_id", "eos_token": "tokenizer.ggml.eos_token_id",
+                    "unk_token": "tokenizer.ggml.unknown_token_id", "pad_token": "tokenizer.ggml.padding_token_id"}
+GGUF_ADD_FLAGS = {"add_bos_token": "tokenizer.ggml.add_bos_token", "add_eos_token": "tokenizer.ggml.add_eos_token"}
+
+
+def gguf_tokenizer_metadata(path: str | Path) -> dict:
+    """The tokenizer fields of a GGUF file that decide which ids a prompt becomes: special-token
+    ids and whether BOS / EOS are added. Keys absent from the file are absent from the result."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    out = {}
+    for name, key in {**GGUF_SPECIAL_IDS, **GGUF_ADD_FLAGS}.items():
+        f = fields.get(key)
+        if f is not None:
+            value = f.parts[f.data[0]][0].item()
+            out[name] = bool(value) if name in GGUF_ADD_FLAGS else int(value)
+    return out
+
+
+def gguf_tokenizer(folder: str, filename: str):
+    """The tokenizer of a GGUF model, with the special tokens and BOS / EOS behaviour the GGUF
+    declares. transformers (4.57) builds the tokenizer from the vocabulary but drops
+    `add_bos_token` (SmolLM2 would get a stray BOS on every prompt) and may pick the wrong EOS;
+    this puts the file's own values back and checks the ids a plain encode then produces."""
+    from tokenizers.processors import TemplateProcessing
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    meta = gguf_tokenizer_metadata(Path(folder) / filename)
+    for attr in GGUF_SPECIAL_IDS:
+        if attr in meta:
+            setattr(tok, attr, tok.convert_ids_to_tokens(meta[attr]))
+    add_bos = meta.get("add_bos_token", getattr(tok, "add_bos_token", False))
+    add_eos = meta.get("add_eos_token", getattr(tok, "add_eos_token", False))
+    for flag, value in (("_add_bos_token", add_bos), ("_add_eos_token", add_eos)):
+        if hasattr(tok, flag):  # e.g. LlamaTokenizerFast: keep its properties truthful
+            setattr(tok, flag, value)
+    single = " ".join([tok.bos_token] * add_bos + ["$A"] + [tok.eos_token] * add_eos)
+    specials = [(t, tok.convert_tokens_to_ids(t)) for t, on in ((tok.bos_token, add_bos), (tok.eos_token, add_eos)) if on]
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single=single, special_tokens=specials)
+    probe = tok("a").input_ids
+    if (probe[0] == tok.bos_token_id) != add_bos or (probe[-1] == tok.eos_token_id) != add_eos:
+        raise EditbenchError(f"the tokenizer built from {filename} does not follow the file's add_bos_token="
+                             f"{add_bos} / add_eos_token={add_eos} (encodes 'a' as {probe}) — report this with "
+                             f"your transformers version")
+    return tok
+
+
 def _resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
 
-def _tiny_tokenizer(corpus: Path, vocab_size: int):
-    """A small byte-level BPE trained on ZsRE text: a real sub-word tokenizer with no download."""
+def _tiny_tokenizer(corpus: Path, vocab_size: int, add_bos: bool):
+    """A small byte-level BPE trained on ZsRE text: a real sub-word tokenizer with no download.
+    `add_bos` mirrors the two conventions of the paper's models: LLaMA prepends BOS, Qwen does not."""
     import json
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -311,8 +371,9 @@ def _tiny_tokenizer(corpus: Path, vocab_size: int):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<bos>", "<eos>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tk.train_from_iterator(texts, trainer)
-    from tokenizers.processors import TemplateProcessing
-    tk.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
+    if add_bos:
+        from tokenizers.processors import TemplateProcessing
+        tk.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 0)])
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<eos>", pad_token="<eos>")
     tok.chat_template = ("{% for m in messages %}<bos>{{ m['role'] }}\n{{ m['content'] }}<eos>\n{% endfor %}"
                          "{% if add_generation_prompt %}<bos>assistant\n{% endif %}")
@@ -346,11 +407,11 @@ def load_model(cfg) -> EditableModel:
     if cfg.source == "tiny":
         from editbench.data.zsre import PACKAGED_POOL
 
-        tok = _tiny_tokenizer(PACKAGED_POOL, cfg.tiny.vocab_size)
+        tok = _tiny_tokenizer(PACKAGED_POOL, cfg.tiny.vocab_size, bool(cfg.tiny.add_bos))
         model = _tiny_model(cfg, len(tok)).to(dtype)
     elif cfg.source == "gguf":
         folder, filename = _gguf_location(cfg.gguf.package, cfg.gguf.file)
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        tok = gguf_tokenizer(folder, filename)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=dtype)
     elif cfg.source == "hub":
         where = cfg.path or cfg.hf_id
