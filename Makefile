@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install run test test-slow figures bench clean
+.PHONY: install run test test-fast test-slow figures bench clean
 
 $(BIN)/editbench: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,11 @@ install: $(BIN)/editbench
 run: install
 	$(BIN)/python -m editbench $(ARGS)
 
+# Every test, the `slow` ones (they load the embedded SmolLM2: seconds, no network) included.
 test: install
+	$(BIN)/python -m pytest $(ARGS)
+
+test-fast: install
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
 test-slow: install

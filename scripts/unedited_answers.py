@@ -1,0 +1,63 @@
+"""What greedy locality compares against: the unedited model's own answers.
+
+    python scripts/unedited_answers.py [n_edits=1000] [overrides...]
+
+Decodes, with the protocol's greedy rule and decode lengths, the unedited model's answers to the
+first `n_edits` edit prompts and locality prompts of the configured stream, and prints how many
+end at once (first token an EOS id), how many are "?" then EOS, and the most common outputs.
+The unedited locality outputs come from the same state cache the runner uses.
+"""
+from __future__ import annotations
+
+import collections
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from editbench.__main__ import register_resolvers
+from editbench.evaluate import Evaluator, StateCache, cache_key
+from editbench.models import load_model
+from editbench.run import instantiate_group
+
+
+def shares(model, outputs: list[list[int]]) -> dict:
+    eos = set(model.eos_ids)
+    outs = [model.until_eos(o) for o in outputs]
+    q = model.tok.encode("?", add_special_tokens=False)
+    return {
+        "n": len(outs),
+        "eos_first": sum(o[0] in eos for o in outs) / len(outs),
+        "question_mark_then_eos": sum(len(o) >= len(q) + 1 and o[:len(q)] == q and o[len(q)] in eos
+                                      for o in outs) / len(outs),
+        "common": collections.Counter(model.tok.decode(o) for o in outs).most_common(5),
+    }
+
+
+def main(argv: list[str]) -> None:
+    register_resolvers()
+    overrides = [a for a in argv if not a.startswith("n_edits=")]
+    n = int(next((a.split("=", 1)[1] for a in argv if a.startswith("n_edits=")), 1000))
+    with initialize_config_module("editbench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["editor=none", *overrides])
+    torch.set_num_threads(int(cfg.threads or 1))
+    records = instantiate_group(cfg.data).stream(n)
+    model = load_model(cfg.model)
+    cache = StateCache(Path(cfg.cache_dir).expanduser() / "states" /
+                       f"{cfg.model.name}-{cache_key(OmegaConf.to_container(cfg.model, resolve=True), 'greedy')}.pt")
+    ev = Evaluator(model, "greedy", int(cfg.protocol.eval_batch_size), cache)
+    loc = ev.pre_locality(records)
+    prompts = [model.encode_prompt(r.prompt) for r in records]
+    n_new = [len(model.encode_answer(model.answer_sep + r.target)) for r in records]
+    edit = ev._batched(prompts, lambda idx: ev.greedy(model.model, [prompts[i] for i in idx], [n_new[i] for i in idx]))
+    print(f"{cfg.model.name}, {cfg.data.name}, first {n} edits (chat_template={model.chat_template})")
+    for what, outs in (("edit prompts", edit), ("locality prompts", loc)):
+        s = shares(model, outs)
+        print(f"{what:>17}: EOS first {s['eos_first']:.3f}, '?' then EOS {s['question_mark_then_eos']:.3f}; "
+              f"most common: {s['common']}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
