@@ -98,6 +98,11 @@ def zsre_records():
     return ZsRE().stream(64)
 
 
+def probe(case, name: str, i: int = 0):
+    """The i-th probe of a case's probe set `name` (ZsRE cases have one per set)."""
+    return case.probes[name].probes[i]
+
+
 # ----------------------------------------------------------------------------- subprocess helpers
 def cli_env() -> dict:
     env = dict(os.environ)

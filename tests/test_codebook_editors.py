@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from editbench.data import EditRecord
+from editbench.data import EditRequest
 from editbench.editors._common import prompt_positions
-from editbench.models import load_model
+from editbench.models import Pass, load_model
 from editbench.run import instantiate_group, seed_everything
 from conftest import compose_config  # noqa: E402  (pytest puts tests/ on sys.path; one conftest module)
 
@@ -19,9 +19,8 @@ def build(name: str, *overrides: str):
     return model, instantiate_group(cfg.editor, model=model)
 
 
-def rec(prompt: str, target: str, i: int = 0) -> EditRecord:
-    return EditRecord(id=str(i), prompt=prompt, target=target, rephrase=prompt, loc_prompt="nq question: x",
-                      loc_answer="y")
+def rec(prompt: str, target: str, i: int = 0) -> EditRequest:
+    return EditRequest(id=str(i), prompt=prompt, target=target)
 
 
 def with_keys(editor, keys: torch.Tensor):
@@ -193,8 +192,35 @@ def test_grace_far_edit_adds_and_replaces_only_inside_the_radius():
     prompt = "nq question: who wrote the odyssey"
     ids = model.encode_prompt(prompt)
     batch = model.batch([(ids, len(ids))])
-    with torch.no_grad(), model.context(batch.prompt_mask):
+    with torch.no_grad(), model.bind(Pass("prefill", batch.prompt_mask)):
         edited = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-    with torch.no_grad(), model.context(None):
+    with torch.no_grad(), model.bind(Pass("unedited", batch.prompt_mask)):
         plain = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
     assert torch.equal(edited, plain)
+
+
+@pytest.mark.parametrize("name", ["grace", "horen"])
+def test_a_forward_pass_without_a_pass_context_raises(name):
+    """The edit is never skipped silently: a wrapper reached outside `model.bind` raises."""
+    model, ed = build(name, "editor.n_iter=1")
+    ed.edit([rec("What is the capital of France?", "Paris")])
+    ids = model.encode_prompt("What is the capital of France?")
+    with pytest.raises(RuntimeError, match="no pass context"):
+        model.model(input_ids=torch.tensor([ids]))
+
+
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_qwen2"])
+def test_the_run_seed_reaches_editor_initialisation(model):
+    """Building the tiny model must not re-seed torch: the runner's seed decides the editor's
+    random initialisation (HoReN's dummy key), the model's weights stay those of init_seed."""
+    def init(seed):
+        cfg = compose_config(["editor=horen", f"model={model}"])
+        seed_everything(seed)
+        m = load_model(cfg.model)
+        return m, instantiate_group(cfg.editor, model=m)
+
+    (m0, a), (m1, b), (m2, c) = init(0), init(99), init(0)
+    assert not torch.equal(a.book.K[0], b.book.K[0])
+    assert torch.equal(a.book.K[0], c.book.K[0])
+    for p, q in zip(m0.model.parameters(), m1.model.parameters()):
+        assert torch.equal(p, q)

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from editbench.data import EditRecord
+from conftest import probe
+from editbench.data import EditCase, Probe
 from editbench.data.zsre import PACKAGED_POOL, ZsRE
 from editbench.errors import EditbenchError
 
@@ -49,11 +50,26 @@ def test_packaged_pool_loads(pool):
     assert PACKAGED_POOL.is_file()
     assert len(d.raw) == POOL_TOTAL
     assert len(recs) == USABLE_ANSWER
-    assert all(isinstance(r, EditRecord) for r in recs)
-    assert all(r.prompt and r.target and r.rephrase and r.loc_prompt and r.loc_answer for r in recs)
+    assert all(isinstance(r, EditCase) for r in recs)
+    assert all(r.request.prompt and r.request.target and probe(r, "gen").prompt and probe(r, "loc").prompt
+               and probe(r, "loc").answer for r in recs)
     assert len({r.id for r in recs}) == len(recs)
     first = d.raw[0]
-    assert recs[0].prompt == first["src"] and recs[0].target == first["answers"][0]  # target=answer: answers[0]
+    c = recs[0]
+    assert c.request.prompt == first["src"] and c.request.target == first["answers"][0]  # target=answer: answers[0]
+    assert c.request.subject == first["subject"] and c.id == first["id"]
+    # the probe sets the evaluator scores, each naming its scorer; the request carries none of them
+    assert {k: (v.scorer, v.probes) for k, v in c.probes.items()} == {
+        "rel": ("accuracy", (Probe(first["src"], first["answers"][0]),)),
+        "gen": ("accuracy", (Probe(first["rephrase"], first["answers"][0]),)),
+        "loc": ("locality", (Probe(first["loc"], first["loc_ans"]),))}
+    assert set(vars(c.request)) == {"id", "prompt", "target", "subject"}
+
+
+def test_order_seed_null_streams_in_file_order(pool):
+    d, recs = pool
+    assert [c.id for c in ZsRE(order_seed=None).stream(30)] == [c.id for c in recs[:30]]
+    assert [c.id for c in ZsRE(order_seed=None, skip=5).stream(10)] == [c.id for c in recs[5:15]]
 
 
 def test_records_lacking_locality_are_counted_not_silent(pool):
@@ -131,7 +147,7 @@ def test_alt_targets(pool):
     assert d.info["skipped_no_alt"] == 8_002  # 8,000 null + 2 empty-string alts
     assert d.info["skipped_no_alt"] + d.info["skipped_no_locality"] + d.info["usable"] == POOL_TOTAL
     by_id = {r["id"]: r for r in pool[0].raw}
-    assert all(r.target == by_id[r.id]["alt"] for r in recs)
+    assert all(r.request.target == by_id[r.id]["alt"] for r in recs)
 
 
 def test_alt_refuses_a_stream_longer_than_the_records_with_alt():
@@ -173,7 +189,7 @@ def test_json_list_files_are_read(tmp_path):
     p = tmp_path / "list.json"
     p.write_text(json.dumps([good(0), good(1, answers="plain string")], indent=2))
     recs = ZsRE(path=str(p)).records()
-    assert [r.target for r in recs] == ["answer 0", "plain string"]
+    assert [r.request.target for r in recs] == ["answer 0", "plain string"]
 
 
 def test_missing_file(tmp_path):

@@ -24,8 +24,10 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import CONF, compose_config  # noqa: E402
 
+from conftest import probe  # noqa: E402
 from editbench.evaluate import Evaluator  # noqa: E402
-from editbench.models import load_model  # noqa: E402
+from editbench.models import Pass, load_model  # noqa: E402
+from editbench.metrics import OP  # noqa: E402
 from editbench.run import instantiate_group, seed_everything  # noqa: E402
 
 EDITORS = sorted(p.stem for p in (CONF / "editor").glob("*.yaml"))
@@ -43,7 +45,7 @@ def build(name: str, *overrides: str, seed: int = 0):
 def logits(model, editor, prompts: list[str]) -> torch.Tensor:
     """Next-token logits at every real position of a left-padded batch, prompt context set."""
     batch = model.batch([(model.encode_prompt(p), len(model.encode_prompt(p))) for p in prompts])
-    with torch.no_grad(), model.context(batch.prompt_mask):
+    with torch.no_grad(), model.bind(Pass("prefill", batch.prompt_mask)):
         out = editor.module()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                               position_ids=batch.position_ids, use_cache=False).logits
     return out[batch.attention_mask.bool()]
@@ -68,7 +70,8 @@ def records(zsre_records):
 @pytest.fixture(scope="module")
 def probe_prompts(records, zsre_records):
     # the edited prompts, their paraphrases, and unrelated prompts (locality)
-    return [r.prompt for r in records] + [r.rephrase for r in records] + [r.loc_prompt for r in zsre_records[10:13]]
+    return ([r.request.prompt for r in records] + [probe(r, "gen").prompt for r in records]
+            + [probe(r, "loc").prompt for r in zsre_records[10:13]])
 
 
 @pytest.mark.parametrize("name", EDITORS)
@@ -76,15 +79,15 @@ def test_editor_conformance(name, records, probe_prompts):
     model, editor = build(name)
     assert isinstance(editor.method, str) and editor.method.strip() and editor.method != "?"
     base_logits = logits(model, editor, probe_prompts)
-    pre = {s: Evaluator(model, s).pre_locality(records) for s in ("greedy", "teacher_forced")}  # unedited
+    pre = {s: Evaluator(model, s).reference(records) for s in ("greedy", "teacher_forced")}  # unedited
     assert trainable(model) == []
 
     for r in records[:2]:
-        editor.edit([r])
+        editor.edit([r.request])
         assert trainable(model) == [], f"{name}.edit left parameters trainable: {trainable(model)}"
     mid_logits, mid_state = logits(model, editor, probe_prompts), roundtrip(editor.state_dict())
     torch.manual_seed(1234)
-    editor.edit([records[2]])
+    editor.edit([records[2].request])
     assert trainable(model) == []
     end_logits, end_state = logits(model, editor, probe_prompts), roundtrip(editor.state_dict())
 
@@ -105,20 +108,27 @@ def test_editor_conformance(name, records, probe_prompts):
     editor3.load_state_dict(mid_state)
     torch.testing.assert_close(logits(model3, editor3, probe_prompts), mid_logits, rtol=0, atol=0)
     torch.manual_seed(1234)
-    editor3.edit([records[2]])
+    editor3.edit([records[2].request])
     torch.testing.assert_close(logits(model3, editor3, probe_prompts), end_logits, rtol=0, atol=0)
 
     # the evaluator runs on the editor's module: KV-cached greedy decoding (plain, and the exact
     # shortcut when the editor declares the blocks below the site frozen) and teacher forcing
-    plain = Evaluator(model3, "greedy", batch_size=2).evaluate(editor3.module(), records, pre["greedy"], False)
-    assert plain["n_eval"] == len(records)
-    assert all(0.0 <= plain[k] <= 1.0 for k in ("rel", "gen", "loc", "op"))
+    plain = Evaluator(model3, "greedy", batch_size=2).evaluate(editor3.module(), records, pre["greedy"], False, OP)
+    assert plain.metrics["n_eval"] == len(records) and plain.names == ["rel", "gen", "loc", "op"]
+    assert all(0.0 <= plain.metrics[k] <= 1.0 for k in plain.names)
     if editor3.frozen_below_site:
-        fast = Evaluator(model3, "greedy", batch_size=2).evaluate(editor3.module(), records, pre["greedy"], True)
+        fast = Evaluator(model3, "greedy", batch_size=2).evaluate(editor3.module(), records, pre["greedy"], True, OP)
         assert fast == plain, f"{name}: the evaluator's shortcut disagrees with plain decoding"
     tf = Evaluator(model3, "teacher_forced", batch_size=2).evaluate(editor3.module(), records, pre["teacher_forced"],
-                                                                   editor3.frozen_below_site)
-    assert all(0.0 <= tf[k] <= 1.0 for k in ("rel", "gen", "loc", "op"))
+                                                                   editor3.frozen_below_site, OP)
+    assert all(0.0 <= tf.metrics[k] <= 1.0 for k in tf.names)
+
+    # KV-cached and uncached greedy decoding give identical outputs (the edit goes in on the
+    # prompt pass and survives the decode steps; without a cache every step is a prompt pass)
+    ev = Evaluator(model3, "greedy", batch_size=3)
+    prompts = [model3.encode_prompt(p) for p in probe_prompts]
+    n_new = [5] * len(prompts)
+    assert ev.greedy(editor3.module(), prompts, n_new) == ev.greedy(editor3.module(), prompts, n_new, use_cache=False)
 
 
 # ----------------------------------------------------------------------------- G4: the edit site
@@ -156,6 +166,6 @@ def test_editor_touches_only_the_model_configs_edit_site(name, layer, records):
     site = f"model.layers.{model.site.layer}.{model.site.module}"
     assert model.site.layer == (2 if layer is None else layer)
     pristine = load_model(compose_config(["model=tiny_llama", *over]).model).model
-    editor.edit([records[0]])
+    editor.edit([records[0].request])
     outside = sorted(d for d in _differences(pristine, model.model) if d != site and not d.startswith(site + "."))
     assert outside == [], f"{name} changed the model outside the edit site {site}: {outside[:8]}"

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from editbench import metrics
-from editbench.data import EditRecord
+from editbench.data.zsre import make_case
 from editbench.evaluate import Evaluator
+from editbench.metrics import OP
+from editbench.models import Pass
 
 
 def enc(tok, s: str) -> list[int]:
@@ -141,9 +143,39 @@ def test_partial_match_after_re_encoding(tok):
 # forced and decodes only the rows it cannot confirm. Hand-computed tests script `Evaluator.greedy`
 # and take the plain path (frozen_below_site=False); the shortcut must agree with the plain path.
 
-def record(i: int, target: str, loc_answer: str) -> EditRecord:
-    return EditRecord(id=f"r{i}", prompt=f"Question {i} is what?", target=target, rephrase=f"Rephrased {i}, what?",
-                      loc_prompt=f"nq question: locality {i}", loc_answer=loc_answer)
+@dataclasses.dataclass(frozen=True)
+class Rec:
+    """The ZsRE fields a test scripts outputs for, and the case the evaluator scores."""
+
+    id: str
+    prompt: str
+    target: str
+    rephrase: str
+    loc_prompt: str
+    loc_answer: str
+
+    @property
+    def case(self):
+        return make_case(self.id, self.prompt, self.target, self.rephrase, self.loc_prompt, self.loc_answer)
+
+    @classmethod
+    def of(cls, case) -> "Rec":
+        return cls(case.id, case.request.prompt, case.request.target, case.probes["gen"].probes[0].prompt,
+                   case.probes["loc"].probes[0].prompt, case.probes["loc"].probes[0].answer)
+
+
+def record(i: int, target: str, loc_answer: str) -> Rec:
+    return Rec(id=f"r{i}", prompt=f"Question {i} is what?", target=target, rephrase=f"Rephrased {i}, what?",
+               loc_prompt=f"nq question: locality {i}", loc_answer=loc_answer)
+
+
+def cases(recs):
+    return [r.case for r in recs]
+
+
+def evaluate(ev, module, recs, refs, frozen_below_site=True) -> dict:
+    """The metrics of one evaluation (overall: OP), as a plain dict."""
+    return ev.evaluate(module, cases(recs), refs, frozen_below_site, OP).metrics
 
 
 class ScriptedGreedy:
@@ -164,7 +196,7 @@ class ScriptedGreedy:
         return out
 
     def install(self, monkeypatch) -> "ScriptedGreedy":
-        monkeypatch.setattr(Evaluator, "greedy", lambda ev, module, prompts, n_new: self(ev, module, prompts, n_new))
+        monkeypatch.setattr(Evaluator, "greedy", lambda ev, module, prompts, n_new, **kw: self(ev, module, prompts, n_new))
         return self
 
     def n_new_for(self, text: str) -> list[int]:
@@ -175,16 +207,16 @@ class ScriptedGreedy:
 def test_decode_length_is_len_of_space_plus_target(tiny_model, zsre_records, monkeypatch):
     m, tok = tiny_model, tiny_model.tok
     # records whose T = len(encode(" " + y)) differs from len(encode(y)), so the convention is visible
-    recs = [r for r in zsre_records
+    recs = [r for r in map(Rec.of, zsre_records)
             if len(enc(tok, " " + r.target)) != len(enc(tok, r.target))
             and len(enc(tok, " " + r.loc_answer)) != len(enc(tok, r.loc_answer))][:3]
     assert len(recs) >= 2
     script = {text: [m.eos_id] * 64 for r in recs for text in (r.prompt, r.rephrase, r.loc_prompt)}
     fake = ScriptedGreedy(m, script).install(monkeypatch)
     ev = Evaluator(m, "greedy", batch_size=2)
-    pre = ev.pre_locality(recs)
-    ev.evaluate(m.model, recs, pre, frozen_below_site=False)
-    for r, p in zip(recs, pre):
+    pre = ev.reference(cases(recs))
+    evaluate(ev, m.model, recs, pre, frozen_below_site=False)
+    for r, p in zip(recs, (x["loc"][0] for x in pre)):
         T = len(enc(tok, " " + r.target))
         assert fake.n_new_for(r.prompt) == [T]
         assert fake.n_new_for(r.rephrase) == [T]
@@ -209,7 +241,7 @@ def test_locality_compares_the_last_len_encode_g_new_tokens(tiny_model, monkeypa
     pre = [999] + post[1:]
     fake = ScriptedGreedy(m, {r.prompt: [m.eos_id] * 8, r.rephrase: [m.eos_id] * 8, r.loc_prompt: post})
     fake.install(monkeypatch)
-    out = Evaluator(m, "greedy").evaluate(m.model, [r], [pre], frozen_below_site=False)
+    out = evaluate(Evaluator(m, "greedy"), m.model, [r], [{"loc": [pre]}], frozen_below_site=False)
     assert fake.n_new_for(r.loc_prompt) == [T]
     expected = 1.0 if k < T else (k - 1) / k
     assert out["loc"] == pytest.approx(expected), f"T={T}, k={k}"
@@ -231,16 +263,24 @@ def test_evaluator_scores_computed_by_hand(tiny_model, monkeypatch):
     }
     ScriptedGreedy(m, script).install(monkeypatch)
     ev = Evaluator(m, "greedy")
-    pre = ev.pre_locality([r1, r2])
-    assert pre == [enc(tok, " Paris"), enc(tok, " New York")]
+    pre = ev.reference(cases([r1, r2]))
+    assert pre == [{"loc": [enc(tok, " Paris")]}, {"loc": [enc(tok, " New York")]}]
 
     # against the unedited model's own outputs: Loc 1
-    out = ev.evaluate(m.model, [r1, r2], pre, frozen_below_site=False)
+    scores = ev.evaluate(m.model, cases([r1, r2]), pre, False, OP)
+    out = scores.metrics
     assert out == {"rel": 1.0, "gen": 0.25, "loc": 1.0, "op": pytest.approx(0.25 ** (1 / 3)), "n_eval": 2}
+    assert scores.names == ["rel", "gen", "loc", "op"]
+    # one record per probe: case, set, index, score, output (ids and text)
+    by = {(r["case"], r["set"]): r for r in scores.records}
+    assert len(scores.records) == 6
+    assert by[("r2", "gen")] == {"case": "r2", "set": "gen", "i": 0, "score": 0.5, "ids": enc(tok, " New J"),
+                                 "out": " New J"}
+    assert by[("r1", "gen")]["ids"] == [eos] and by[("r1", "gen")]["score"] == 0.0  # cut after its first EOS
 
     # a hand-made pre-edit output: r1 agrees fully, r2 at 1 of its 2 positions
-    pre2 = [list(pre[0]), [pre[1][0], pre[1][1] + 1]]
-    out = ev.evaluate(m.model, [r1, r2], pre2, frozen_below_site=False)
+    pre2 = [pre[0], {"loc": [[pre[1]["loc"][0][0], pre[1]["loc"][0][1] + 1]]}]
+    out = evaluate(ev, m.model, [r1, r2], pre2, frozen_below_site=False)
     assert (out["rel"], out["gen"], out["loc"], out["n_eval"]) == (1.0, 0.25, 0.75, 2)
     assert out["op"] == pytest.approx((1.0 * 0.25 * 0.75) ** (1 / 3))
 
@@ -250,9 +290,9 @@ def test_evaluator_scores_computed_by_hand(tiny_model, monkeypatch):
 def test_unedited_model_has_locality_one_against_its_own_outputs(tiny_model, zsre_records, scoring,
                                                                  frozen_below_site):
     m = tiny_model
-    recs = zsre_records[:12]
-    pre = Evaluator(m, scoring, batch_size=32).pre_locality(recs)
-    out = Evaluator(m, scoring, batch_size=5).evaluate(m.model, recs, pre, frozen_below_site)  # other batches
+    recs = list(map(Rec.of, zsre_records[:12]))
+    pre = Evaluator(m, scoring, batch_size=32).reference(cases(recs))
+    out = evaluate(Evaluator(m, scoring, batch_size=5), m.model, recs, pre, frozen_below_site)  # other batches
     assert out["loc"] == 1.0
     assert out["n_eval"] == 12
     for k in ("rel", "gen", "op"):
@@ -264,17 +304,18 @@ def test_greedy_shortcut_equals_plain_decoding(tiny_model, zsre_records, monkeyp
     but make the targets the unedited model's own greedy outputs for half the records, so that the
     shortcut confirms those rows and decodes the others."""
     m = tiny_model
-    recs = list(zsre_records[:16])
+    recs = list(map(Rec.of, zsre_records[:16]))
     ev = Evaluator(m, "greedy", batch_size=4)
     own = ev.greedy(m.model, [m.encode_prompt(r.prompt) for r in recs[:8]], [3] * 8)
     for i, ids in enumerate(own):
         text = m.tok.decode(ids, skip_special_tokens=True)
         if text.strip() and m.eos_id not in ids:
             recs[i] = dataclasses.replace(recs[i], target=text.lstrip())
-    pre = ev.pre_locality(recs)
-    plain = Evaluator(m, "greedy", batch_size=4).evaluate(m.model, recs, pre, frozen_below_site=False)
-    fast = Evaluator(m, "greedy", batch_size=4).evaluate(m.model, recs, pre, frozen_below_site=True)
-    assert fast == plain
+    pre = ev.reference(cases(recs))
+    plain = Evaluator(m, "greedy", batch_size=4).evaluate(m.model, cases(recs), pre, False, OP)
+    fast = Evaluator(m, "greedy", batch_size=4).evaluate(m.model, cases(recs), pre, True, OP)
+    assert fast == plain  # metrics and every record's output
+    plain = plain.metrics
     assert plain["rel"] > 0  # some rows were confirmable
 
 
@@ -284,7 +325,7 @@ def naive_greedy(m, module, prompt: list[int], n: int) -> list[int]:
     with torch.no_grad():
         for _ in range(n):
             x = torch.tensor([ids])
-            with m.context(torch.ones_like(x, dtype=torch.bool)):
+            with m.bind(Pass("prefill", torch.ones_like(x, dtype=torch.bool))):
                 nxt = int(module(input_ids=x).logits[0, -1].argmax())
             nxt = m.eos_id if done else nxt
             done = done or nxt == m.eos_id
@@ -295,7 +336,7 @@ def naive_greedy(m, module, prompt: list[int], n: int) -> list[int]:
 
 def test_greedy_batching_invariance(tiny_model, zsre_records):
     m = tiny_model
-    prompts = [m.encode_prompt(r.prompt) for r in zsre_records[:8]]
+    prompts = [m.encode_prompt(r.request.prompt) for r in zsre_records[:8]]
     assert len({len(p) for p in prompts}) >= 4  # different lengths -> real left padding
     n_new = [3, 6, 1, 4, 5, 2, 6, 3]
     ev = Evaluator(m, "greedy", batch_size=32)
@@ -310,19 +351,19 @@ def test_teacher_forced_matches_a_manual_unpadded_forward(tiny_model, zsre_recor
     """Mode TF: argmax at positions [prompt_len-1, L-2] vs the ids at [prompt_len, L-1], one record
     at a time and unpadded; the evaluator's left-padded batch must give the same Rel."""
     m = tiny_model
-    recs = zsre_records[:6]
+    recs = list(map(Rec.of, zsre_records[:6]))
     manual = []
     with torch.no_grad():
         for r in recs:
             ids = m.tok(r.prompt + " " + r.target).input_ids  # raw prompt: default special tokens (BOS)
             n_prompt = len(m.tok(r.prompt).input_ids)
             x = torch.tensor([ids])
-            with m.context(torch.arange(len(ids))[None] < n_prompt):
+            with m.bind(Pass("prefill", torch.arange(len(ids))[None] < n_prompt)):
                 logits = m.model(input_ids=x).logits[0]
             pred = logits[n_prompt - 1:len(ids) - 1].argmax(-1).tolist()
             manual.append(metrics.token_accuracy(pred, ids[n_prompt:]))
     ev = Evaluator(m, "teacher_forced", batch_size=4)
-    out = ev.evaluate(m.model, recs, ev.pre_locality(recs))
+    out = evaluate(ev, m.model, recs, ev.reference(cases(recs)))
     assert out["rel"] == pytest.approx(sum(manual) / len(manual), abs=1e-12)
 
 
@@ -346,7 +387,7 @@ def test_locality_output_ends_at_its_first_eos(tiny_model, monkeypatch):
     pre = [a, eos] + [eos] * (T - 2)  # "Paris" then stop
     post = [eos] * T  # stops at once
     ScriptedGreedy(m, {r.prompt: [eos] * 8, r.rephrase: [eos] * 8, r.loc_prompt: post}).install(monkeypatch)
-    out = Evaluator(m, "greedy").evaluate(m.model, [r], [pre], frozen_below_site=False)
+    out = evaluate(Evaluator(m, "greedy"), m.model, [r], [{"loc": [pre]}], frozen_below_site=False)
     prompt = m.encode_prompt(r.loc_prompt)
     pre_tail, post_tail = (prompt + [a, eos])[-k:], (prompt + [eos])[-k:]
     assert out["loc"] == pytest.approx(metrics.agreement(pre_tail, post_tail))
@@ -358,7 +399,7 @@ def test_greedy_stops_at_any_eos_id(tiny_model, zsre_records, monkeypatch):
     """A row that emits any of the model's EOS ids (generation config: one or a list) is finished:
     every later position holds `eos_id`, as HF `generate` pads finished rows."""
     m = tiny_model
-    prompts = [m.encode_prompt(r.prompt) for r in zsre_records[:6]]
+    prompts = [m.encode_prompt(r.request.prompt) for r in zsre_records[:6]]
     free = Evaluator(m, "greedy").greedy(m.model, prompts, [6] * len(prompts))
     first = free[0][0]  # make the first token row 0 produces an EOS id
     stops = (m.eos_id, first)

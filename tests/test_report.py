@@ -100,7 +100,7 @@ def test_baselines_spot_checks():
         hit = df[(df["table"] == table) & (df["model"] == model) & (df["method"] == method)
                  & (df["data"] == data) & (df["N"] == N)]
         assert len(hit) == 1, (table, model, method, N)
-        for metric, value in zip(report.METRICS, expected):
+        for metric, value in zip(report.PAPER_METRICS, expected):
             got = hit.iloc[0][metric]
             ok = pd.isna(got) if value is None else got == pytest.approx(value)
             assert ok, (table, model, method, N, metric)
@@ -120,14 +120,14 @@ def test_baselines_structure():
                                 "deepseek_r1_llama_8b", "gpt_oss_20b"}
     assert set(df["method"]) <= {"ROME", "GRACE", "WISE", "AlphaEdit", "UltraEdit", "HoReN",
                                  "GRACE+Norm", "HoReN w/o norm", "HoReN-LoRA", "REPAIR"}
-    values = df[list(report.METRICS)].stack().dropna()
+    values = df[list(report.PAPER_METRICS)].stack().dropna()
     assert ((values >= 0) & (values <= 1)).all()
     assert df["source"].str.contains("EDITORS.md").all()
     # Tables 9-11 repeat Table 1's LLaMA-3.1 HoReN rows, once per table.
     t1 = df[(df["table"] == "1") & (df["model"] == "llama31_8b") & (df["method"] == "HoReN")]
     for table in ("9", "10", "11"):
         rows = df[(df["table"] == table) & (df["method"] == "HoReN")]
-        assert rows[list(report.METRICS)].to_numpy().tolist() == t1[list(report.METRICS)].to_numpy().tolist()
+        assert rows[list(report.PAPER_METRICS)].to_numpy().tolist() == t1[list(report.PAPER_METRICS)].to_numpy().tolist()
 
 
 # ---------------------------------------------------------------------------------------- tables
@@ -218,9 +218,10 @@ def test_hparam_variants_get_separate_labelled_rows(tmp_path):
 def test_cost_table(rendered):
     out, _ = rendered
     header, rows = read_md_table(out / "tables" / f"{STEM}__cost.md")
-    assert header == ["Method", "N", "n", "edit time (ms/edit)", "eval time (s)", "peak mem (GB)",
-                      "resident mem (GB)", "editor params"]
+    assert header == ["Method", "N", "n", "edit time (ms/edit)", "eval time (s)", "mem_device",
+                      "peak mem (GB)", "resident mem (GB)", "editor params"]
     assert rows["HoReN"]["edit time (ms/edit)"] == "15.0 ± 7.1"  # seeds 10 ms and 20 ms per edit
+    assert rows["HoReN"]["mem_device"] == "unknown"  # the fixture rows predate mem_device
 
 
 # --------------------------------------------------------------------------------------- figures
@@ -331,7 +332,7 @@ def test_extra_metric_columns_pass_through(tmp_path):
     results = tmp_path / "results"
     for seed in (0, 1):
         r = row("HoReN", seed, 10, data="unke", orig_rouge1=0.4 + 0.1 * seed, para_bleu=0.2)
-        for metric in report.METRICS:
+        for metric in report.PAPER_METRICS:
             del r[metric]
         write_run(results, f"s{seed}", [r])
     agg = report.aggregate(report.load_rows(results))
@@ -340,6 +341,221 @@ def test_extra_metric_columns_pass_through(tmp_path):
     written = report.render(results, tmp_path / "out", BASELINES)  # no Rel/Gen/Loc/OP: cost only
     assert [p.name for p in written["tables"]] == ["unke__qwen25_7b__lifelong_v1-v1__greedy__cost.md",
                                                    "unke__qwen25_7b__lifelong_v1-v1__greedy__cost.tex"]
+
+
+# ------------------------------------------------------------------------ metric names from rows
+
+PERSONAS = ["rel", "gen", "loc", "personas", "mhop", "op"]
+
+
+def aggregated(results: Path):
+    return report.aggregate(report.load_rows(results))
+
+
+def panel_titles(fig) -> list[str]:
+    return [ax.get_title() for ax in fig.axes if ax.get_title()]  # colour bars have no title
+
+
+def test_rows_metric_names_become_columns_and_are_bolded(tmp_path):
+    results = tmp_path / "results"
+    for seed, personas in ((0, 0.8), (1, 0.6)):
+        write_run(results, f"horen{seed}", [row("HoReN", seed, 10, metric_names=PERSONAS,
+                                                personas=personas, mhop=0.3)])
+    write_run(results, "grace", [row("GRACE", 0, 10, metric_names=PERSONAS, personas=0.4, mhop=0.5)])
+    out = tmp_path / "reports"
+    report.render(results, out, BASELINES)
+    header, rows = read_md_table(out / "tables" / f"{STEM}.md")
+    assert header == ["Method", "n", "N=10 Rel", "N=10 Gen", "N=10 Loc", "N=10 personas",
+                      "N=10 mhop", "N=10 OP"]
+    assert rows["HoReN"]["N=10 personas"] == "**0.700 ± 0.141**"  # seeds 0.8, 0.6
+    assert rows["GRACE"]["N=10 personas"] == "0.400"
+    assert rows["GRACE"]["N=10 mhop"] == "**0.500**" and rows["HoReN"]["N=10 mhop"] == "0.300 ± 0.000"
+    tex = (out / "tables" / f"{STEM}.tex").read_text()
+    assert r"personas & mhop & OP" in tex and r"\textbf{0.500}" in tex
+    agg = aggregated(results)
+    assert panel_titles(report.plot_metrics_vs_n(agg)) == ["Rel", "Gen", "Loc", "personas", "mhop"]
+    assert (out / "figures" / f"op_vs_n__{STEM}.png").is_file()
+
+
+def test_rows_without_metric_names_keep_the_paper_columns(tree, tmp_path):
+    # New rows with an extra metric sit in the same table as old rows without metric_names.
+    write_run(tree / "wise", "seed0", [row("WISE", 0, 10, metric_names=["rel", "gen", "loc", "op", "personas"],
+                                           personas=0.9)])
+    out = tmp_path / "reports"
+    report.render(tree, out, BASELINES)
+    header, rows = read_md_table(out / "tables" / f"{STEM}.md")
+    paper = ["Rel", "Gen", "Loc", "OP"]
+    assert header == ["Method", "n", *(f"N=10 {m}" for m in paper), "N=10 personas",
+                      *(f"N=100 {m}" for m in paper), "N=100 personas"]
+    assert rows["HoReN"]["N=10 personas"] == "—" and rows["WISE"]["N=10 personas"] == "**0.900**"
+    assert rows["HoReN"]["N=100 Rel"].strip("*") == "0.970 ± 0.014"
+    assert report.metric_names(report.load_rows(tree / "horen")) == list(report.PAPER_METRICS)
+
+
+def test_metrics_without_op_get_panels_but_no_op_figure(tmp_path):
+    results = tmp_path / "results"
+    names = ["orig_bleu", "orig_rouge1"]
+    write_run(results, "run", [row("HoReN", 0, N, data="unke", metric_names=names, orig_bleu=12.5,
+                                   orig_rouge1=0.25 * N / 10) for N in (10, 20)])
+    out = tmp_path / "reports"
+    written = report.render(results, out, BASELINES)
+    stem = "unke__qwen25_7b__lifelong_v1-v1__greedy"
+    header, rows = read_md_table(out / "tables" / f"{stem}.md")
+    assert header == ["Method", "n", "N=10 orig_bleu", "N=10 orig_rouge1", "N=20 orig_bleu",
+                      "N=20 orig_rouge1"]
+    assert rows["HoReN"]["N=20 orig_bleu"] == "**12.500**" and rows["HoReN"]["N=20 orig_rouge1"] == "**0.500**"
+    figures = {p.name for p in written["figures"]}
+    assert f"metrics_vs_n__{stem}.png" in figures and f"op_vs_n__{stem}.png" not in figures
+    fig = report.plot_metrics_vs_n(aggregated(results))
+    assert panel_titles(fig) == names
+    assert fig.axes[0].get_ylabel() == "orig_bleu" and fig.axes[0].get_ylim()[1] > 12.5  # no 0-1 clip
+
+
+def test_calibration_panels_follow_the_rows_metrics(tmp_path):
+    results = add_calibration(tmp_path / "results")
+    calib = aggregated(results)
+    assert panel_titles(report.plot_calibration(calib)) == ["Rel", "Gen", "Loc", "OP"]
+    write_run(tmp_path / "other", "run", [
+        row("HoReN", 0, 10, tag="calibration", metric_names=["gen", "personas"], personas=p,
+            hparams={"threshold": t, "pooling_ratio": 0.5}) for t, p in ((0.6, 0.2), (0.7, 0.4))])
+    calib = aggregated(tmp_path / "other")
+    assert panel_titles(report.plot_calibration(calib)) == ["Gen", "personas"]
+    assert report.plot_pareto(calib) is None  # needs loc, gen and op
+
+
+@pytest.mark.parametrize("names, message", [
+    ("rel", "metric_names is not a list of column names"),
+    (["rel", "personas"], "metric_names lists personas but the row has no such field"),
+    (["N", "rel"], "metric_names lists N, which identify a row"),
+])
+def test_bad_metric_names_skip_the_row_with_a_warning(tmp_path, names, message):
+    write_run(tmp_path, "run", [row("HoReN", 0, 10), row("HoReN", 0, 100, metric_names=names)])
+    with pytest.warns(report.ResultsWarning) as caught:
+        rows = report.load_rows(tmp_path)
+    assert rows["N"].tolist() == [10]
+    assert [str(w.message).split(" (")[-1] for w in caught] == [message + ")"]
+
+
+# ---------------------------------------------------------------------------------------- README
+
+README = """# Project
+
+Intro text.
+<!-- table:begin -->
+| old | table |
+| --- | --- |
+<!-- table:end -->
+
+![figure](reports/figures/x.png)
+"""
+
+
+def run_report(results: Path, out: Path, readme: Path) -> int:
+    with contextlib.redirect_stdout(io.StringIO()):
+        return report.main(["--results", str(results), "--out", str(out), "--baselines", str(BASELINES),
+                            "--readme", str(readme)])
+
+
+def test_readme_block_is_replaced_by_the_main_metric_tables(tree, tmp_path):
+    write_run(tree / "horen_v2", "seed0", [row("HoReN", 0, 10, 0.5, 0.5, 0.5, 0.5, protocol_version=2)])
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    readme.chmod(0o640)
+    out = tmp_path / "reports"
+    assert run_report(tree, out, readme) == 0
+    expected = []
+    for stem in (STEM, "zsre__qwen25_7b__lifelong_v1-v2__greedy"):  # table order
+        title_line, body = (out / "tables" / f"{stem}.md").read_text().split("\n\n", 1)
+        assert title_line.startswith("## ")
+        expected.append(f"**{title_line[3:]}**\n\n{body}")
+    head, tail = README.split("| old | table |\n| --- | --- |\n")
+    text = readme.read_text()
+    assert text == head + "\n".join(expected) + tail
+    assert "**zsre · qwen25_7b · lifelong_v1 (v1) · greedy scoring**\n\n| Method | n | N=10 Rel |" in text
+    assert "Cost" not in text and "| **0.880 ± 0.028** |" in text  # HoReN N=10 Gen
+    assert oct(readme.stat().st_mode & 0o777) == oct(0o640)
+    assert run_report(tree, out, readme) == 0 and readme.read_text() == text  # idempotent
+    assert not list(tmp_path.glob(".README.md.*"))  # no temp file left behind
+
+
+@pytest.mark.parametrize("marker", ["<!-- table:begin -->", "<!-- table:end -->"])
+def test_readme_without_a_marker_exits_2_and_is_unchanged(tree, tmp_path, capsys, marker):
+    readme = tmp_path / "README.md"
+    readme.write_text(README.replace(marker + "\n", ""))
+    before = readme.read_bytes()
+    out = tmp_path / "reports"
+    assert report.main(["--results", str(tree), "--out", str(out), "--readme", str(readme)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("editbench.report: ") and err.count("\n") == 1
+    assert f"{readme} has no {marker} line" in err
+    assert readme.read_bytes() == before and not out.exists()  # fails before writing anything
+
+
+def test_readme_note_when_there_are_no_main_rows(tmp_path):
+    results = add_calibration(tmp_path / "results")
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert run_report(results, tmp_path / "reports", readme) == 0
+    head, tail = README.split("| old | table |\n| --- | --- |\n")
+    assert readme.read_text() == head + "No results yet: run `make figures` after a run.\n" + tail
+
+
+def test_make_figures_updates_the_repository_readme():
+    figures = (REPO / "Makefile").read_text().split("\nfigures:")[1].split("\n\n")[0]
+    assert "-m editbench.report" in figures and "--readme README.md" in figures
+    report.check_readme(REPO / "README.md")  # both markers are there
+
+
+# -------------------------------------------------------------------------------- memory labels
+
+CUDA_LABEL = "CUDA memory (GB): peak allocated over all devices (solid), allocated (dashed)"
+CPU_LABEL = "CPU memory (GB): resident set (solid), growth over the unedited model (dashed)"
+
+
+def memory_axis(results: Path):
+    fig = report.plot_cost_vs_n(aggregated(results))
+    ax = fig.axes[1]
+    handles, labels = ax.get_legend_handles_labels()
+    series = {label: list(h.lines[0].get_ydata()) for h, label in zip(handles, labels)}
+    return ax.get_ylabel(), ax.get_title(), series
+
+
+def test_cuda_rows_plot_peak_and_allocated(tmp_path):
+    write_run(tmp_path, "run", [row("HoReN", 0, N, mem_device="cuda", peak_mem_gb=2.0,
+                                    resident_mem_gb=1.5) for N in (10, 100)])
+    ylabel, title, series = memory_axis(tmp_path)
+    assert ylabel == CUDA_LABEL and title == "Memory (cuda)"
+    assert series == {"HoReN peak": [2.0, 2.0], "HoReN allocated": [1.5, 1.5]}
+
+
+def test_cpu_rows_plot_resident_and_growth_not_peak(tmp_path):
+    write_run(tmp_path / "results", "run", [
+        row("HoReN", 0, N, mem_device="cpu", peak_mem_gb=9.0, resident_mem_gb=1.0 + N / 100,
+            mem_growth_gb=N / 100) for N in (10, 100)])
+    ylabel, title, series = memory_axis(tmp_path / "results")
+    assert ylabel == CPU_LABEL and title == "Memory (cpu)"
+    assert series == {"HoReN resident": [1.1, 2.0], "HoReN growth": [0.1, 1.0]}
+    out = tmp_path / "reports"
+    report.render(tmp_path / "results", out, BASELINES)
+    header, rows = read_md_table(out / "tables" / f"{STEM}__cost.md")
+    assert header[5:9] == ["mem_device", "peak mem (GB)", "resident mem (GB)", "mem growth (GB)"]
+    assert [rows["HoReN"][c] for c in header[5:9]] == ["cpu", "9.00", "2.00", "1.00"]  # last row: N=100
+
+
+@pytest.mark.parametrize("devices, title_part, cost_cell", [
+    ((None, None), "device unknown: rows without mem_device", "unknown"),
+    (("cpu", "cuda"), "mixed devices: cpu/cuda", "cpu/cuda"),
+    (("cuda", None), "mixed devices: cuda/unknown", "cuda/unknown"),
+])
+def test_unknown_or_mixed_devices_get_a_neutral_label(tmp_path, devices, title_part, cost_cell):
+    for seed, device in enumerate(devices):  # two seeds of one setting
+        extra = {"mem_device": device} if device else {}
+        write_run(tmp_path, f"s{seed}", [row("HoReN", seed, 10, **extra)])
+    ylabel, title, series = memory_axis(tmp_path)
+    assert ylabel == "memory (GB)" and title_part in title
+    assert series == {"HoReN peak": [pytest.approx(1.05)], "HoReN resident": [pytest.approx(0.51)]}
+    table = report.cost_table(aggregated(tmp_path), "cost", "Cost")
+    assert table.columns[5] == "mem_device" and table.rows[0][5] == cost_cell
 
 
 # ----------------------------------------------------------------------------------------- wandb

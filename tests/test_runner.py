@@ -35,7 +35,7 @@ SCHEMA_KEYS = {
     "N", "rel", "gen", "loc", "op", "n_eval", "edit_s_mean", "edit_s_total", "eval_s", "peak_mem_gb",
     "resident_mem_gb", "editor_params", "protocol_version", "scoring", "config_hash", "git_hash", "versions",
     "hparams", "method", "schema", "run_id", "tag", "editor", "model", "data", "protocol", "seed", "n_edits",
-    "edit_layer", "edit_module", "chat_template", "data_info", "time",
+    "edit_layer", "edit_module", "chat_template", "data_info", "time", "metric_names",
 }
 
 
@@ -178,6 +178,40 @@ def test_end_to_end_result_files(ft_run):
     assert summary["data_info"]["usable"] == 10_037
     assert sorted(os.listdir(ft_run / "ckpt")) == ["step_000008"]  # keep_last=1, no temp dirs left
     assert list((CACHE_DIR / "states").glob("tiny_llama-*.pt")), "unedited-model states go to cache_dir"
+    assert all(r["metric_names"] == ["rel", "gen", "loc", "op"] for r in rows)
+
+
+def test_per_record_files_and_diff(ft_run, tmp_path, capsys):
+    """Each checkpoint keeps one record per scored probe; `editbench diff` finds where runs differ."""
+    import gzip
+
+    from editbench.diff import diff
+
+    for r in read_rows(ft_run):
+        with gzip.open(ft_run / "records" / f"step_{r['N']:06d}.jsonl.gz", "rt") as f:
+            recs = [json.loads(x) for x in f]
+        assert len(recs) == 3 * r["N"] and {x["set"] for x in recs} == {"rel", "gen", "loc"}
+        for name in ("rel", "gen", "loc"):  # the row's metric is the mean of its records
+            scores = [x["score"] for x in recs if x["set"] == name]
+            assert r[name] == pytest.approx(sum(scores) / len(scores), abs=1e-12)
+    assert diff(ft_run, ft_run, out=open(os.devnull, "w"))
+    other = tmp_path / "other"
+    shutil.copytree(ft_run, other)
+    path = other / "records" / "step_000008.jsonl.gz"
+    with gzip.open(path, "rt") as f:
+        recs = [json.loads(x) for x in f]
+    recs[0]["score"], recs[0]["ids"], recs[0]["out"] = 1.0 - recs[0]["score"], [5], "changed"
+    with gzip.open(path, "wt") as f:
+        f.write("".join(json.dumps(x) + "\n" for x in recs))
+    capsys.readouterr()
+    assert not diff(ft_run, other, show=1)
+    out = capsys.readouterr().out
+    assert "N=4: metrics equal; 0 of 12 records differ" in out
+    assert "N=8: metrics equal; 1 of 24 records differ" in out and "'changed'" in out
+    cli = run_cli("diff", str(ft_run), str(other), cwd=tmp_path)
+    assert cli.returncode == 1 and "1 of 24 records differ" in cli.stdout
+    bad = run_cli("diff", str(ft_run), str(tmp_path / "nope"), cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "not a run directory" in bad.stderr
 
 
 def test_ft_beats_the_unedited_model(ft_run, tmp_path):

@@ -1,6 +1,7 @@
 """`python -m editbench [overrides]` / `editbench [overrides]`: Hydra entry point.
 
-`editbench ls [group]` lists what each config group offers. Before Hydra runs, the command line is
+`editbench ls [group]` lists what each config group offers; `editbench diff RUN_A RUN_B` shows
+where two runs disagree, record by record. Before Hydra runs, the command line is
 checked by composing it once, so a bad group option or key is one line with a suggestion, not a
 Hydra traceback.
 """
@@ -145,6 +146,10 @@ def main() -> None:
         if argv[:1] == ["ls"]:
             list_groups(argv[1] if len(argv) > 1 else None)
             return
+        if argv[:1] == ["diff"]:
+            from editbench.diff import main as diff_main
+
+            sys.exit(diff_main(argv[1:]))
         if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i") for a in argv):
             check_overrides(argv)
     except EditbenchError as e:

@@ -3,12 +3,14 @@
 Layout of a run directory:
   metrics.jsonl     one row per completed checkpoint (rewritten atomically at each checkpoint)
   summary.json      {"status": "running" | "complete", ...}; "complete" only after the last checkpoint
+  records/step_NNNNNN.jsonl.gz   per-probe scores and outputs at each checkpoint (audit, `editbench diff`)
   ckpt/step_NNNNNN/ state.pt (editor state, stream cursor, RNG states, per-edit costs) + meta.json
 A checkpoint directory is written under a temporary name and renamed into place, so a directory
 named step_* is always complete; a kill at any moment loses at most the edits since the last one.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import random
@@ -65,8 +67,18 @@ class RunStore:
     def write_summary(self, summary: dict) -> None:
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
+    def write_records(self, step: int, records: list[dict]) -> None:
+        """One gzipped JSON line per scored probe at checkpoint `step` (written atomically)."""
+        path = self.dir / "records" / f"step_{step:06d}.jsonl.gz"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
+            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
+        os.replace(tmp, path)
+
     def clear(self) -> None:
         """Forget a previous run in this directory (resume=never)."""
+        shutil.rmtree(self.dir / "records", ignore_errors=True)
         shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         for name in ("metrics.jsonl", "summary.json"):
             (self.dir / name).unlink(missing_ok=True)

@@ -1,8 +1,11 @@
-"""Scores an (edited) model on edit records: batched greedy generation or teacher forcing.
+"""Scores an (edited) model on edit cases: batched greedy generation or teacher forcing.
 
-The evaluator owns tokenisation for scoring and the pre-edit locality outputs; the formulas are in
-`metrics.py`. Every forward pass sets the adapter's token context, so site wrappers know which
-positions are prompt tokens; on cached decoding steps (one new token) they do nothing.
+The evaluator scores each case's named probe sets with the scorer each set names (`SCORERS`) and
+returns one metric per probe set (mean over the cases that have it), the dataset family's overall
+score, and a record per probe (score and output ids) so any number can be audited case by case.
+It owns tokenisation for scoring and the unedited model's reference outputs (locality); the
+formulas are in `metrics.py`. Every forward pass is bound to an explicit `models.Pass` (prefill,
+cached decode step, or unedited), so site wrappers know where they are.
 
 **Exact shortcut for greedy scoring.** Greedy decoding from a prompt yields a candidate token
 sequence c exactly when, run teacher-forced on prompt + c, the argmax at every answer position
@@ -15,6 +18,7 @@ computed once (`StateCache`) and each check runs only the blocks from the edit s
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -22,10 +26,21 @@ import torch
 from torch import nn
 
 from editbench import metrics
-from editbench.data import EditRecord
-from editbench.models import EditableModel, TokenBatch
+from editbench.data import EditCase, Probe
+from editbench.errors import EditbenchError
+from editbench.models import EditableModel, Pass, TokenBatch
 
 SCORINGS = ("greedy", "teacher_forced")
+
+
+@dataclass
+class Scores:
+    """One evaluation: metric values by name (`names`: their order, the overall score last) and
+    one record per scored probe: case id, probe set, probe index, score, output ids."""
+
+    metrics: dict[str, float]
+    names: list[str]
+    records: list[dict]
 
 
 class StateCache:
@@ -67,70 +82,111 @@ def cache_key(model_cfg: dict, scoring: str) -> str:
 
 
 class Evaluator:
+    #: probe-set scorer name -> method; a probe set names its scorer (`ProbeSet.scorer`)
+    SCORERS = {"accuracy": "_score_accuracy", "locality": "_score_locality"}
+    #: scorers that compare with the unedited model's own outputs (computed once by `reference`)
+    NEEDS_REFERENCE = {"locality"}
+
     def __init__(self, model: EditableModel, scoring: str = "greedy", batch_size: int = 32,
                  cache: StateCache | None = None):
         if scoring not in SCORINGS:
-            from editbench.errors import EditbenchError
             raise EditbenchError(f"protocol.scoring={scoring!r} is not one of {SCORINGS} — pick one of them")
         self.m, self.scoring, self.batch_size = model, scoring, batch_size
         self.cache = cache or StateCache(None)
 
     # ------------------------------------------------------------------ public
-    def pre_locality(self, records: Sequence[EditRecord]) -> list[list[int]]:
-        """The unedited model's locality outputs (greedy: all decoded tokens; TF: argmax tokens)."""
-        pairs = [(r.loc_prompt, r.loc_answer) for r in records]
+    def reference(self, cases: Sequence[EditCase]) -> list[dict[str, list[list[int]]]]:
+        """Per case: probe-set name -> the unedited model's output for each probe of the sets
+        whose scorer needs one (greedy: all decoded tokens; TF: argmax tokens)."""
+        items = [(i, name, p) for i, c in enumerate(cases) for name, ps in c.probes.items()
+                 if self._scorer(name, ps.scorer) in self.NEEDS_REFERENCE for p in ps.probes]
+        outs = self._unedited_outputs([p for _, _, p in items])
+        refs: list[dict[str, list[list[int]]]] = [{} for _ in cases]
+        for (i, name, _), out in zip(items, outs):
+            refs[i].setdefault(name, []).append(out)
+        return refs
+
+    def evaluate(self, module: nn.Module, cases: Sequence[EditCase], refs: Sequence[dict],
+                 frozen_below_site: bool = True, overall: metrics.Overall | None = None) -> Scores:
+        """Score every probe set of `cases` on `module`; `refs` from `reference` (same cases)."""
+        fast = frozen_below_site and module is self.m.model
+        values, records, counts = {}, [], {}
+        for name in dict.fromkeys(n for c in cases for n in c.probes):
+            have = [i for i, c in enumerate(cases) if name in c.probes]
+            scorer = self._scorer(name, *{cases[i].probes[name].scorer for i in have})
+            items = [(i, j, p) for i in have for j, p in enumerate(cases[i].probes[name].probes)]
+            ref = [refs[i][name][j] for i, j, _ in items] if scorer in self.NEEDS_REFERENCE else None
+            scored = getattr(self, self.SCORERS[scorer])(module, [p for _, _, p in items], ref, fast)
+            per_case: dict[int, list[float]] = {}
+            for (i, j, _), (score, out) in zip(items, scored):
+                per_case.setdefault(i, []).append(score)
+                records.append({"case": cases[i].id, "set": name, "i": j, "score": score,
+                                "out": self.m.tok.decode(out), "ids": out})
+            values[name] = metrics.mean([metrics.mean(v) for v in per_case.values()])
+            counts[name] = len(have)
+        names = list(values)
+        if overall is not None and all(p in values for p in overall.parts):
+            values[overall.name] = overall(values)
+            names.append(overall.name)
+        values["n_eval"] = len(cases)
+        values.update({f"n_{k}": n for k, n in counts.items() if n != len(cases)})  # sets only some cases have
+        self.cache.save()
+        return Scores(values, names, records)
+
+    def _scorer(self, name: str, *scorers: str) -> str:
+        if len(scorers) != 1 or scorers[0] not in self.SCORERS:
+            raise EditbenchError(f"probe set '{name}' names scorer(s) {sorted(scorers)} — each probe set needs one of "
+                                 f"{sorted(self.SCORERS)} (fix the dataset adapter)")
+        return scorers[0]
+
+    # ------------------------------------------------------------------ scorers
+    def _score_accuracy(self, module, probes: list[Probe], ref, fast: bool) -> list[tuple[float, list[int]]]:
+        """Rel / Gen: token exact match of the answer (EDITORS.md §3.1, Mode G or Mode TF)."""
+        pairs = [(p.prompt, p.answer) for p in probes]
         if self.scoring == "teacher_forced":
-            return self._teacher_forced(self.m.model, pairs)[0]
+            preds, labels = self._teacher_forced(module, pairs)
+            return [(metrics.token_accuracy(p, y), p) for p, y in zip(preds, labels)]
+        expected = [self.m.encode_answer(self.m.answer_sep + y) for _, y in pairs]
+        gens = self._generate_for(module, pairs, expected, fast)
+        targets = [self.m.encode_answer(y) for _, y in pairs]
+        return [(metrics.token_em(metrics.answer_ids(self.m.tok, g, len(y)), y), self.m.until_eos(g))
+                for g, y in zip(gens, targets)]
+
+    def _score_locality(self, module, probes: list[Probe], ref, fast: bool) -> list[tuple[float, list[int]]]:
+        """Loc: agreement with the unedited model's output on the same prompt."""
+        pairs = [(p.prompt, p.answer) for p in probes]
+        if self.scoring == "teacher_forced":
+            post = self._teacher_forced(module, pairs)[0]
+            return [(metrics.agreement(a, b), b) for a, b in zip(ref, post)]
+        post = self._generate_for(module, pairs, list(ref), fast)
+        return [(metrics.agreement(self._loc_tail(a, p), self._loc_tail(b, p)), self.m.until_eos(b))
+                for a, b, p in zip(ref, post, probes)]
+
+    def _unedited_outputs(self, probes: list[Probe]) -> list[list[int]]:
+        pairs = [(p.prompt, p.answer) for p in probes]
+        if self.scoring == "teacher_forced":
+            return self._teacher_forced(self.m.model, pairs, unedited=True)[0]
         keys = [tuple(self.m.encode_prompt(x)) + (len(self.m.encode_answer(self.m.answer_sep + g)),) for x, g in pairs]
         todo = [i for i, k in enumerate(keys) if k not in self.cache.outputs]
         if todo:
-            for i, out in zip(todo, self._generate_for(self.m.model, [pairs[i] for i in todo], None, False)):
+            fresh = self._generate_for(self.m.model, [pairs[i] for i in todo], None, False, unedited=True)
+            for i, out in zip(todo, fresh):
                 self.cache.outputs[keys[i]] = out
             self.cache.dirty = True
         return [self.cache.outputs[k] for k in keys]
 
-    def evaluate(self, module: nn.Module, records: Sequence[EditRecord], pre_loc: Sequence[list[int]],
-                 frozen_below_site: bool = True) -> dict:
-        fast = frozen_below_site and module is self.m.model
-        rel = self._accuracy(module, [(r.prompt, r.target) for r in records], fast)
-        gen = self._accuracy(module, [(r.rephrase, r.target) for r in records], fast)
-        post = self._locality(module, records, pre_loc, fast)
-        loc = [metrics.agreement(self._loc_tail(a, r), self._loc_tail(b, r)) for a, b, r in zip(pre_loc, post, records)]
-        out = {"rel": metrics.mean(rel), "gen": metrics.mean(gen), "loc": metrics.mean(loc)}
-        out["op"] = metrics.overall(out["rel"], out["gen"], out["loc"])
-        out["n_eval"] = len(records)
-        self.cache.save()
-        return out
-
     # ------------------------------------------------------------------ scoring modes
-    def _loc_tail(self, ids: list[int], r: EditRecord) -> list[int]:
-        """Greedy locality compares the last len(tok(loc_answer)) ids of the *full* output sequence,
+    def _loc_tail(self, ids: list[int], p: Probe) -> list[int]:
+        """Greedy locality compares the last len(tok(answer)) ids of the *full* output sequence,
         prompt included (EDITORS.md §3.1). The output ends at its first EOS, as HF `generate` (the
         reference decodes one prompt at a time) stops there: when the output is shorter than the
         answer, or the answer encodes longer without its leading space than the decode length, the
         tail reaches back into the (shared) prompt."""
-        if self.scoring == "teacher_forced":
-            return ids
-        k = len(self.m.encode_answer(r.loc_answer))
-        full = self.m.encode_prompt(r.loc_prompt) + self.m.until_eos(ids)
+        k = len(self.m.encode_answer(p.answer))
+        full = self.m.encode_prompt(p.prompt) + self.m.until_eos(ids)
         return full[max(len(full) - k, 0):]
 
-    def _locality(self, module, records, pre_loc, fast: bool) -> list[list[int]]:
-        pairs = [(r.loc_prompt, r.loc_answer) for r in records]
-        if self.scoring == "teacher_forced":
-            return self._teacher_forced(module, pairs)[0]
-        return self._generate_for(module, pairs, list(pre_loc), fast)
-
-    def _accuracy(self, module, pairs: list[tuple[str, str]], fast: bool) -> list[float]:
-        if self.scoring == "teacher_forced":
-            preds, labels = self._teacher_forced(module, pairs)
-            return [metrics.token_accuracy(p, y) for p, y in zip(preds, labels)]
-        expected = [self.m.encode_answer(self.m.answer_sep + y) for _, y in pairs]
-        gens = self._generate_for(module, pairs, expected, fast)
-        targets = [self.m.encode_answer(y) for _, y in pairs]
-        return [metrics.token_em(metrics.answer_ids(self.m.tok, g, len(y)), y) for g, y in zip(gens, targets)]
-
-    def _generate_for(self, module, pairs, candidates, fast: bool) -> list[list[int]]:
+    def _generate_for(self, module, pairs, candidates, fast: bool, unedited: bool = False) -> list[list[int]]:
         prompts = [self.m.encode_prompt(x) for x, _ in pairs]
         n_new = [len(self.m.encode_answer(self.m.answer_sep + y)) for _, y in pairs]
         out: list = [None] * len(pairs)
@@ -140,7 +196,8 @@ class Evaluator:
                     out[i] = list(candidates[i][:n_new[i]])
         todo = [i for i in range(len(pairs)) if out[i] is None]
         gens = self._batched([prompts[i] for i in todo],
-                             lambda idx: self.greedy(module, [prompts[todo[i]] for i in idx], [n_new[todo[i]] for i in idx]))
+                             lambda idx: self.greedy(module, [prompts[todo[i]] for i in idx],
+                                                     [n_new[todo[i]] for i in idx], unedited=unedited))
         for i, g in zip(todo, gens):
             out[i] = g
         return out
@@ -181,7 +238,7 @@ class Evaluator:
         h = states[0].new_zeros((len(rows), T, states[0].shape[-1]))
         for i, s in enumerate(states):
             h[i, T - s.shape[0]:] = s
-        hidden = self.m.suffix_hidden(EditableModel.Prefix(h, batch, None, 0))
+        hidden = self.m.suffix_hidden(EditableModel.Prefix(h, batch, None, 0), Pass("prefill", batch.prompt_mask))
         nxt = batch.predicts_label
         pred = self.m.model.lm_head(hidden[nxt]).argmax(-1)
         agree = pred == batch.labels[:, 1:][nxt[:, :-1]]
@@ -189,12 +246,13 @@ class Evaluator:
         return [bool(a.all()) for a in torch.split(agree, counts)]
 
     # ------------------------------------------------------------------ plain paths
-    def _teacher_forced(self, module, pairs):
+    def _teacher_forced(self, module, pairs, unedited: bool = False):
         rows = [self.m.encode_example(x, y) for x, y in pairs]
 
         def run(idx):
             batch = self.m.batch([rows[i] for i in idx])
-            with torch.no_grad(), self.m.context(batch.prompt_mask):
+            p = Pass("unedited" if unedited else "prefill", batch.prompt_mask)
+            with torch.no_grad(), self.m.bind(p):
                 hidden = module.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                       position_ids=batch.position_ids, use_cache=False).last_hidden_state
                 nxt = batch.predicts_label
@@ -219,25 +277,39 @@ class Evaluator:
         return out
 
     @torch.no_grad()
-    def greedy(self, module, prompts: list[list[int]], n_new: list[int]) -> list[list[int]]:
-        """Greedy decoding of n_new[i] tokens per prompt (left-padded batch, KV cache). A row that
-        emits an EOS id keeps emitting `eos_id`, as HF `generate` pads finished rows."""
+    def greedy(self, module, prompts: list[list[int]], n_new: list[int], unedited: bool = False,
+               use_cache: bool = True) -> list[list[int]]:
+        """Greedy decoding of n_new[i] tokens per prompt (left-padded batch). A row that emits an
+        EOS id keeps emitting `eos_id`, as HF `generate` pads finished rows. With the KV cache the
+        prompt goes through once (a "prefill" pass) and each new token is a "decode" pass; without
+        it every step reruns the whole sequence as a "prefill" pass (prompt mask unchanged, new
+        tokens not prompt), as the reference's `use_cache=False`. `unedited`: every pass is an
+        "unedited" one (the unedited model's outputs, whatever wrappers are installed). One
+        `Pass.state` lives through the whole generation."""
         batch = self.m.batch([(p, len(p)) for p in prompts])
-        am, pos = batch.attention_mask, batch.position_ids
+        am, pos, pmask = batch.attention_mask, batch.position_ids, batch.prompt_mask
         eos, stops = self.m.eos_id, torch.tensor(self.m.eos_ids, device=batch.input_ids.device)
         steps, ids, past = max(n_new), batch.input_ids, None
         done = torch.zeros(len(prompts), dtype=torch.bool, device=ids.device)
+        state: dict = {}
         new = []
-        with self.m.context(batch.prompt_mask):
-            for _ in range(steps):
+        for step in range(steps):
+            if use_cache and step > 0:
+                kind, mask = "decode", torch.zeros_like(pmask[:, :1])
+            else:
+                kind, mask = "prefill", pmask
+            with self.m.bind(Pass("unedited" if unedited else kind, mask, state)):
                 out = module(input_ids=ids, attention_mask=am, position_ids=pos, past_key_values=past,
-                             use_cache=True, logits_to_keep=1)
-                nxt = out.logits[:, -1].argmax(-1)
-                nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
-                done |= torch.isin(nxt, stops)
-                new.append(nxt)
-                past, ids = out.past_key_values, nxt[:, None]
-                am = torch.cat([am, torch.ones_like(am[:, :1])], dim=1)
-                pos = pos[:, -1:] + 1
+                             use_cache=use_cache, logits_to_keep=1)
+            nxt = out.logits[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+            done |= torch.isin(nxt, stops)
+            new.append(nxt)
+            am = torch.cat([am, torch.ones_like(am[:, :1])], dim=1)
+            if use_cache:
+                past, ids, pos = out.past_key_values, nxt[:, None], pos[:, -1:] + 1
+            else:
+                ids, pos = torch.cat([ids, nxt[:, None]], 1), torch.cat([pos, pos[:, -1:] + 1], 1)
+                pmask = torch.cat([pmask, torch.zeros_like(pmask[:, :1])], 1)
         gen = torch.stack(new, 1).tolist()
         return [g[:n] for g, n in zip(gen, n_new)]

@@ -8,7 +8,8 @@ pre-edit model's own outputs: matches over the longer length.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 
 def answer_ids(tok, new_ids: Sequence[int], n_target: int) -> list[int]:
@@ -43,6 +44,23 @@ def overall(rel: float, gen: float, loc: float) -> float:
     """OP = geometric mean of Rel, Gen, Loc."""
     prod = max(rel, 0.0) * max(gen, 0.0) * max(loc, 0.0)
     return math.pow(prod, 1 / 3) if prod > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Overall:
+    """A dataset family's overall score: the geometric mean of named metrics. Defined once per
+    family (the dataset adapter names it), so every table, plot and sink takes it from the rows."""
+
+    name: str
+    parts: tuple[str, ...]
+
+    def __call__(self, scores: Mapping[str, float]) -> float:
+        prod = math.prod(max(scores[p], 0.0) for p in self.parts)
+        return math.pow(prod, 1 / len(self.parts)) if prod > 0 else 0.0
+
+
+#: ZsRE / WikiBigEdit: OP = (Rel · Gen · Loc)^(1/3) (HoReN paper §E.3); portability stays outside
+OP = Overall("op", ("rel", "gen", "loc"))
 
 
 def mean(xs: Sequence[float]) -> float:

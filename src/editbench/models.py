@@ -3,8 +3,12 @@ chat template and the edit site. Editors and datasets never branch on a model's 
 
 The adapter also owns the two things every editor and the evaluator share:
 
-* the *token context* (`prompt_mask`): which positions of the current forward pass are prompt
-  tokens. Site wrappers read it to find the last prompt token and to pool over prompt tokens;
+* the *pass context* (`Pass`): every forward pass that reaches an editor's site wrapper is bound
+  to an explicit `Pass` (`with model.bind(Pass(...))`) saying what kind of pass it is (training,
+  prefill, one cached decode step, or a pass that must see the unedited site), which positions
+  are prompt tokens, and a per-sequence `state` dict that lives as long as one generation (for
+  decisions taken on the prompt and kept for the decode steps). A wrapper reached with no bound
+  pass raises instead of silently skipping the edit;
 * the split of the network at the edit site: `prefix()` runs the frozen blocks below the edit
   site once, `suffix_logits()` runs the edit-site block and everything above it, so value
   training never recomputes the frozen prefix.
@@ -13,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -59,6 +63,55 @@ class _StopForward(Exception):
     pass
 
 
+PASS_KINDS = ("train", "prefill", "decode", "unedited")
+
+
+@dataclass
+class Pass:
+    """The context of one forward pass, as site wrappers see it.
+
+    kind: "train" (an editor's own training pass on prompt + target), "prefill" (a full sequence:
+          the prompt pass of a generation, or teacher-forced scoring), "decode" (one cached
+          decoding step: a single new token per row; the prompt went through at prefill), or
+          "unedited" (wrappers must return the unedited site output).
+    prompt_mask: B x T bool over the positions of this pass, True at prompt tokens (all False
+          for a decode step).
+    state: per-sequence values that survive the decode steps of one generation; each wrapper
+          keeps its entries under its own key. An editor's training pass also carries the
+          trainable value here.
+    """
+
+    kind: str
+    prompt_mask: torch.Tensor
+    state: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.kind not in PASS_KINDS:
+            raise ValueError(f"unknown pass kind {self.kind!r}; one of {PASS_KINDS}")
+
+
+class PassSlot:
+    """Where the adapter puts the pass being run, for the site wrappers it hands the slot to."""
+
+    def __init__(self):
+        self._stack: list[Pass] = []
+
+    @property
+    def current(self) -> Pass:
+        if not self._stack:
+            raise RuntimeError("a forward pass reached an edit-site wrapper with no pass context — run "
+                               "the model inside `with model.bind(Pass(...))` (the evaluator and editors do)")
+        return self._stack[-1]
+
+    @contextlib.contextmanager
+    def bind(self, p: Pass) -> Iterator[Pass]:
+        self._stack.append(p)
+        try:
+            yield p
+        finally:
+            self._stack.pop()
+
+
 class EditableModel:
     """A causal LM plus everything the protocol needs to edit and score it."""
 
@@ -80,7 +133,7 @@ class EditableModel:
         self.eos_ids = tuple(int(e) for e in (gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos]))
         self.eos_id = self.eos_ids[0]
         self.pad_id = self.eos_id  # protocol: pad := eos
-        self.prompt_mask: torch.Tensor | None = None  # the token context, set around every forward
+        self.passes = PassSlot()  # handed to site wrappers; set by `bind` around every forward
         n_layers = len(self.blocks)
         if not 0 <= edit_site.layer < n_layers:
             raise EditbenchError(f"model {name}: edit_site.layer={edit_site.layer} but the model has "
@@ -167,13 +220,9 @@ class EditableModel:
         return TokenBatch(input_ids, attn, pmask, labels).to(self.device)
 
     # ----------------------------------------------------------------- forward passes
-    @contextlib.contextmanager
-    def context(self, prompt_mask: torch.Tensor | None) -> Iterator[None]:
-        prev, self.prompt_mask = self.prompt_mask, prompt_mask
-        try:
-            yield
-        finally:
-            self.prompt_mask = prev
+    def bind(self, p: Pass):
+        """`with model.bind(Pass(...)):` — the context of the forward passes run inside."""
+        return self.passes.bind(p)
 
     @dataclass
     class Prefix:
@@ -202,7 +251,7 @@ class EditableModel:
 
     @torch.no_grad()
     def prefix(self, batch: TokenBatch, from_last_prompt: bool = False) -> "EditableModel.Prefix":
-        """Run the frozen blocks below the edit site once.
+        """Run the frozen (unedited) blocks below the edit site once.
 
         With `from_last_prompt`, positions before the last prompt token are also run through the
         blocks *above* the site once and kept as a KV cache, so each training step recomputes only
@@ -214,27 +263,31 @@ class EditableModel:
             last = torch.where(batch.prompt_mask, torch.arange(batch.prompt_mask.shape[1], device=self.device), -1)
             start = int(last.max(dim=1).values.min())
         pos = batch.position_ids
-        with self.context(batch.prompt_mask):
-            if start == 0:
+        if start == 0:
+            with self.bind(Pass("unedited", batch.prompt_mask)):
                 h = self._run_to_site(batch.input_ids, batch.attention_mask, pos, use_cache=False)
-                return EditableModel.Prefix(h, batch, None, 0)
-            from transformers import DynamicCache
+            return EditableModel.Prefix(h, batch, None, 0)
+        from transformers import DynamicCache
 
-            cache = DynamicCache()
+        cache = DynamicCache()
+        # positions before the last prompt token: the unedited network, run once as a KV cache
+        with self.bind(Pass("unedited", batch.prompt_mask[:, :start])):
             self.model.model(input_ids=batch.input_ids[:, :start], attention_mask=batch.attention_mask[:, :start],
                              position_ids=pos[:, :start], past_key_values=cache, use_cache=True)
-            T = batch.input_ids.shape[1]
+        T = batch.input_ids.shape[1]
+        with self.bind(Pass("unedited", batch.prompt_mask[:, start:])):
             h = self._run_to_site(batch.input_ids[:, start:], batch.attention_mask, pos[:, start:],
                                   past_key_values=cache, use_cache=True,
                                   cache_position=torch.arange(start, T, device=self.device))
-            cache.crop(start)
-            past = tuple((k.detach(), v.detach()) for k, v in cache.to_legacy_cache())
+        cache.crop(start)
+        past = tuple((k.detach(), v.detach()) for k, v in cache.to_legacy_cache())
         cut = TokenBatch(batch.input_ids[:, start:], batch.attention_mask, batch.prompt_mask[:, start:],
                          batch.labels[:, start:])
         return EditableModel.Prefix(h, cut, past, start)
 
-    def suffix_hidden(self, pre: "EditableModel.Prefix") -> torch.Tensor:
-        """Run the edit-site block and everything above it on a prefix; final (normed) hidden states."""
+    def suffix_hidden(self, pre: "EditableModel.Prefix", p: Pass) -> torch.Tensor:
+        """Run the edit-site block and everything above it on a prefix, inside pass `p` (whose
+        prompt mask covers the prefix's positions); final (normed) hidden states."""
         inner = self.model.model
         full = inner.layers
         inner.layers = nn.ModuleList(list(full)[self.site.layer:])
@@ -246,23 +299,27 @@ class EditableModel:
             kw = {"past_key_values": DynamicCache(pre.past), "use_cache": True,  # a fresh cache per step
                   "cache_position": torch.arange(pre.start, T, device=self.device)}
         try:
-            with self.context(pre.batch.prompt_mask):
+            with self.bind(p):
                 out = inner(inputs_embeds=pre.h, attention_mask=pre.batch.attention_mask,
                             position_ids=pre.batch.position_ids[:, -pre.h.shape[1]:], **kw)
         finally:
             inner.layers = full
         return out.last_hidden_state
 
-    def target_loss(self, pre: "EditableModel.Prefix") -> torch.Tensor:
-        """Mean next-token cross-entropy over the target tokens, scoring only those positions."""
+    def target_loss(self, pre: "EditableModel.Prefix", state: dict | None = None) -> torch.Tensor:
+        """Mean next-token cross-entropy over the target tokens, scoring only those positions, in
+        a training pass (`state`: what the editor's wrapper reads during it, e.g. the value being
+        trained)."""
         labels = pre.batch.labels
         nxt = pre.batch.predicts_label
-        logits = self.model.lm_head(self.suffix_hidden(pre)[nxt])
+        hidden = self.suffix_hidden(pre, Pass("train", pre.batch.prompt_mask, state if state is not None else {}))
+        logits = self.model.lm_head(hidden[nxt])
         return nn.functional.cross_entropy(logits.float(), labels[:, 1:][nxt[:, :-1]])
 
     @torch.no_grad()
     def site_io(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input and output of the edit-site module on every position of `batch` (one partial pass)."""
+        """Input and unedited output of the edit-site module on every position of `batch` (one
+        partial pass)."""
         captured = {}
 
         def grab(_module, args, output):
@@ -271,7 +328,7 @@ class EditableModel:
 
         handle = self.site_module().register_forward_hook(grab)
         try:
-            with self.context(None):  # no token context: wrappers pass the output through unchanged
+            with self.bind(Pass("unedited", batch.prompt_mask)):
                 self.model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                  position_ids=batch.position_ids, use_cache=False)
         except _StopForward:
@@ -389,8 +446,9 @@ def _tiny_model(cfg, vocab_size: int):
                                 num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads,
                                 max_position_embeddings=512, bos_token_id=0, eos_token_id=1, pad_token_id=1,
                                 tie_word_embeddings=True)
-    torch.manual_seed(t.init_seed)
-    return AutoModelForCausalLM.from_config(conf)
+    with torch.random.fork_rng(devices=[]):  # weights from init_seed; the run's own seeding stays intact
+        torch.manual_seed(t.init_seed)
+        return AutoModelForCausalLM.from_config(conf)
 
 
 def load_model(cfg) -> EditableModel:

@@ -1,18 +1,27 @@
 """Results files -> tables (Markdown, LaTeX) and figures.
 
     python -m editbench.report [--results results] [--out reports] [--baselines baselines]
+                               [--readme README.md]
 
 Every ``metrics.jsonl`` under the results directory is read (one JSON row per checkpoint of one
 run).  Rows are grouped by what was measured -- method, model, data, protocol (name and version),
 scoring, N and the editor's hyper-parameters without ``seed`` -- and the seeds of a group become
 mean ± std (sample std) with n.  Rows whose protocol version or scoring differ are never merged.
 
+A row names its metric columns in ``metric_names`` (ordered; each is also a numeric field of the
+row); rows without it have the paper's four, ``rel, gen, loc, op``.  A table shows the union of its
+rows' metric names in first-seen order, so a new metric needs no change here.  ``mem_device``
+("cpu" or "cuda") says what the memory fields measured; ``mem_growth_gb`` is optional.
+
 Written under ``--out``:
-  tables/<data>__<model>__<protocol>-v<version>__<scoring>.{md,tex}       Rel/Gen/Loc/OP per N
+  tables/<data>__<model>__<protocol>-v<version>__<scoring>.{md,tex}       each metric per N
   tables/<same stem>__cost.{md,tex}                                      edit time, memory, params
   figures/op_vs_n__<stem>.{png,pdf}, metrics_vs_n__..., cost_vs_n__...   N-scaling plots
   figures/calibration__<stem>__<method>.{png,pdf}, pareto__...            threshold x pooling sweeps
   index.md                                                                what was written + gaps
+
+With ``--readme PATH`` the lines between ``<!-- table:begin -->`` and ``<!-- table:end -->`` in
+PATH are replaced by the main metric tables' Markdown, so the README cannot drift from results/.
 
 Published numbers (``baselines/*.csv``) appear as extra rows, e.g. ``HoReN (published, T1)*``,
 right under the measured method wherever the paper has the same (model, method, data, N).
@@ -25,8 +34,11 @@ import argparse
 import hashlib
 import json
 import math
+import os
 import re
+import stat
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +47,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-METRICS = ("rel", "gen", "loc", "op")
-METRIC_NAMES = {"rel": "Rel", "gen": "Gen", "loc": "Loc", "op": "OP"}
+# The paper's metrics: what a row without ``metric_names`` has, and the columns of baselines/*.csv.
+PAPER_METRICS = ("rel", "gen", "loc", "op")
+METRIC_NAMES = {"rel": "Rel", "gen": "Gen", "loc": "Loc", "op": "OP"}  # other names shown as-is
+OVERALL = "op"  # the overall score: its own figure (op_vs_n), not a metrics_vs_n panel
 # Columns a row must have to be placed in a table cell.
 REQUIRED = ("method", "model", "data", "protocol", "protocol_version", "scoring", "seed", "N")
 # One group = one measured quantity; its rows differ only by seed.
@@ -46,7 +60,20 @@ GROUP_KEYS = ["tag", "method", "model", "data", "protocol", "protocol_version", 
 TABLE_KEYS = ["data", "model", "protocol", "protocol_version", "scoring"]
 # Numeric row fields that identify a row rather than measure something.
 NOT_AVERAGED = {"schema", "seed", "N", "protocol_version", "n_edits", "edit_layer"}
-COSTS = ("edit_s_mean", "edit_s_total", "eval_s", "peak_mem_gb", "resident_mem_gb", "editor_params")
+COSTS = ("edit_s_mean", "edit_s_total", "eval_s", "peak_mem_gb", "resident_mem_gb", "mem_growth_gb",
+         "editor_params")
+UNKNOWN_DEVICE = "unknown"  # mem_device of rows written before the field existed
+# mem_device -> (memory axis label, [(cost column, legend suffix, linestyle)]); other values
+# (unknown, or several devices in one figure) get NEUTRAL_MEMORY and say which in the title.
+MEMORY_AXES = {
+    "cuda": ("CUDA memory (GB): peak allocated over all devices (solid), allocated (dashed)",
+             [("peak_mem_gb", " peak", "-"), ("resident_mem_gb", " allocated", "--")]),
+    "cpu": ("CPU memory (GB): resident set (solid), growth over the unedited model (dashed)",
+            [("resident_mem_gb", " resident", "-"), ("mem_growth_gb", " growth", "--")]),
+}
+NEUTRAL_MEMORY = ("memory (GB)", [("peak_mem_gb", " peak", "-"), ("resident_mem_gb", " resident", "--")])
+README_BEGIN, README_END = "<!-- table:begin -->", "<!-- table:end -->"
+README_EMPTY = "No results yet: run `make figures` after a run."
 DIGITS = 3  # decimals of measured cells; ties for "best" are judged at this precision
 HINT = "run an experiment first (python -m editbench ...)"
 
@@ -64,8 +91,12 @@ LINESTYLES = ["-", "--", "-.", ":"]
 REFERENCE_METHODS = {"Unedited"}  # shown in tables, never bold: not an editor
 
 
-class NoResults(Exception):
-    """Nothing to report; the message is the one line shown to the user."""
+class ReportError(Exception):
+    """The report cannot go on; the message is the one line shown to the user."""
+
+
+class NoResults(ReportError):
+    """Nothing to report."""
 
 
 class ResultsWarning(UserWarning):
@@ -78,7 +109,8 @@ def load_rows(results_dir) -> pd.DataFrame:
     """All usable rows of every ``metrics.jsonl`` under ``results_dir``, one per checkpoint.
 
     Adds ``run_dir``, ``complete`` (its ``summary.json`` says ``status: complete``) and
-    ``hparams_key`` (canonical JSON of ``hparams`` without ``seed``); ``tag`` defaults to "main".
+    ``hparams_key`` (canonical JSON of ``hparams`` without ``seed``); ``tag`` defaults to "main",
+    ``metric_names`` (a tuple) to :data:`PAPER_METRICS`, ``mem_device`` to "unknown".
     Malformed lines are skipped with a :class:`ResultsWarning`.  Raises :class:`NoResults` when
     the directory is missing or holds no usable row.
     """
@@ -93,9 +125,22 @@ def load_rows(results_dir) -> pd.DataFrame:
         raise NoResults(f"no usable rows in the {len(files)} metrics.jsonl file(s) under "
                         f"{results_dir}/ — {HINT}")
     df = pd.DataFrame(rows)
-    for column in METRICS + COSTS:
+    for column in metric_names(df) + list(COSTS):
         df[column] = pd.to_numeric(df[column], errors="coerce") if column in df else np.nan
+    if "mem_device" not in df:
+        df["mem_device"] = None
+    df["mem_device"] = df["mem_device"].fillna(UNKNOWN_DEVICE).astype(str)
     return df
+
+
+def metric_names(frame: pd.DataFrame) -> list[str]:
+    """The metric columns of ``frame`` (rows or aggregated): the union of its rows'
+    ``metric_names``, in first-seen order."""
+    return list(_union(frame["metric_names"]))
+
+
+def _union(names_per_row) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(name for names in names_per_row for name in names))
 
 
 def _read_metrics(path: Path) -> list[dict]:
@@ -130,10 +175,26 @@ def _parse_row(line: str) -> dict:
             raise ValueError(f"{key} is not an integer")
         row[key] = int(row[key])
     row["tag"] = row.get("tag") or "main"
+    row["metric_names"] = _parse_metric_names(row)
     row["hparams"] = hparams
     row["hparams_key"] = json.dumps({k: v for k, v in hparams.items() if k != "seed"},
                                     sort_keys=True, default=str)
     return row
+
+
+def _parse_metric_names(row: dict) -> tuple[str, ...]:
+    names = row.get("metric_names")
+    if names is None:
+        return PAPER_METRICS
+    if not isinstance(names, list) or not all(isinstance(name, str) and name for name in names):
+        raise ValueError("metric_names is not a list of column names")
+    absent = [name for name in names if name not in row]
+    if absent:
+        raise ValueError(f"metric_names lists {', '.join(absent)} but the row has no such field")
+    reserved = [name for name in names if name in NOT_AVERAGED or name in GROUP_KEYS]
+    if reserved:
+        raise ValueError(f"metric_names lists {', '.join(reserved)}, which identify a row")
+    return tuple(names)
 
 
 def _run_complete(run_dir: Path) -> bool:
@@ -152,7 +213,8 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     without a complete summary.  If the same seed of the same group appears twice (a re-run)
     only the newest row (by ``time``) is kept.  ``label`` is the method name, extended with the
     differing hyper-parameters when one (method, model, data, protocol, scoring) has several.
-    Extra numeric metric columns (bleu, rouge1, ...) are averaged like the others.
+    Every metric column (see :func:`metric_names`) is numeric after :func:`load_rows`, so all are
+    averaged; ``metric_names`` is the union of the group's and ``mem_device`` its devices.
     """
     if "time" in rows:
         rows = rows.sort_values("time", kind="stable", na_position="first")
@@ -164,9 +226,17 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     out["n"] = grouped.size()
     out["seeds"] = grouped["seed"].agg(lambda s: ",".join(str(x) for x in sorted(s)))
     out["n_partial"] = grouped["complete"].agg(lambda s: int((~s.astype(bool)).sum()))
+    out["metric_names"] = grouped["metric_names"].agg(_union)
+    out["mem_device"] = grouped["mem_device"].agg(_devices)
     out = out.reset_index()
     out["label"] = _labels(out)
     return out
+
+
+def _devices(values) -> str:
+    """"cpu", "cuda", "unknown", or the devices joined by "/" (e.g. "cpu/cuda") when several
+    measured; idempotent, so it merges rows and aggregated rows alike."""
+    return "/".join(sorted({part for value in values for part in str(value).split("/")}))
 
 
 def _labels(agg: pd.DataFrame) -> pd.Series:
@@ -200,7 +270,7 @@ def load_baselines(path) -> pd.DataFrame:
     """Published numbers: ``path`` is a CSV file or a directory of them (missing -> empty)."""
     path = Path(path)
     files = sorted(path.glob("*.csv")) if path.is_dir() else [path] if path.is_file() else []
-    columns = ["table", "model", "method", "data", "N", "N_inferred", *METRICS, "source", "note"]
+    columns = ["table", "model", "method", "data", "N", "N_inferred", *PAPER_METRICS, "source", "note"]
     if not files:
         return pd.DataFrame(columns=columns)
     text = ["table", "model", "method", "data", "source", "note"]
@@ -208,7 +278,7 @@ def load_baselines(path) -> pd.DataFrame:
     df[text] = df[text].fillna("")
     df["N"] = pd.to_numeric(df["N"], errors="coerce").astype("Int64")
     df["N_inferred"] = df["N_inferred"].astype(str).str.lower().eq("true")
-    for metric in METRICS:
+    for metric in PAPER_METRICS:
         df[metric] = pd.to_numeric(df[metric], errors="coerce")
     return df[columns]
 
@@ -223,7 +293,7 @@ def _published(baselines, model, method, data, Ns) -> list[tuple[str, dict]]:
                     & (baselines["data"] == data) & baselines["N"].isin(list(Ns))]
     merged: dict[frozenset, dict] = {}  # identical cells -> one row
     for table, rows in sorted(hit.groupby("table"), key=lambda kv: _table_rank(kv[0])):
-        cells = {(int(r["N"]), m): float(r[m]) for _, r in rows.iterrows() for m in METRICS
+        cells = {(int(r["N"]), m): float(r[m]) for _, r in rows.iterrows() for m in PAPER_METRICS
                  if not pd.isna(r[m])}
         entry = merged.setdefault(frozenset(cells.items()),
                                   {"tables": [], "cells": cells, "inferred": False})
@@ -258,6 +328,7 @@ class Table:
     rows: list[list[str]]                # display text; first cell is the row label
     bold: set[tuple[int, int]] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
+    kind: str = "metrics"                # "metrics" (go to the README) or "cost"
 
     @property
     def columns(self) -> list[str]:
@@ -282,18 +353,23 @@ def _n_range(values) -> str:
     return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
+def display_name(metric: str) -> str:
+    return METRIC_NAMES.get(metric, metric)
+
+
 def metric_table(agg: pd.DataFrame, baselines: pd.DataFrame, name: str, title: str) -> Table:
-    """Paper layout: rows = methods (+ published rows), blocks = N, Rel/Gen/Loc/OP per block."""
+    """Paper layout: rows = methods (+ published rows), blocks = N, the rows' metrics per block."""
     Ns = sorted(int(n) for n in agg["N"].unique())
+    metrics = metric_names(agg)
     model, data = agg["model"].iloc[0], agg["data"].iloc[0]
-    header = [("", ["Method", "n"])] + [(f"N={n}", [METRIC_NAMES[m] for m in METRICS]) for n in Ns]
+    header = [("", ["Method", "n"])] + [(f"N={n}", [display_name(m) for m in metrics]) for n in Ns]
     rows, numbers = [], []  # numbers: rounded means of rows competing for bold, else None
     has_published = False
     labels = _ordered_labels(agg)
     for position, (method, label) in enumerate(labels):
         cells = agg[agg["label"] == label].set_index("N")
         row, nums = [label, _n_range(cells["n"])], []
-        for n, m in ((n, m) for n in Ns for m in METRICS):
+        for n, m in ((n, m) for n in Ns for m in metrics):
             present = n in cells.index and not pd.isna(cells.at[n, m])
             row.append(_fmt(cells.at[n, m], cells.at[n, f"{m}_std"], cells.at[n, "n"]) if present else "—")
             nums.append(round(float(cells.at[n, m]), DIGITS) if present else None)
@@ -302,7 +378,7 @@ def metric_table(agg: pd.DataFrame, baselines: pd.DataFrame, name: str, title: s
         if position + 1 == len(labels) or labels[position + 1][0] != method:  # method's last row
             for pub_label, pub in _published(baselines, model, method, data, Ns):
                 rows.append([pub_label, ""] + [_fmt_published(pub[(n, m)]) if (n, m) in pub else ""
-                                               for n in Ns for m in METRICS])
+                                               for n in Ns for m in metrics])
                 numbers.append(None)
                 has_published = True
     notes = ["Cells: mean ± sample std over n seeds (mean only when n = 1); "
@@ -324,9 +400,13 @@ def _best_cells(numbers: list, first_column: int) -> set[tuple[int, int]]:
 
 
 def cost_table(agg: pd.DataFrame, name: str, title: str) -> Table:
-    """Long layout: one row per (method, N) with time, memory and editor size."""
-    header = [("", ["Method", "N", "n", "edit time (ms/edit)", "eval time (s)", "peak mem (GB)",
-                    "resident mem (GB)", "editor params"])]
+    """Long layout: one row per (method, N) with time, memory (and its device) and editor size;
+    a ``mem growth`` column only when some row has ``mem_growth_gb``."""
+    memory = [("peak_mem_gb", "peak mem (GB)"), ("resident_mem_gb", "resident mem (GB)")]
+    if agg["mem_growth_gb"].notna().any():
+        memory.append(("mem_growth_gb", "mem growth (GB)"))
+    header = [("", ["Method", "N", "n", "edit time (ms/edit)", "eval time (s)", "mem_device",
+                    *(heading for _, heading in memory), "editor params"])]
     rows = []
     for _, label in _ordered_labels(agg):
         for _, r in agg[agg["label"] == label].sort_values("N").iterrows():
@@ -335,22 +415,29 @@ def cost_table(agg: pd.DataFrame, name: str, title: str) -> Table:
                          _fmt(r["edit_s_mean"] * 1e3, r["edit_s_mean_std"] * 1e3, r["n"],
                               1 if r["edit_s_mean"] * 1e3 >= 1 else 4),
                          _fmt(r["eval_s"], r["eval_s_std"], r["n"], 1),
-                         _fmt(r["peak_mem_gb"], r["peak_mem_gb_std"], r["n"], 2),
-                         _fmt(r["resident_mem_gb"], r["resident_mem_gb_std"], r["n"], 2),
+                         r["mem_device"],
+                         *(_fmt(r[column], r[f"{column}_std"], r["n"], 2) for column, _ in memory),
                          "—" if pd.isna(params) else f"{params:,.0f}"])
     notes = ["Cells: mean ± sample std over n seeds; edit time is the mean wall time per edit "
-             "over the edits applied so far; eval time is this checkpoint's evaluation."]
-    return Table(name, title, header, rows, set(), notes)
+             "over the edits applied so far; eval time is this checkpoint's evaluation.",
+             "Memory by mem_device: cuda = peak allocated over all devices / allocated now; "
+             "cpu = process peak / resident set, growth = resident set over the unedited model; "
+             "unknown = rows written before mem_device existed."]
+    return Table(name, title, header, rows, set(), notes, kind="cost")
 
 
 def to_markdown(table: Table) -> str:
+    return f"## {table.title}\n\n{_markdown_body(table)}"
+
+
+def _markdown_body(table: Table) -> str:
+    """The table and its notes, without the title."""
     def cell(i, j, text):
         text = text.replace("|", "\\|")
         return f"**{text}**" if (i, j) in table.bold else text
 
     columns = table.columns
-    lines = [f"## {table.title}", "",
-             "| " + " | ".join(columns) + " |",
+    lines = ["| " + " | ".join(columns) + " |",
              "| :--- |" + " ---: |" * (len(columns) - 1)]
     lines += ["| " + " | ".join(cell(i, j, t) for j, t in enumerate(row)) + " |"
               for i, row in enumerate(table.rows)]
@@ -426,7 +513,7 @@ def _plot_measured(ax, agg, column, scale=1.0, linestyle=None, suffix=""):
 
 
 def _plot_published(ax, agg, baselines, metric):
-    if baselines is None or not len(baselines) or not len(agg):
+    if baselines is None or not len(baselines) or not len(agg) or metric not in baselines:
         return
     model, data = agg["model"].iloc[0], agg["data"].iloc[0]
     for method in dict.fromkeys(agg["method"]):
@@ -442,6 +529,24 @@ def _plot_published(ax, agg, baselines, metric):
                 marker="x", markersize=6, label=f"{method} (published)")
 
 
+def _metric_axis(metric: str) -> tuple[str, bool]:
+    """Axis label and whether the metric is a fraction in [0, 1] (the paper's are; other metrics
+    have no known range and get automatic limits)."""
+    if metric in METRIC_NAMES:
+        return f"{METRIC_NAMES[metric]} (fraction, 0–1)", True
+    return metric, False
+
+
+def _panels(n: int) -> tuple[Figure, list]:
+    """A figure with ``n`` panels, at most four per row."""
+    columns = min(n, 4)
+    fig = Figure(figsize=(4.3 * columns + 1, 4.2 * math.ceil(n / columns)), layout="constrained")
+    axes = list(fig.subplots(math.ceil(n / columns), columns, squeeze=False).ravel())
+    for ax in axes[n:]:
+        ax.remove()
+    return fig, axes[:n]
+
+
 def _style_n_axis(ax, ylabel, ylim=(0.0, 1.02)):
     ax.set_xscale("log")
     ax.set_xlabel("edits applied N (log scale)")
@@ -451,27 +556,34 @@ def _style_n_axis(ax, ylabel, ylim=(0.0, 1.02)):
     ax.grid(True, alpha=0.3)
 
 
-def plot_op_vs_n(agg: pd.DataFrame, baselines: pd.DataFrame | None = None, title="") -> Figure:
-    """OP against N for every method (paper Fig. 1); published points dotted with x markers."""
+def plot_op_vs_n(agg: pd.DataFrame, baselines: pd.DataFrame | None = None, title="") -> Figure | None:
+    """OP against N for every method (paper Fig. 1); published points dotted with x markers.
+    None when the rows have no OP column."""
+    if OVERALL not in metric_names(agg):
+        return None
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    _plot_measured(ax, agg, "op")
-    _plot_published(ax, agg, baselines, "op")
-    _style_n_axis(ax, "OP (fraction, 0–1)")
+    _plot_measured(ax, agg, OVERALL)
+    _plot_published(ax, agg, baselines, OVERALL)
+    _style_n_axis(ax, _metric_axis(OVERALL)[0])
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="best")
     return fig
 
 
-def plot_metrics_vs_n(agg: pd.DataFrame, baselines: pd.DataFrame | None = None, title="") -> Figure:
-    """Rel, Gen and Loc against N as three panels (paper Figs. 6–8)."""
-    fig = Figure(figsize=(13, 4.2), layout="constrained")
-    axes = fig.subplots(1, 3, sharey=True)
-    for ax, metric in zip(axes, ("rel", "gen", "loc")):
+def plot_metrics_vs_n(agg: pd.DataFrame, baselines: pd.DataFrame | None = None,
+                      title="") -> Figure | None:
+    """One panel per metric of the rows but OP (paper Figs. 6–8: Rel, Gen, Loc); None if none."""
+    metrics = [metric for metric in metric_names(agg) if metric != OVERALL]
+    if not metrics:
+        return None
+    fig, axes = _panels(len(metrics))
+    for ax, metric in zip(axes, metrics):
+        label, fraction = _metric_axis(metric)
         _plot_measured(ax, agg, metric)
         _plot_published(ax, agg, baselines, metric)
-        _style_n_axis(ax, f"{METRIC_NAMES[metric]} (fraction, 0–1)")
-        ax.set_title(METRIC_NAMES[metric])
+        _style_n_axis(ax, label, ylim=(0.0, 1.02) if fraction else None)
+        ax.set_title(display_name(metric))
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside right center", fontsize=7)
     fig.suptitle(title, fontsize=9)
@@ -479,7 +591,8 @@ def plot_metrics_vs_n(agg: pd.DataFrame, baselines: pd.DataFrame | None = None, 
 
 
 def plot_cost_vs_n(agg: pd.DataFrame, title="") -> Figure:
-    """Per-edit time and peak (solid) / resident (dashed) memory against N (paper Fig. 9)."""
+    """Per-edit time and memory against N (paper Fig. 9); the memory panel plots and labels what
+    the rows' ``mem_device`` measured (:data:`MEMORY_AXES`)."""
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     time_ax, mem_ax = fig.subplots(1, 2)
     _plot_measured(time_ax, agg, "edit_s_mean", scale=1e3)
@@ -488,10 +601,19 @@ def plot_cost_vs_n(agg: pd.DataFrame, title="") -> Figure:
     if len(times) and times.max() / times.min() > 30:  # methods differ by orders of magnitude
         time_ax.set_yscale("log")
     time_ax.set_title("Edit time")
-    _plot_measured(mem_ax, agg, "peak_mem_gb", suffix=" peak", linestyle="-")
-    _plot_measured(mem_ax, agg, "resident_mem_gb", suffix=" resident", linestyle="--")
-    _style_n_axis(mem_ax, "GPU memory (GB)", ylim=None)
-    mem_ax.set_title("Memory: peak (solid), resident (dashed)")
+    device = _devices(agg["mem_device"])
+    ylabel, series = MEMORY_AXES.get(device, NEUTRAL_MEMORY)
+    for column, suffix, linestyle in series:
+        _plot_measured(mem_ax, agg, column, suffix=suffix, linestyle=linestyle)
+    _style_n_axis(mem_ax, ylabel, ylim=None)
+    if device in MEMORY_AXES:
+        mem_ax.set_title(f"Memory ({device})")
+    elif device == UNKNOWN_DEVICE:
+        mem_ax.set_title("Memory (device unknown: rows without mem_device): "
+                         "peak (solid), resident (dashed)", fontsize=8)
+    else:
+        mem_ax.set_title(f"Memory (mixed devices: {device}): peak (solid), resident (dashed)",
+                         fontsize=8)
     for ax in (time_ax, mem_ax):
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
@@ -509,27 +631,30 @@ def _final_configs(calib: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_calibration(calib: pd.DataFrame, title="") -> Figure | None:
-    """Heat-maps of OP, Gen and Loc over threshold x pooling_ratio (None if not swept)."""
+    """One heat-map per metric of the rows over threshold x pooling_ratio (None if not swept)."""
     final = _final_configs(calib).dropna(subset=["threshold", "pooling_ratio"])
-    if not len(final):
+    metrics = metric_names(final)
+    if not len(final) or not metrics:
         return None
-    fig = Figure(figsize=(13, 4.2), layout="constrained")
-    axes = fig.subplots(1, 3)
-    for ax, metric in zip(axes, ("op", "gen", "loc")):
+    fig, axes = _panels(len(metrics))
+    for ax, metric in zip(axes, metrics):
+        label, fraction = _metric_axis(metric)
+        vmin, vmax = (0.0, 1.0) if fraction else (None, None)
         grid = final.pivot_table(index="threshold", columns="pooling_ratio", values=metric,
-                                 aggfunc="mean")
-        image = ax.imshow(grid.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis",
-                          origin="lower", aspect="auto")
-        for (i, j), value in np.ndenumerate(grid.to_numpy(dtype=float)):
+                                 aggfunc="mean", dropna=False)
+        values = grid.to_numpy(dtype=float)
+        image = ax.imshow(values, vmin=vmin, vmax=vmax, cmap="viridis", origin="lower",
+                          aspect="auto")
+        for (i, j), value in np.ndenumerate(values):
             if not np.isnan(value):
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if value < 0.6 else "black")
+                        color="white" if image.norm(value) < 0.6 else "black")
         ax.set_xticks(range(len(grid.columns)), [f"{v:g}" for v in grid.columns])
         ax.set_yticks(range(len(grid.index)), [f"{v:g}" for v in grid.index])
         ax.set_xlabel("pooling ratio ρ")
         ax.set_ylabel("threshold τ")
-        ax.set_title(METRIC_NAMES[metric])
-    fig.colorbar(image, ax=axes, label="fraction (0–1)", shrink=0.9)
+        ax.set_title(display_name(metric))
+        fig.colorbar(image, ax=ax, label=label, shrink=0.9)
     Ns = ", ".join(str(int(n)) for n in sorted(final["N"].unique()))
     fig.suptitle(f"{title} — last checkpoint per setting (N = {Ns})", fontsize=9)
     return fig
@@ -546,7 +671,10 @@ def pareto_front(points: pd.DataFrame, x="loc", y="gen") -> pd.DataFrame:
 
 
 def plot_pareto(calib: pd.DataFrame, title="") -> Figure | None:
-    """Loc against Gen for every calibration setting, colour = OP, Pareto front marked."""
+    """Loc against Gen for every calibration setting, colour = OP, Pareto front marked
+    (None unless the rows have loc, gen and op)."""
+    if not {"loc", "gen", OVERALL} <= set(metric_names(calib)):
+        return None
     final = _final_configs(calib).dropna(subset=["loc", "gen"])
     if not len(final):
         return None
@@ -615,26 +743,27 @@ def _render_rows(rows, out_dir: Path, baselines, source) -> tuple[dict, list[Tab
             written["tables"].append(path)
         tables.append(table)
 
+    def save_figures(stem: str, figures: dict):
+        """Save each figure as ``<kind>__<stem>``; a None figure (nothing to plot) is skipped."""
+        for kind, fig in figures.items():
+            if fig is not None:
+                written["figures"] += _save(fig, figures_dir, f"{kind}__{stem}")
+
     main = agg[agg["tag"] == "main"]
     for key, group in main.groupby(TABLE_KEYS, sort=True):
         stem, title = _table_stem(*key), _title(*key)
-        if group[list(METRICS)].notna().any().any():
+        if group[metric_names(group)].notna().any().any():
             write_table(metric_table(group, baselines, stem, title))
-            written["figures"] += _save(plot_op_vs_n(group, baselines, title), figures_dir,
-                                        f"op_vs_n__{stem}")
-            written["figures"] += _save(plot_metrics_vs_n(group, baselines, title), figures_dir,
-                                        f"metrics_vs_n__{stem}")
+            save_figures(stem, {"op_vs_n": plot_op_vs_n(group, baselines, title),
+                                "metrics_vs_n": plot_metrics_vs_n(group, baselines, title)})
         write_table(cost_table(group, f"{stem}__cost", f"Cost — {title}"))
-        written["figures"] += _save(plot_cost_vs_n(group, f"Cost — {title}"), figures_dir,
-                                    f"cost_vs_n__{stem}")
+        save_figures(stem, {"cost_vs_n": plot_cost_vs_n(group, f"Cost — {title}")})
 
     calibration = agg[agg["tag"] == "calibration"]
     for key, group in calibration.groupby(TABLE_KEYS + ["method"], sort=True):
         stem, title = _stem(_table_stem(*key[:-1]), key[-1]), f"{key[-1]} calibration — {_title(*key[:-1])}"
-        for kind, fig in (("calibration", plot_calibration(group, title)),
-                          ("pareto", plot_pareto(group, title))):
-            if fig is not None:
-                written["figures"] += _save(fig, figures_dir, f"{kind}__{stem}")
+        save_figures(stem, {"calibration": plot_calibration(group, title),
+                            "pareto": plot_pareto(group, title)})
 
     index = out_dir / "index.md"
     index.write_text(_index_text(rows, agg, baselines, written, out_dir, source))
@@ -686,6 +815,61 @@ def _index_text(rows, agg, baselines, written, out_dir: Path, source) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------------------- README
+
+def readme_block(tables: list[Table]) -> str:
+    """What goes between the README markers: each metric table's Markdown under its bold title,
+    or a one-line note when there is none."""
+    metric_tables = [table for table in tables if table.kind == "metrics"]
+    if not metric_tables:
+        return README_EMPTY + "\n"
+    return "\n".join(f"**{table.title}**\n\n{_markdown_body(table)}" for table in metric_tables)
+
+
+def _readme_span(lines: list[str], path) -> tuple[int, int]:
+    """Indices of the begin and end marker lines; :class:`ReportError` if one is missing."""
+    begin = next((i for i, line in enumerate(lines) if line.strip() == README_BEGIN), None)
+    if begin is None:
+        raise ReportError(f"{path} has no {README_BEGIN} line — add {README_BEGIN} and "
+                          f"{README_END} lines around the table block")
+    end = next((i for i, line in enumerate(lines) if i > begin and line.strip() == README_END), None)
+    if end is None:
+        raise ReportError(f"{path} has no {README_END} line after {README_BEGIN} — add it "
+                          "where the table block ends")
+    return begin, end
+
+
+def _readme_lines(path) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines(keepends=True)
+    except OSError as err:
+        raise ReportError(f"cannot read {path} ({err.strerror or err}) — pass a readable file to "
+                          "--readme") from None
+
+
+def check_readme(path) -> None:
+    """Raise :class:`ReportError` unless ``path`` can be read and has both markers."""
+    _readme_span(_readme_lines(path), path)
+
+
+def write_readme(path, tables: list[Table]) -> None:
+    """Replace the lines between the markers in ``path`` by :func:`readme_block`, atomically
+    (temp file + ``os.replace``, file mode kept); a missing marker raises and writes nothing."""
+    path = Path(path)
+    lines = _readme_lines(path)
+    begin, end = _readme_span(lines, path)
+    text = "".join(lines[:begin + 1] + [readme_block(tables)] + lines[end:])
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
 def log_to_wandb(run, results, out_dir, baselines_dir="baselines") -> dict[str, list[Path]]:
     """Render like :func:`render`, then log every table (``wandb.Table``) and figure PNG
     (``wandb.Image``) to ``run`` in one ``run.log`` call.  ``results`` is a results directory or
@@ -711,8 +895,12 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default="results", help="directory searched for metrics.jsonl")
     parser.add_argument("--out", default="reports", help="where tables/, figures/, index.md go")
     parser.add_argument("--baselines", default="baselines", help="published numbers (CSV or dir)")
+    parser.add_argument("--readme", help=f"also replace the lines between {README_BEGIN} and "
+                                         f"{README_END} in this file with the main metric tables")
     args = parser.parse_args(argv)
     try:
+        if args.readme:
+            check_readme(args.readme)  # fail before anything is written
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ResultsWarning)
             rows = load_rows(args.results)
@@ -720,7 +908,9 @@ def main(argv=None) -> int:
             print(f"editbench.report: warning: {warning.message}", file=sys.stderr)
         out = Path(args.out)
         written, tables = _render_rows(rows, out, load_baselines(args.baselines), args.results)
-    except NoResults as err:
+        if args.readme:
+            write_readme(args.readme, tables)
+    except ReportError as err:
         print(f"editbench.report: {err}", file=sys.stderr)
         return 2
     n_runs, partial = _run_counts(rows)
@@ -729,7 +919,8 @@ def main(argv=None) -> int:
               "(no complete summary.json); their rows are included")
     n_figures = sum(p.suffix == ".png" for p in written["figures"])
     print(f"editbench.report: {len(rows)} rows from {n_runs} runs -> {len(tables)} tables, "
-          f"{n_figures} figures under {out}/ (see {out / 'index.md'})")
+          f"{n_figures} figures under {out}/ (see {out / 'index.md'})"
+          + (f"; tables written into {args.readme}" if args.readme else ""))
     return 0
 
 

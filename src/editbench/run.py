@@ -164,16 +164,17 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
         torch.set_num_threads(int(cfg.threads))
     seed_everything(cfg.seed)
     data = instantiate_group(cfg.data)
-    records = data.stream(n_edits)
+    cases = data.stream(n_edits)
     model = load_model(cfg.model)
     proto = cfg.protocol
     cache = StateCache(Path(cfg.cache_dir).expanduser() / "states" /
                        f"{cfg.model.name}-{cache_key(OmegaConf.to_container(cfg.model, resolve=True), proto.scoring)}.pt")
     evaluator = Evaluator(model, proto.scoring, proto.eval_batch_size, cache)
     t0 = time.perf_counter()
-    pre_loc = evaluator.pre_locality(records)  # the unedited model, before any editor touches it
+    refs = evaluator.reference(cases)  # the unedited model's outputs, before any editor touches it
     cache.save()
-    print(f"[editbench] pre-edit locality outputs: {len(pre_loc)} prompts in {time.perf_counter() - t0:.1f}s")
+    print(f"[editbench] unedited reference outputs: {sum(len(v) for r in refs for v in r.values())} probes "
+          f"in {time.perf_counter() - t0:.1f}s")
     editor = instantiate_group(cfg.editor, model=model)
     grid = checkpoint_grid(proto.checkpoints, n_edits)
     costs = Costs(model.device)
@@ -208,17 +209,17 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
     bs = int(proto.edit_batch_size)
     bar = tqdm(total=n_edits, initial=cursor, desc=f"{editor.method} edits", dynamic_ncols=True)
     while cursor < n_edits:
-        batch = records[cursor:cursor + bs]
+        batch = cases[cursor:cursor + bs]
         with costs:
-            editor.edit(batch)
+            editor.edit([c.request for c in batch])  # requests only: editors never see the probes
         cursor += len(batch)
         bar.update(len(batch))
         if any(cursor - len(batch) < g <= cursor for g in grid):
             t0 = time.perf_counter()
             idx = eval_indices(cursor, proto.retention, cursor)
-            scores = evaluator.evaluate(editor.module(), [records[i] for i in idx], [pre_loc[i] for i in idx],
-                                        editor.frozen_below_site)
-            row = {**static, "N": cursor, **scores,
+            scores = evaluator.evaluate(editor.module(), [cases[i] for i in idx], [refs[i] for i in idx],
+                                        editor.frozen_below_site, overall=data.overall)
+            row = {**static, "N": cursor, **scores.metrics, "metric_names": scores.names,
                    "edit_s_mean": float(np.mean(costs.edit_s)) / bs, "edit_s_total": float(np.sum(costs.edit_s)),
                    "eval_s": time.perf_counter() - t0, "peak_mem_gb": costs.peak_gb,
                    "resident_mem_gb": costs.resident_gb(), "editor_params": int(editor.num_params()),
@@ -228,10 +229,11 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
                      "edit_s": costs.edit_s, "peak_gb": costs.peak_gb}
             store.save(cursor, state, {"config_hash": chash, "cursor": cursor, "rows": rows,
                                        "config": OmegaConf.to_container(cfg, resolve=True)})
+            store.write_records(cursor, scores.records)
             store.write_rows(rows)
             logger.log(row)
-            bar.write(f"[editbench] N={cursor}: rel={row['rel']:.3f} gen={row['gen']:.3f} loc={row['loc']:.3f} "
-                      f"op={row['op']:.3f} ({row['edit_s_mean'] * 1e3:.0f} ms/edit, eval {row['eval_s']:.1f}s)")
+            shown = " ".join(f"{k}={row[k]:.3f}" for k in row["metric_names"])
+            bar.write(f"[editbench] N={cursor}: {shown} ({row['edit_s_mean'] * 1e3:.0f} ms/edit, eval {row['eval_s']:.1f}s)")
     bar.close()
     store.write_summary({"status": "complete", "run_id": static["run_id"], "n_edits": n_edits, "done": cursor,
                          "data_info": data.info, "final": rows[-1]})
@@ -240,9 +242,11 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    head = f"{'N':>7} {'Rel':>6} {'Gen':>6} {'Loc':>6} {'OP':>6} {'ms/edit':>8} {'eval s':>7}"
+    """The runner's closing table: N, every metric the rows name, and the costs."""
+    names = list(dict.fromkeys(n for r in rows for n in r.get("metric_names", ("rel", "gen", "loc", "op"))))
+    head = f"{'N':>7} " + " ".join(f"{n[:7]:>7}" for n in names) + f" {'ms/edit':>8} {'eval s':>7}"
     lines = [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['N']:>7} {r['rel']:>6.3f} {r['gen']:>6.3f} {r['loc']:>6.3f} {r['op']:>6.3f} "
-                     f"{r['edit_s_mean'] * 1e3:>8.1f} {r['eval_s']:>7.1f}")
+        cells = " ".join(f"{r[n]:>7.3f}" if n in r else f"{'—':>7}" for n in names)
+        lines.append(f"{r['N']:>7} {cells} {r['edit_s_mean'] * 1e3:>8.1f} {r['eval_s']:>7.1f}")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Dataset adapters: each turns one benchmark's records into a stream of `EditRecord`s."""
-from editbench.data.records import EditRecord, load_json_records
+"""Dataset adapters: each turns one benchmark's records into a stream of `EditCase`s."""
+from editbench.data.records import EditCase, EditRequest, Probe, ProbeSet, load_json_records
 
-__all__ = ["EditRecord", "load_json_records"]
+__all__ = ["EditCase", "EditRequest", "Probe", "ProbeSet", "load_json_records"]

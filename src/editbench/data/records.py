@@ -1,23 +1,55 @@
-"""The common edit record every dataset adapter produces, and JSON/JSONL reading."""
+"""What a dataset adapter produces: edit cases, each an *edit request* (all an editor ever sees)
+plus named *probe sets* (what the evaluator scores; editors never receive them). JSON/JSONL reading.
+"""
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 from editbench.errors import EditbenchError
 
 
 @dataclass(frozen=True)
-class EditRecord:
+class EditRequest:
+    """One edit: make `prompt` produce `target`. `subject` (a substring of the prompt) is for
+    editors that locate a subject token (ROME family)."""
+
     id: str
-    prompt: str  # the edit question
-    target: str  # the answer the edit must produce
-    rephrase: str  # paraphrase of the prompt (generalization)
-    loc_prompt: str  # unrelated prompt (locality)
-    loc_answer: str  # its reference answer (sets the decode length; agreement is with the pre-edit model)
+    prompt: str
+    target: str
     subject: str = ""
-    extra: dict = field(default_factory=dict)  # dataset-specific prompts (portability, multi-hop, ...)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One scored prompt. `answer` is the expected answer (accuracy scorers) or the reference
+    answer whose length sets the decode length (locality: agreement with the unedited model)."""
+
+    prompt: str
+    answer: str
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """Probes scored by one scorer of `editbench.evaluate.Evaluator.SCORERS`."""
+
+    scorer: str
+    probes: tuple[Probe, ...]
+
+
+@dataclass(frozen=True)
+class EditCase:
+    """An edit request and the probe sets that test it, by metric name (`rel`, `gen`, `loc`, and
+    dataset-specific ones). A case may lack a probe set that other cases have."""
+
+    request: EditRequest
+    probes: Mapping[str, ProbeSet] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.request.id
 
 
 def load_json_records(path: str | Path, what: str) -> list[dict]:

@@ -2,16 +2,22 @@
 
 Sources, in order of precedence: `hub` (a `datasets` id, with `revision` and `split`), `path` (any
 JSON list or JSONL file), else the pool shipped with editbench (10,550 records; see
-`zsre_pool.md`). The stream is a seeded permutation (`order_seed`) of the usable records,
-starting at `skip` (so a calibration slice can be kept disjoint from reported runs).
+`zsre_pool.md`). The stream is a seeded permutation (`order_seed`) of the usable records, or file
+order with `order_seed: null`, starting at `skip` (so a calibration slice can be kept disjoint
+from reported runs).
+
+Each case: the request (`src` -> target, `subject`) and three probe sets: `rel` (the edit prompt),
+`gen` (`rephrase`), both scored by accuracy against the target, and `loc` (`loc` / `loc_ans`),
+scored by agreement with the unedited model. Overall: OP, the geometric mean of the three.
 """
 from __future__ import annotations
 
 import random
 from pathlib import Path
 
-from editbench.data.records import EditRecord, load_json_records
+from editbench.data.records import EditCase, EditRequest, Probe, ProbeSet, load_json_records
 from editbench.errors import EditbenchError
+from editbench.metrics import OP
 
 PACKAGED_POOL = Path(__file__).with_name("zsre_pool.jsonl")
 TARGETS = {"answer", "alt"}
@@ -27,10 +33,21 @@ def _text(rec: dict, key: str, i: int, where: str) -> str:
     return v
 
 
+def make_case(case_id: str, prompt: str, target: str, rephrase: str, loc_prompt: str, loc_answer: str,
+              subject: str = "") -> EditCase:
+    """One ZsRE-style case: the request and its rel / gen / loc probe sets."""
+    return EditCase(EditRequest(case_id, prompt, target, subject),
+                    {"rel": ProbeSet("accuracy", (Probe(prompt, target),)),
+                     "gen": ProbeSet("accuracy", (Probe(rephrase, target),)),
+                     "loc": ProbeSet("locality", (Probe(loc_prompt, loc_answer),))})
+
+
 class ZsRE:
+    overall = OP  # the structured family's overall score (EDITORS.md §3.1)
+
     def __init__(self, name: str = "zsre", path: str | None = None, hub: str | None = None,
                  revision: str | None = None, split: str = "train", target: str = "answer",
-                 order_seed: int = 0, skip: int = 0):
+                 order_seed: int | None = 0, skip: int = 0):
         if target not in TARGETS:
             raise EditbenchError(f"data.target={target!r} is not one of {sorted(TARGETS)} — use answer or alt")
         self.name, self.target, self.order_seed, self.skip = name, target, order_seed, skip
@@ -52,7 +69,7 @@ class ZsRE:
             raise EditbenchError(f"data=zsre: cannot load '{hub}' from the hub ({type(e).__name__}) — download it "
                                  f"and pass data.path=/local/file.jsonl") from None
 
-    def records(self) -> list[EditRecord]:
+    def records(self) -> list[EditCase]:
         """Every usable record in file order; counts of skipped ones go to `self.info`."""
         out, no_loc, no_target = [], 0, 0
         for i, r in enumerate(self.raw):
@@ -65,16 +82,16 @@ class ZsRE:
             if not r.get("loc") or not r.get("loc_ans"):
                 no_loc += 1  # e.g. KnowEdit-only records: no NQ locality question
                 continue
-            out.append(EditRecord(id=str(r.get("id", i)), prompt=prompt, target=target, rephrase=rephrase,
-                                  loc_prompt=_text(r, "loc", i, self.where), loc_answer=_text(r, "loc_ans", i, self.where),
-                                  subject=r.get("subject") or ""))
+            out.append(make_case(str(r.get("id", i)), prompt, target, rephrase, _text(r, "loc", i, self.where),
+                                 _text(r, "loc_ans", i, self.where), r.get("subject") or ""))
         self.info = {"source": self.where, "records_total": len(self.raw), "skipped_no_locality": no_loc,
                      f"skipped_no_{self.target}": no_target, "usable": len(out)}
         return out
 
-    def stream(self, n: int) -> list[EditRecord]:
+    def stream(self, n: int) -> list[EditCase]:
         recs = self.records()
-        random.Random(self.order_seed).shuffle(recs)
+        if self.order_seed is not None:  # null: file order (to compare with other harnesses case by case)
+            random.Random(self.order_seed).shuffle(recs)
         avail = len(recs) - self.skip
         if n > avail:
             raise EditbenchError(

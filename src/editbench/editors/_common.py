@@ -9,13 +9,18 @@ import torch
 from torch import nn
 
 
-class SiteWrapper(nn.Module):
-    """Stands in for the edit-site module: runs it, then lets the editor change its output."""
+TRAINED = "trained_value"  # Pass.state key: (value parameter, retrieval hit?) during a training pass
 
-    def __init__(self, base: nn.Module, intervene: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]):
+
+class SiteWrapper(nn.Module):
+    """Stands in for the edit-site module: runs it, then lets the editor change its output in the
+    context of the current pass (`models.Pass`, from the adapter's `PassSlot`)."""
+
+    def __init__(self, base: nn.Module, intervene: Callable, passes):
         super().__init__()
         self.base = base
-        self._intervene = intervene
+        self._intervene = intervene  # (x, y, pass) -> y'
+        self._passes = passes
 
     @property
     def weight(self):  # so code that inspects the site (d_in, d_out) still works
@@ -30,8 +35,9 @@ class SiteWrapper(nn.Module):
         return self.base.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._intervene(x, self.base(x))
-
+        p = self._passes.current
+        y = self.base(x)
+        return y if p.kind == "unedited" else self._intervene(x, y, p)
 
 
 def prompt_positions(prompt_mask: torch.Tensor, ratio: float | None = None):
@@ -137,15 +143,12 @@ def train(params: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], lr: f
 
 
 def train_entry(editor, row: int, hit: bool, batch, lr: float) -> None:
-    """Train codebook row `row` of a codebook editor on one edit. While it trains, `editor.trained`
-    tells the site wrapper to use the trainable copy (`hit`: whether retrieval sends this prompt to
-    the row); the frozen network before the last prompt token runs once."""
+    """Train codebook row `row` of a codebook editor on one edit. The training passes carry the
+    trainable copy in `Pass.state[TRAINED]` with `hit` (whether retrieval sends this prompt to the
+    row), so the site wrapper uses it; the frozen network before the last prompt token runs once."""
     param = editor.book.values[row].clone().requires_grad_(True)
-    editor.trained = (param, hit)
     pre = editor.model.prefix(batch, from_last_prompt=True)
+    state = {TRAINED: (param, hit)}
     hp = editor.hparams
-    try:
-        train([param], lambda: editor.model.target_loss(pre), lr, hp["n_iter"], hp["stop_loss"], hp["patience"])
-    finally:
-        editor.trained = None
+    train([param], lambda: editor.model.target_loss(pre, state), lr, hp["n_iter"], hp["stop_loss"], hp["patience"])
     editor.book.values[row] = param.detach()

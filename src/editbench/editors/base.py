@@ -1,7 +1,10 @@
 """The editor protocol. An editor is built by `hydra.utils.instantiate(cfg.editor, model=...)`.
 
-The runner calls `edit()` (and times it), evaluates `module()`, and saves `state_dict()` at every
-checkpoint; `load_state_dict()` on a freshly loaded model must restore the edited model exactly.
+The runner calls `edit()` with edit *requests* only (prompt, target, subject: never the probes the
+evaluator scores), times it, evaluates `module()`, and saves `state_dict()` at every checkpoint;
+`load_state_dict()` on a freshly loaded model must restore the edited model exactly. Site wrappers
+read the context of each forward pass from `models.Pass` (never from attributes of the model or
+the editor).
 `state_dict()` holds *everything* that persists between edits (codebooks, side memories, weight
 deltas, running statistics, caches), as tensors / plain Python data.
 """
@@ -12,7 +15,7 @@ from typing import Sequence
 
 from torch import nn
 
-from editbench.data import EditRecord
+from editbench.data import EditRequest
 from editbench.models import EditableModel
 
 
@@ -34,7 +37,7 @@ class Editor(ABC):
         return self.label
 
     @abstractmethod
-    def edit(self, requests: Sequence[EditRecord]) -> None:
+    def edit(self, requests: Sequence[EditRequest]) -> None:
         """Apply the edits in `requests` (a batch of 1 in the sequential protocol), in place."""
 
     def module(self) -> nn.Module:

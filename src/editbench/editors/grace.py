@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from editbench.editors._common import Codebook, SiteWrapper, edit_labels, prompt_positions, train_entry
+from editbench.editors._common import TRAINED, Codebook, SiteWrapper, edit_labels, prompt_positions, train_entry
 from editbench.editors.base import Editor
 from editbench.errors import EditbenchError
 
@@ -32,22 +32,20 @@ class GRACE(Editor):
                 raise EditbenchError(f"editor.{name}={val!r} is not one of {ok} — pick one of them")
         site = model.site_module()
         self.book = Codebook(model.d_in, (model.d_out,), site.weight.dtype, model.device)
-        self.trained: tuple[torch.Tensor, bool] | None = None  # (value parameter, within radius?) while training
         self.cases = {"add": 0, "split": 0, "expand": 0, "reuse": 0}
-        model.replace_site(SiteWrapper(site, self._intervene))
+        model.replace_site(SiteWrapper(site, self._intervene, model.passes))
 
     def nearest(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         d = torch.cdist(q.float(), self.book.K.float())
         return d.min(dim=-1)
 
-    def _intervene(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        pm = self.model.prompt_mask
-        if pm is None or pm.shape != x.shape[:2]:
-            return y
-        last, _ = prompt_positions(pm)
+    def _intervene(self, x: torch.Tensor, y: torch.Tensor, p) -> torch.Tensor:
+        if p.kind == "decode":
+            return y  # a cached decoding step: the value went in at the last prompt token, at prefill
+        last, _ = prompt_positions(p.prompt_mask)
         rows = torch.arange(x.shape[0], device=x.device)
-        if self.trained is not None:  # training one edit: retrieval was decided once, before training
-            param, within = self.trained
+        if TRAINED in p.state:  # training one edit: retrieval was decided once, before training
+            param, within = p.state[TRAINED]
             values = param.expand(x.shape[0], -1)
             hit = torch.full((x.shape[0], 1), within, device=x.device)
         elif self.book.n == 0:

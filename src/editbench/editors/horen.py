@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from editbench.editors._common import Codebook, SiteWrapper, edit_labels, prompt_positions, train_entry
+from editbench.editors._common import TRAINED, Codebook, SiteWrapper, edit_labels, prompt_positions, train_entry
 from editbench.editors.base import Editor
 from editbench.errors import EditbenchError
 
@@ -46,9 +46,8 @@ class HoReN(Editor):
         self.book = Codebook(d_in, (2 * lora_rank * d_out,) if self.lora else (d_out,), site.weight.dtype, model.device)
         dummy = torch.randn(d_in, device=model.device)  # entry 0: random unit key, zero value, never-matching label
         self.book.add(dummy / dummy.norm(), 0.0, label=(), ref_label=float("nan"))
-        self.trained: tuple[torch.Tensor, bool] | None = None  # (value parameter, matched?) while an edit trains
         self.cases = {"insert_no_match": 0, "train_same_label": 0, "insert_conflict": 0}
-        model.replace_site(SiteWrapper(site, self._intervene))
+        model.replace_site(SiteWrapper(site, self._intervene, model.passes))
 
     @property
     def method(self) -> str:
@@ -85,15 +84,15 @@ class HoReN(Editor):
         return scores.max(dim=-1)
 
     # ------------------------------------------------------------------ the site intervention
-    def _intervene(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        pm = self.model.prompt_mask
-        if pm is None or pm.shape != x.shape[:2]:
-            return y  # no token context, or a cached decoding step: the value went in at prefill
+    def _intervene(self, x: torch.Tensor, y: torch.Tensor, p) -> torch.Tensor:
+        if p.kind == "decode":
+            return y  # a cached decoding step: the value went in at the last prompt token, at prefill
+        pm = p.prompt_mask
         last, _ = prompt_positions(pm)
         rows = torch.arange(x.shape[0], device=x.device)
         y_p = y[rows, last]
-        if self.trained is not None:  # training one edit: retrieval was decided once, before training
-            param, hit = self.trained
+        if TRAINED in p.state:  # training one edit: retrieval was decided once, before training
+            param, hit = p.state[TRAINED]
             values, s = param.expand(x.shape[0], -1), torch.full((x.shape[0],), 1.0 if hit else -1.0, device=x.device)
             return self._add(y, rows, last, y_p, values, s, tau=0.0)
         if self.book.n <= 1:
