@@ -30,9 +30,10 @@ test-fast: install
 test-slow: install
 	$(BIN)/python -m pytest -m slow $(ARGS)
 
-# Paper tables (Markdown + LaTeX) and figures from every run under results/ -> reports/
+# Paper tables (Markdown + LaTeX) and figures from every run under results/ -> reports/,
+# and the README's main table (between its <!-- table:begin/end --> markers)
 figures: install
-	$(BIN)/python -m editbench.report --results results --out reports --baselines baselines
+	$(BIN)/python -m editbench.report --results results --out reports --baselines baselines --readme README.md
 
 bench: install
 	$(BIN)/python benchmarks/bench_edit.py $(ARGS)
