@@ -26,14 +26,15 @@ def bench(editor: str, overrides: list[str], n_edits: int) -> dict:
     with initialize_config_module("editbench.conf", version_base="1.3"):
         cfg = compose("config", overrides=[f"editor={editor}", *overrides])
     model = load_model(cfg.model)
-    records = instantiate_group(cfg.data).stream(n_edits + 1)
-    ed = instantiate_group(cfg.editor, model=model)
-    ed.edit(records[:1])  # warm-up
+    requests = [c.request for c in instantiate_group(cfg.data).stream(n_edits + 1)]
     costs = Costs(model.device)
-    for r in records[1:]:
+    costs.baseline_gb = costs.resident_gb()
+    ed = instantiate_group(cfg.editor, model=model)
+    ed.edit(requests[:1])  # warm-up
+    for r in requests[1:]:
         with costs:
             ed.edit([r])
-    return {"editor": editor, "ms_per_edit": 1e3 * sum(costs.edit_s) / len(costs.edit_s), "peak_gb": costs.peak_gb}
+    return {"editor": editor, "ms_per_edit": 1e3 * sum(costs.edit_s) / len(costs.edit_s), **costs.row()}
 
 
 def main() -> int:
@@ -47,7 +48,9 @@ def main() -> int:
     fixed = [f"editor.n_iter={args.steps}", "editor.stop_loss=null", "editor.patience=null"]
     rows = [bench("horen", fixed, args.edits), bench("grace", fixed, args.edits)]
     for r in rows:
-        print(f"{r['editor']:>6}: {r['ms_per_edit']:8.1f} ms/edit  peak {r['peak_gb']:.2f} GB  ({args.steps} steps)")
+        mem = (f"peak {r['peak_mem_gb']:.2f} GB" if r["mem_device"] == "cuda"
+               else f"resident {r['resident_mem_gb']:.2f} GB (+{r['mem_growth_gb']:.3f} GB over the model)")
+        print(f"{r['editor']:>6}: {r['ms_per_edit']:8.1f} ms/edit  {mem}  ({args.steps} steps)")
     h, g = rows[0]["ms_per_edit"], rows[1]["ms_per_edit"]
     ratio = h / g
     ok = abs(ratio - 1) <= 0.10

@@ -18,7 +18,8 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from editbench.__main__ import register_resolvers
-from editbench.evaluate import Evaluator, StateCache, cache_key
+from editbench.cache import StateCache
+from editbench.evaluate import Evaluator, cache_key
 from editbench.models import load_model
 from editbench.run import instantiate_group
 
@@ -46,7 +47,7 @@ def main(argv: list[str]) -> None:
     records = instantiate_group(cfg.data).stream(n)
     model = load_model(cfg.model)
     cache = StateCache(Path(cfg.cache_dir).expanduser() / "states" /
-                       f"{cfg.model.name}-{cache_key(OmegaConf.to_container(cfg.model, resolve=True), 'greedy')}.pt")
+                       f"{cfg.model.name}-{cache_key(OmegaConf.to_container(cfg.model, resolve=True), 'greedy')}.sqlite")
     ev = Evaluator(model, "greedy", int(cfg.protocol.eval_batch_size), cache)
     loc = ev.pre_locality(records)
     prompts = [model.encode_prompt(r.prompt) for r in records]

@@ -90,8 +90,27 @@ def test_unknown_option_lists_what_is_available(tmp_path, group):
 
 def test_bad_config_key(tmp_path):
     line = error_line(cli(tmp_path, "editor.nope=1"))
-    assert "editor.nope" in line and "bad config override" in line
+    assert "no config key 'editor.nope'" in line and "editor has:" in line and "threshold" in line
+    assert "+editor" not in line  # never suggest appending an unknown key
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["editor.treshold=0.5"], "did you mean editor.threshold?"),
+    (["+editor.treshold=0.5"], "editor.treshold is not a setting of editor=horen (HoReN) — did you mean editor.threshold?"),
+    (["n_edit=3"], "did you mean n_edits?"),
+    (["editor=ft", "+editor.n_iters=3"], "did you mean editor.n_iter?"),
+    (["~editor.beta"], "editor=horen (HoReN) needs editor.beta"),
+])
+def test_unknown_and_missing_keys_name_the_nearest_valid_key(tmp_path, args, expect):
+    """An editor takes exactly the keys of its YAML (no defaults in Python, no swallowed typos):
+    a typo is one line with the nearest valid key, before the model loads."""
+    proc = cli(tmp_path, "model=tiny_llama", "n_edits=1", *args)
+    line = error_line(proc)
+    assert expect in line, line
+    assert "unedited reference outputs" not in proc.stdout  # refused before any model work
+    assert not list((tmp_path / "out").rglob("metrics.jsonl"))
+
 
 
 def test_unparsable_override(tmp_path):

@@ -61,19 +61,18 @@ def test_every_config_composes_and_resolves(group, name, compose_cfg):
     for key in ("editor", "model", "data", "protocol", "logger", "n_edits", "seed", "resume", "out_dir"):
         assert key in resolved, f"{group}={name}: top-level key {key!r} missing after composition"
     assert int(resolved["n_edits"]) >= 1
-    if group != "experiment":  # experiments are @package _global_
+    if group not in ("experiment", "editor_model"):  # @package _global_ / editor
         assert resolved[group]["name"] == name, f"conf/{group}/{name}.yaml: name must equal the file name " \
                                                  "(it names run directories and result rows)"
 
 
 @pytest.mark.parametrize("name", entries("model"))
-def test_model_configs_declare_site_and_horen_calibration(name):
+def test_model_configs_declare_the_site_and_nothing_of_editors(name):
     m = OmegaConf.to_container(compose_config([f"model={name}"]).model, resolve=True)
     assert isinstance(m["edit_site"]["layer"], int) and m["edit_site"]["layer"] >= 0
     assert isinstance(m["edit_site"]["module"], str) and m["edit_site"]["module"]
     assert m["edit_site"]["module"].count(".") >= 1, "path inside a decoder block, e.g. mlp.down_proj"
-    assert 0 < float(m["horen"]["threshold"]) <= 1
-    assert 0 < float(m["horen"]["pooling_ratio"]) <= 1
+    assert not set(m) & set(entries("editor")), "per-editor values go to editor_model/<editor>_<model>.yaml"
     assert m["source"] in ("hub", "gguf", "tiny")
     assert m["padding_side"] == "left"
     if m["source"] == "tiny":
@@ -105,3 +104,41 @@ def test_protocols_are_versioned(name):
 def test_experiment_smoke_overrides_the_editor():
     cfg = compose_config(["experiment=smoke"])
     assert cfg.editor.name == "ft" and cfg.n_edits == 20
+
+
+@pytest.mark.parametrize("name", entries("editor_model"))
+def test_editor_model_pairs_name_an_editor_and_a_model_and_only_its_keys(name):
+    """editor_model/<editor>_<model>.yaml: tuned values for one pair, merged into `editor`."""
+    editor, model = next((e, name[len(e) + 1:]) for e in entries("editor") if name.startswith(e + "_"))
+    assert model in entries("model"), f"{name}: no model '{model}'"
+    raw = OmegaConf.load(CONF / "editor_model" / f"{name}.yaml")
+    base = OmegaConf.load(CONF / "editor" / f"{editor}.yaml")
+    assert set(raw) <= set(base) - {"_target_", "name"}, f"{name}: keys the editor does not have"
+    cfg = compose_config([f"editor={editor}", f"model={model}"])
+    assert all(cfg.editor[k] == raw[k] for k in raw)
+
+
+@pytest.mark.parametrize("overrides,threshold,rho", [
+    (["model=smollm2_135m"], 0.7, 0.6),  # calibrated
+    (["model=qwen25_7b"], 0.55, 0.6),  # paper Table 3
+    (["model=llama3_8b"], 0.85, 0.5),
+    (["model=smollm2_135m", "experiment=grace_norm"], 0.7, 0.6),  # an experiment that picks horen
+    (["model=smollm2_135m", "editor.threshold=0.6"], 0.6, 0.6),  # the command line wins
+])
+def test_horen_tau_rho_come_from_the_pair_file(overrides, threshold, rho):
+    e = compose_config(overrides, tiny=False).editor
+    assert (e.name, e.threshold, e.pooling_ratio) == ("horen", threshold, rho)
+    assert "threshold" not in compose_config(["editor=grace", *overrides[:1]], tiny=False).editor
+
+
+@pytest.mark.parametrize("name", entries("editor"))
+def test_editor_defaults_live_in_yaml_only(name):
+    """Every hyper-parameter is a named constructor parameter without a default, and the YAML
+    sets each one: Python and YAML can never disagree, and no `**kwargs` swallows a typo."""
+    import inspect
+
+    raw = OmegaConf.load(CONF / "editor" / f"{name}.yaml")
+    params = dict(inspect.signature(get_class(raw._target_).__init__).parameters)
+    params.pop("self"), params.pop("model")
+    assert all(p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params.values()), params
+    assert set(params) == set(raw) - {"_target_", "name"}

@@ -35,7 +35,8 @@ SCHEMA_KEYS = {
     "N", "rel", "gen", "loc", "op", "n_eval", "edit_s_mean", "edit_s_total", "eval_s", "peak_mem_gb",
     "resident_mem_gb", "editor_params", "protocol_version", "scoring", "config_hash", "git_hash", "versions",
     "hparams", "method", "schema", "run_id", "tag", "editor", "model", "data", "protocol", "seed", "n_edits",
-    "edit_layer", "edit_module", "chat_template", "data_info", "time", "metric_names",
+    "edit_layer", "edit_module", "chat_template", "data_info", "time", "metric_names", "mem_device",
+    "mem_growth_gb",
 }
 
 
@@ -169,7 +170,9 @@ def test_end_to_end_result_files(ft_run):
         assert (r["edit_layer"], r["edit_module"]) == (2, "mlp.down_proj")
         assert len(r["config_hash"]) == 12 and set(r["versions"]) >= {"editbench", "torch", "transformers", "python"}
         assert r["edit_s_total"] > 0 and r["edit_s_mean"] > 0 and r["eval_s"] > 0
-        assert r["peak_mem_gb"] > 0 and r["resident_mem_gb"] > 0
+        # CPU: the resident set and its growth over the model before the editor; no fake "peak"
+        assert r["mem_device"] == "cpu" and r["peak_mem_gb"] is None and r["resident_mem_gb"] > 0
+        assert abs(r["mem_growth_gb"]) < r["resident_mem_gb"]
     assert rows[1]["edit_s_total"] >= rows[0]["edit_s_total"]
     assert rows[0]["config_hash"] == rows[1]["config_hash"]
     summary = read_summary(ft_run)
@@ -177,7 +180,7 @@ def test_end_to_end_result_files(ft_run):
     assert summary["final"] == rows[-1]
     assert summary["data_info"]["usable"] == 10_037
     assert sorted(os.listdir(ft_run / "ckpt")) == ["step_000008"]  # keep_last=1, no temp dirs left
-    assert list((CACHE_DIR / "states").glob("tiny_llama-*.pt")), "unedited-model states go to cache_dir"
+    assert list((CACHE_DIR / "states").glob("tiny_llama-*.sqlite")), "unedited-model states go to cache_dir"
     assert all(r["metric_names"] == ["rel", "gen", "loc", "op"] for r in rows)
 
 
@@ -267,7 +270,7 @@ def test_cold_and_warm_state_cache_give_the_same_rows(ft_run, tmp_path):
     differently): a run that starts with an empty cache and one that finds it full agree exactly."""
     cache = tmp_path / "cache"
     do_run([*FT, f"cache_dir={cache}"], tmp_path / "cold")
-    assert list((cache / "states").glob("*.pt"))
+    assert list((cache / "states").glob("*.sqlite"))
     do_run([*FT, f"cache_dir={cache}"], tmp_path / "warm")
     cold, warm = read_rows(tmp_path / "cold"), read_rows(tmp_path / "warm")
     assert metrics_of(cold) == metrics_of(warm) == metrics_of(read_rows(ft_run))
@@ -389,3 +392,83 @@ def test_sigkill_then_cli_resume_equals_uninterrupted_cli_run(tmp_path):
     a, b = (torch.load(x / "ckpt" / "step_000012" / "state.pt", weights_only=False) for x in (ref_dir, d))
     assert_same(a["editor"], b["editor"], "editor")
     assert "FT-L | tiny_llama | zsre | greedy scoring" in ref_stdout  # the table printed at the end
+
+
+# ----------------------------------------------------------------------------- core v2: setup, batches, code versions
+def test_setup_runs_once_before_editing_and_is_timed(tmp_path, monkeypatch):
+    """Editors get one setup call on the unedited model, with a cache dir, the seed and auxiliary
+    prompts disjoint from every probe of the stream; the runner reports its time apart."""
+    from editbench.editors.base import SetupContext
+
+    seen = []
+    monkeypatch.setattr(FineTune, "setup", lambda self, ctx: seen.append((ctx, self.weight.clone())))
+    d = tmp_path / "run"
+    do_run([*FT, "cache_dir=" + str(tmp_path / "cache")], d)
+    (ctx, weight), = seen
+    assert isinstance(ctx, SetupContext) and ctx.cache_dir == tmp_path / "cache" and ctx.seed == 0
+    stream = ZsRE().stream(8)
+    probes = {p.prompt for c in stream for ps in c.probes.values() for p in ps.probes}
+    assert len(ctx.aux) > 9_000 and len(set(ctx.aux)) == len(ctx.aux)
+    assert not {q for q, _ in ctx.aux} & probes  # NQ questions recur across records: by text
+    from editbench.models import load_model
+    fresh = load_model(compose_config(BASE).model).model.model.layers[2].mlp.down_proj.weight
+    assert torch.equal(weight, fresh)  # setup saw the unedited model
+    rows = read_rows(d)
+    assert all(r["setup_s"] >= 0 for r in rows) and rows[0]["setup_s"] == rows[1]["setup_s"]
+
+
+def test_batches_are_cut_at_checkpoints(tmp_path, monkeypatch):
+    """The edit batch size is the editor's; a batch never straddles a checkpoint, so every
+    checkpoint's N is exact (a batch of 3 with checkpoints at 4 and 8: 3, 1, 3, 1)."""
+    sizes = []
+    orig = FineTune.edit
+    monkeypatch.setattr(FineTune, "batch_size", 3)
+    monkeypatch.setattr(FineTune, "edit", lambda self, reqs: (sizes.append(len(reqs)), orig(self, reqs)))
+    d = tmp_path / "run"
+    do_run(FT, d)
+    assert sizes == [3, 1, 3, 1]
+    rows = read_rows(d)
+    assert [r["N"] for r in rows] == [4, 8] and [r["n_eval"] for r in rows] == [4, 8]
+
+
+def test_resume_across_a_code_change_needs_force(ft_run, tmp_path, interrupt_at, monkeypatch):
+    import editbench.run as runner
+
+    d = tmp_path / "run"
+    interrupt_at(6)
+    with pytest.raises(KeyboardInterrupt):
+        do_run(FT, d)
+    interrupt_at(None)
+    first = read_summary(d)["segments"]
+    assert [s["from"] for s in first] == [0] and not first[0]["forced"]
+    monkeypatch.setattr(runner, "code_version", lambda: "9.9.9+feedface0000")
+    before = sorted(p.name for p in (d / "ckpt").iterdir())
+    with pytest.raises(EditbenchError) as e:
+        do_run(FT, d)
+    msg = str(e.value)
+    assert "\n" not in msg and "9.9.9+feedface0000" in msg and first[0]["code"] in msg and "resume=force" in msg
+    assert sorted(p.name for p in (d / "ckpt").iterdir()) == before
+    do_run([*FT, "resume=force"], d)
+    segments = read_summary(d)["segments"]
+    assert segments == [first[0], {"from": 4, "code": "9.9.9+feedface0000", "forced": True}]
+    assert metrics_of(read_rows(d)) == metrics_of(read_rows(ft_run))
+
+
+def test_state_cache_is_per_entry_bounded_and_shared(tmp_path):
+    """The unedited-state cache: entries round-trip bit-exactly (any dtype), a second handle (another
+    run) sees what the first wrote, nothing is rewritten, and past max_gb nothing more is stored."""
+    from editbench.cache import StateCache
+
+    path = tmp_path / "states" / "m.sqlite"
+    a, b = StateCache(path), StateCache(path)
+    x = {(1, 2, 3): torch.randn(3, 8), (4,): torch.randn(1, 8).to(torch.bfloat16)}
+    a.put_site(x)
+    a.put_outputs({(1, 2, 5): [7, 8, 2]})
+    got = b.get_site([(1, 2, 3), (4,), (9,)])
+    assert set(got) == {(1, 2, 3), (4,)} and all(torch.equal(got[k], x[k]) and got[k].dtype == x[k].dtype for k in got)
+    assert b.get_outputs([(1, 2, 5), (1, 2, 6)]) == {(1, 2, 5): [7, 8, 2]}
+    b.put_site({(1, 2, 3): torch.zeros(3, 8)})  # present already: never overwritten
+    assert torch.equal(a.get_site([(1, 2, 3)])[(1, 2, 3)], x[(1, 2, 3)])
+    tiny = StateCache(tmp_path / "small.sqlite", max_gb=1e-9)
+    tiny.put_site({(1,): torch.randn(1, 8)})
+    assert tiny.full and tiny.get_site([(1,)]) == {}

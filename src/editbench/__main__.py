@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 
 from editbench.errors import EditbenchError
 
-GROUPS = ("editor", "model", "data", "protocol", "logger", "experiment", "hydra/launcher")
+GROUPS = ("editor", "model", "data", "protocol", "editor_model", "logger", "experiment", "hydra/launcher")
 
 
 def register_resolvers() -> None:
@@ -77,8 +77,29 @@ def check_overrides(args: list[str]) -> None:
                                      f"(see `editbench ls {group}`)") from None
             except (HydraException, OmegaConfBaseException) as e:
                 msg = " ".join(str(e).split())
+                if msg.startswith("Could not override '"):
+                    raise EditbenchError(_unknown_key(msg.split("'")[1], line)) from None
                 raise EditbenchError(f"bad config override: {msg[:300]} — check the key against "
                                      f"`python -m editbench --cfg job`") from None
+
+
+def _unknown_key(key: str, line: list[str]) -> str:
+    """One line for an override of a key the config does not have: the nearest existing key."""
+    from hydra import compose
+
+    parent, _, leaf = key.rpartition(".")
+    rest = [o for o in line if o.lstrip("+~").split("=", 1)[0] != key]
+    try:
+        node = compose("config", overrides=rest, return_hydra_config=False)
+        node = OmegaConf.select(node, parent) if parent else node
+        keys = sorted(node.keys()) if OmegaConf.is_dict(node) else []
+    except Exception:
+        keys = []
+    close = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.5)
+    hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
+    where = f"{parent} has" if parent else "the config has"
+    return (f"no config key '{key}' — {hint}{where}: {', '.join(keys)} "
+            f"(see `python -m editbench --cfg job`)")
 
 
 HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp",

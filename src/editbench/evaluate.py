@@ -13,7 +13,7 @@ equals c (induction over decoding steps). The evaluator first checks each row's 
 that way (the target for Rel/Gen, the unedited model's own output for Loc) and decodes only the
 rows that fail. When the editor leaves every block below the edit site frozen, the hidden states
 entering the edit-site block are the same at every checkpoint and for every editor: they are
-computed once (`StateCache`) and each check runs only the blocks from the edit site up.
+computed once (`cache.StateCache`) and each check runs only the blocks from the edit site up.
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from editbench import metrics
+from editbench.cache import StateCache
 from editbench.data import EditCase, Probe
 from editbench.errors import EditbenchError
 from editbench.models import EditableModel, Pass, TokenBatch
@@ -43,40 +44,12 @@ class Scores:
     records: list[dict]
 
 
-class StateCache:
-    """Unedited-model quantities shared by all runs on one model: the hidden state entering the
-    edit-site block for a token sequence, and the unedited model's greedy outputs. Persisted to
-    `path` (atomically) so later runs and resumes reuse it."""
-
-    def __init__(self, path: Path | None):
-        self.path = Path(path) if path else None
-        self.site: dict[tuple, torch.Tensor] = {}
-        self.outputs: dict[tuple, list[int]] = {}
-        self.dirty = False
-        if self.path and self.path.is_file():
-            obj = torch.load(self.path, weights_only=False)
-            self.site, self.outputs = obj["site"], obj["outputs"]
-
-    def save(self) -> None:
-        """Write the cache, merged with what other runs wrote meanwhile (last writer keeps both)."""
-        if self.path and self.dirty:
-            from editbench.checkpoint import atomic_torch_save
-
-            if self.path.is_file():
-                other = torch.load(self.path, weights_only=False)
-                self.site = {**other["site"], **self.site}
-                self.outputs = {**other["outputs"], **self.outputs}
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_torch_save({"site": self.site, "outputs": self.outputs}, self.path)
-            self.dirty = False
-
-
 def cache_key(model_cfg: dict, scoring: str) -> str:
     """Identifies the unedited model's states: its config (not where it runs) and the library
     versions that compute them."""
     import transformers
 
-    keep = {k: v for k, v in model_cfg.items() if k not in ("device", "device_map", "horen")}
+    keep = {k: v for k, v in model_cfg.items() if k not in ("device", "device_map")}
     ident = (sorted(keep.items()), scoring, torch.__version__, transformers.__version__)
     return hashlib.sha1(repr(ident).encode()).hexdigest()[:16]
 
@@ -130,7 +103,6 @@ class Evaluator:
             names.append(overall.name)
         values["n_eval"] = len(cases)
         values.update({f"n_{k}": n for k, n in counts.items() if n != len(cases)})  # sets only some cases have
-        self.cache.save()
         return Scores(values, names, records)
 
     def _scorer(self, name: str, *scorers: str) -> str:
@@ -167,13 +139,14 @@ class Evaluator:
         if self.scoring == "teacher_forced":
             return self._teacher_forced(self.m.model, pairs, unedited=True)[0]
         keys = [tuple(self.m.encode_prompt(x)) + (len(self.m.encode_answer(self.m.answer_sep + g)),) for x, g in pairs]
-        todo = [i for i, k in enumerate(keys) if k not in self.cache.outputs]
+        have = self.cache.get_outputs(keys)
+        todo = [i for i, k in enumerate(keys) if k not in have]
         if todo:
             fresh = self._generate_for(self.m.model, [pairs[i] for i in todo], None, False, unedited=True)
-            for i, out in zip(todo, fresh):
-                self.cache.outputs[keys[i]] = out
-            self.cache.dirty = True
-        return [self.cache.outputs[k] for k in keys]
+            new = {keys[i]: out for i, out in zip(todo, fresh)}
+            self.cache.put_outputs(new)
+            have.update(new)
+        return [have[k] for k in keys]
 
     # ------------------------------------------------------------------ scoring modes
     def _loc_tail(self, ids: list[int], p: Probe) -> list[int]:
@@ -220,15 +193,17 @@ class Evaluator:
         return ok
 
     def _site_states(self, seqs: list[list[int]]) -> list[torch.Tensor]:
-        missing = [s for s in dict.fromkeys(tuple(s) for s in seqs) if s not in self.cache.site]
+        uniq = list(dict.fromkeys(tuple(s) for s in seqs))
+        have = self.cache.get_site(uniq)
+        missing = [s for s in uniq if s not in have]
         for k in range(0, len(missing), self.batch_size):
             chunk = missing[k:k + self.batch_size]
             batch = self.m.batch([(list(s), len(s)) for s in chunk])
             h = self.m.prefix(batch).h
-            for i, s in enumerate(chunk):
-                self.cache.site[s] = h[i, h.shape[1] - len(s):].clone()
-            self.cache.dirty = True
-        return [self.cache.site[tuple(s)] for s in seqs]
+            new = {s: h[i, h.shape[1] - len(s):].clone() for i, s in enumerate(chunk)}
+            self.cache.put_site(new)
+            have.update(new)
+        return [have[tuple(s)] for s in seqs]
 
     @torch.no_grad()
     def _check(self, rows: list[tuple[list[int], int]]) -> list[bool]:

@@ -25,12 +25,14 @@ from tqdm import tqdm
 
 from editbench import __version__
 from editbench.checkpoint import RunStore, rng_state, set_rng_state
+from editbench.editors.base import SetupContext
 from editbench.errors import EditbenchError
-from editbench.evaluate import Evaluator, StateCache, cache_key
+from editbench.cache import StateCache
+from editbench.evaluate import Evaluator, cache_key
 from editbench.models import load_model
 
 SCHEMA = 1
-RUNTIME_KEYS = ("resume", "out_dir", "logger", "tag", "threads", "cache_dir")  # do not change what a run computes
+RUNTIME_KEYS = ("resume", "out_dir", "logger", "tag", "threads", "cache_dir", "cache_max_gb")  # do not change what a run computes
 
 
 def checkpoint_grid(grid, n_edits: int) -> list[int]:
@@ -46,12 +48,24 @@ def config_hash(cfg: DictConfig) -> str:
 
 
 def git_hash() -> str:
+    """The commit of the code that runs (12 hex digits), '-dirty' when the package's sources differ
+    from it; 'unknown' outside a git checkout."""
+    here = Path(__file__).parent
     try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        head = out.stdout.strip()
+        if not head:
+            return "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here, capture_output=True, text=True,
+                               timeout=5).stdout.strip()
+        return head + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def code_version() -> str:
+    """What a resumed run must match: the package version and the git commit."""
+    return f"{__version__}+{git_hash()}"
 
 
 def versions() -> dict:
@@ -74,7 +88,7 @@ def instantiate_group(node: DictConfig, **kwargs):
     from hydra.errors import InstantiationException
 
     cfg = OmegaConf.to_container(node, resolve=True)
-    cfg.pop("name", None)
+    check_keys(cfg, node._key() or "config", cfg.pop("name", None), kwargs)
     try:
         return instantiate(cfg, **kwargs)
     except InstantiationException as e:
@@ -84,36 +98,76 @@ def instantiate_group(node: DictConfig, **kwargs):
                              f"— check the group's keys and values") from None
 
 
+def check_keys(cfg: dict, group: str, name: str | None, given: dict) -> None:
+    """Every key of a group entry (`group`=`name`) must be a parameter of its `_target_` and every
+    parameter without a default must be set: one line naming the nearest valid key otherwise."""
+    import difflib
+    import inspect
+
+    from hydra.utils import get_object
+
+    target = cfg.get("_target_")
+    try:
+        fn = get_object(target)
+    except Exception:
+        raise EditbenchError(f"{group}={name}: _target_ {target!r} cannot be imported — fix the YAML's _target_") from None
+    params = {k: p for k, p in inspect.signature(fn).parameters.items()
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and k not in given}
+    for key in sorted(cfg.keys() - params.keys() - {"_target_"}):
+        close = difflib.get_close_matches(key, params, n=1, cutoff=0.5)
+        hint = f"did you mean {group}.{close[0]}? " if close else ""
+        raise EditbenchError(f"{group}.{key} is not a setting of {group}={name} ({fn.__name__}) — {hint}"
+                             f"valid: {', '.join(sorted(params))}")
+    missing = [k for k, p in params.items() if p.default is p.empty and k not in cfg]
+    if missing:
+        raise EditbenchError(f"{group}={name} ({fn.__name__}) needs {', '.join(f'{group}.{k}' for k in missing)} — "
+                             f"set it in the group's YAML or on the command line")
+
+
 class Costs:
-    """Per-edit wall time and memory, measured around `editor.edit`."""
+    """Per-edit wall time and memory, measured by the runner around `editor.edit`.
+
+    CUDA: the peak of memory allocated during an edit, summed over all visible devices (max over
+    edits), and memory allocated now. CPU: no per-edit peak is measurable without a sampler, so
+    only the resident set now and its growth over `baseline_gb` (the resident set just before the
+    editor was built: model, data, unedited reference outputs) are reported."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         self.edit_s: list[float] = []
         self.peak_gb = 0.0
+        self.baseline_gb = 0.0
+
+    def _devices(self) -> range:
+        return range(torch.cuda.device_count())
 
     def __enter__(self):
         if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            for d in self._devices():
+                torch.cuda.synchronize(d)
+                torch.cuda.reset_peak_memory_stats(d)
         self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc):
         if exc[0] is None:
             if self.cuda:
-                torch.cuda.synchronize()
-                peak = torch.cuda.max_memory_allocated() / 2**30
-            else:  # process-wide peak RSS (Linux reports KiB)
-                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+                for d in self._devices():
+                    torch.cuda.synchronize(d)
+                peak = sum(torch.cuda.max_memory_allocated(d) for d in self._devices()) / 2**30
+                self.peak_gb = max(self.peak_gb, peak)
             self.edit_s.append(time.perf_counter() - self.t0)
-            self.peak_gb = max(self.peak_gb, peak)
 
     def resident_gb(self) -> float:
         if self.cuda:
-            return torch.cuda.memory_allocated() / 2**30
+            return sum(torch.cuda.memory_allocated(d) for d in self._devices()) / 2**30
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * resource.getpagesize() / 2**30
+
+    def row(self) -> dict:
+        resident = self.resident_gb()
+        return {"mem_device": "cuda" if self.cuda else "cpu", "peak_mem_gb": self.peak_gb if self.cuda else None,
+                "resident_mem_gb": resident, "mem_growth_gb": resident - self.baseline_gb}
 
 
 def eval_indices(n: int, retention, at: int) -> list[int]:
@@ -137,8 +191,9 @@ def check_top_level(cfg: DictConfig) -> None:
             raise EditbenchError(f"{key}={v!r} is not an integer — e.g. {key}=100")
     if cfg.n_edits < 1:
         raise EditbenchError(f"n_edits={cfg.n_edits} — give a positive number of edits")
-    if cfg.resume not in ("auto", "never"):
-        raise EditbenchError(f"resume={cfg.resume!r} — use resume=auto (continue the newest checkpoint) or resume=never")
+    if cfg.resume not in ("auto", "never", "force"):
+        raise EditbenchError(f"resume={cfg.resume!r} — use resume=auto (continue the newest checkpoint), resume=never "
+                             f"(start over) or resume=force (continue across a code change)")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict:
@@ -159,6 +214,9 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
     store = RunStore(run_dir)
     if cfg.resume == "never":
         store.clear()
+    for node, given in ((cfg.data, {}), (cfg.editor, {"model": None}), (cfg.logger, {})):  # before the model loads
+        entry = OmegaConf.to_container(node, resolve=True)
+        check_keys(entry, node._key(), entry.pop("name", None), given)
     chash, n_edits = config_hash(cfg), int(cfg.n_edits)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
@@ -168,16 +226,21 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
     model = load_model(cfg.model)
     proto = cfg.protocol
     cache = StateCache(Path(cfg.cache_dir).expanduser() / "states" /
-                       f"{cfg.model.name}-{cache_key(OmegaConf.to_container(cfg.model, resolve=True), proto.scoring)}.pt")
+                       f"{cfg.model.name}-{cache_key(OmegaConf.to_container(cfg.model, resolve=True), proto.scoring)}.sqlite",
+                       max_gb=float(cfg.cache_max_gb))
     evaluator = Evaluator(model, proto.scoring, proto.eval_batch_size, cache)
     t0 = time.perf_counter()
     refs = evaluator.reference(cases)  # the unedited model's outputs, before any editor touches it
-    cache.save()
     print(f"[editbench] unedited reference outputs: {sum(len(v) for r in refs for v in r.values())} probes "
           f"in {time.perf_counter() - t0:.1f}s")
-    editor = instantiate_group(cfg.editor, model=model)
-    grid = checkpoint_grid(proto.checkpoints, n_edits)
     costs = Costs(model.device)
+    costs.baseline_gb = costs.resident_gb()  # before the editor exists: its growth is measured from here
+    editor = instantiate_group(cfg.editor, model=model)
+    t0 = time.perf_counter()
+    editor.setup(SetupContext(cache_dir=Path(cfg.cache_dir).expanduser(), seed=int(cfg.seed), aux=data.aux(cases)))
+    setup_s = time.perf_counter() - t0  # on the unedited model, before any edit (again on resume)
+    grid = checkpoint_grid(proto.checkpoints, n_edits)
+    code = code_version()
     static = {
         "schema": SCHEMA, "run_id": f"{Path(run_dir).name}-{chash}", "tag": cfg.tag, "method": editor.method,
         "editor": cfg.editor.name, "model": cfg.model.name, "data": cfg.data.name, "protocol": proto.name,
@@ -187,47 +250,55 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
         "edit_layer": model.site.layer, "edit_module": model.site.module, "chat_template": model.chat_template,
         "model_revision": getattr(model.model.config, "_commit_hash", None),  # the hub commit actually loaded
         "data_info": {"order_seed": data.order_seed, "skip": data.skip},
-        "config_hash": chash, "git_hash": git_hash(), "versions": versions(),
+        "config_hash": chash, "git_hash": git_hash(), "code_version": code, "versions": versions(), "setup_s": setup_s,
     }
-    rows, cursor = [], 0
-    if cfg.resume == "auto" and (latest := store.latest()) is not None:
+    rows, cursor, segments = [], 0, []
+    if cfg.resume in ("auto", "force") and (latest := store.latest()) is not None:
         state, meta = latest
         if meta["config_hash"] != chash:
             raise EditbenchError(f"{run_dir} holds a run with another config (hash {meta['config_hash']} != {chash}) "
                                  f"— use a fresh out_dir or resume=never to start over")
+        segments = meta.get("segments") or [{"from": 0, "code": meta.get("code", "unknown"), "forced": False}]
+        if segments[-1]["code"] != code and cfg.resume != "force":
+            raise EditbenchError(f"{run_dir} was computed by code {segments[-1]['code']}, this is {code} — resume "
+                                 f"with that code, start over with resume=never, or continue with resume=force "
+                                 f"(recorded in summary.json)")
         editor.load_state_dict(state["editor"])
         set_rng_state(state["rng"])
         cursor, rows, costs.edit_s, costs.peak_gb = state["cursor"], meta["rows"], state["edit_s"], state["peak_gb"]
         print(f"[editbench] resuming {run_dir} at edit {cursor} ({len(rows)} checkpoints done)")
+    if not segments or segments[-1]["code"] != code:  # each stretch of the stream records the code that ran it
+        segments.append({"from": cursor, "code": code, "forced": bool(segments)})
     store.write_rows(rows)
-    store.write_summary({"status": "running", "run_id": static["run_id"], "n_edits": n_edits, "done": cursor})
+    store.write_summary({"status": "running", "run_id": static["run_id"], "n_edits": n_edits, "done": cursor,
+                         "segments": segments})
 
     logger = instantiate_group(cfg.logger)
     logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), chash)
     for row in rows:
         logger.log(row)
-    bs = int(proto.edit_batch_size)
     bar = tqdm(total=n_edits, initial=cursor, desc=f"{editor.method} edits", dynamic_ncols=True)
     while cursor < n_edits:
-        batch = cases[cursor:cursor + bs]
+        # the editor's batch size, cut at the next checkpoint so every checkpoint's N is exact
+        end = min(cursor + editor.batch_size, next(g for g in grid if g > cursor))
+        batch = cases[cursor:end]
         with costs:
             editor.edit([c.request for c in batch])  # requests only: editors never see the probes
-        cursor += len(batch)
+        cursor = end
         bar.update(len(batch))
-        if any(cursor - len(batch) < g <= cursor for g in grid):
+        if cursor in grid:
             t0 = time.perf_counter()
             idx = eval_indices(cursor, proto.retention, cursor)
             scores = evaluator.evaluate(editor.module(), [cases[i] for i in idx], [refs[i] for i in idx],
                                         editor.frozen_below_site, overall=data.overall)
             row = {**static, "N": cursor, **scores.metrics, "metric_names": scores.names,
-                   "edit_s_mean": float(np.mean(costs.edit_s)) / bs, "edit_s_total": float(np.sum(costs.edit_s)),
-                   "eval_s": time.perf_counter() - t0, "peak_mem_gb": costs.peak_gb,
-                   "resident_mem_gb": costs.resident_gb(), "editor_params": int(editor.num_params()),
+                   "edit_s_mean": float(np.sum(costs.edit_s)) / cursor, "edit_s_total": float(np.sum(costs.edit_s)),
+                   "eval_s": time.perf_counter() - t0, **costs.row(), "editor_params": int(editor.num_params()),
                    "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
             rows.append(row)
             state = {"editor": editor.state_dict(), "cursor": cursor, "rng": rng_state(),
                      "edit_s": costs.edit_s, "peak_gb": costs.peak_gb}
-            store.save(cursor, state, {"config_hash": chash, "cursor": cursor, "rows": rows,
+            store.save(cursor, state, {"config_hash": chash, "cursor": cursor, "rows": rows, "segments": segments,
                                        "config": OmegaConf.to_container(cfg, resolve=True)})
             store.write_records(cursor, scores.records)
             store.write_rows(rows)
@@ -236,7 +307,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
             bar.write(f"[editbench] N={cursor}: {shown} ({row['edit_s_mean'] * 1e3:.0f} ms/edit, eval {row['eval_s']:.1f}s)")
     bar.close()
     store.write_summary({"status": "complete", "run_id": static["run_id"], "n_edits": n_edits, "done": cursor,
-                         "data_info": data.info, "final": rows[-1]})
+                         "segments": segments, "data_info": data.info, "final": rows[-1]})
     logger.finish(run_dir)
     return rows[-1]
 

@@ -58,6 +58,7 @@ class ZsRE:
             self.where = str(path or PACKAGED_POOL)
             self.raw = load_json_records(self.where, "data=zsre")
         self.info: dict = {}
+        self._records: list[EditCase] | None = None
 
     @staticmethod
     def _from_hub(hub, revision, split) -> list[dict]:
@@ -70,7 +71,12 @@ class ZsRE:
                                  f"and pass data.path=/local/file.jsonl") from None
 
     def records(self) -> list[EditCase]:
-        """Every usable record in file order; counts of skipped ones go to `self.info`."""
+        """Every usable record in file order (parsed once); counts of skipped ones go to `self.info`."""
+        if self._records is None:
+            self._records = self._parse()
+        return list(self._records)
+
+    def _parse(self) -> list[EditCase]:
         out, no_loc, no_target = [], 0, 0
         for i, r in enumerate(self.raw):
             prompt = _text(r, "src", i, self.where)
@@ -86,6 +92,17 @@ class ZsRE:
                                  _text(r, "loc_ans", i, self.where), r.get("subject") or ""))
         self.info = {"source": self.where, "records_total": len(self.raw), "skipped_no_locality": no_loc,
                      f"skipped_no_{self.target}": no_target, "usable": len(out)}
+        return out
+
+    def aux(self, stream: list[EditCase]) -> list[tuple[str, str]]:
+        """Unrelated (prompt, answer) pairs for editors that train on them: the NQ locality
+        questions of the usable records, without any prompt the stream evaluates (records share
+        NQ questions, so this goes by text, not by record), each once, in a seeded order."""
+        evaluated = {p.prompt for c in stream for ps in c.probes.values() for p in ps.probes}
+        pairs = dict.fromkeys((p.prompt, p.answer) for c in self.records() for p in c.probes["loc"].probes
+                              if p.prompt not in evaluated)
+        out = list(pairs)
+        random.Random(f"aux-{self.order_seed}").shuffle(out)
         return out
 
     def stream(self, n: int) -> list[EditCase]:

@@ -11,12 +11,27 @@ deltas, running statistics, caches), as tensors / plain Python data.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 from torch import nn
 
 from editbench.data import EditRequest
 from editbench.models import EditableModel
+
+
+@dataclass(frozen=True)
+class SetupContext:
+    """What an editor's one-time setup may use (the runner times it as `setup_s`, apart from
+    editing): a cache directory for statistics of the unedited model (e.g. second moments of a
+    layer's inputs, keyed by whatever decides them), the run seed (draw from
+    `torch.Generator().manual_seed(seed)`, never the global RNG), and auxiliary prompts the dataset
+    provides for editors that train on unrelated text — disjoint from every evaluated probe."""
+
+    cache_dir: Path
+    seed: int
+    aux: Sequence[tuple[str, str]] = ()
 
 
 class Editor(ABC):
@@ -27,8 +42,13 @@ class Editor(ABC):
     #: memories, a weight edit at the site layer). The evaluator then reuses the unedited hidden
     #: states entering that block; editors that update lower layers (ROME-family) set False.
     frozen_below_site: bool = True
+    #: edits per `edit()` call; the runner cuts a batch at checkpoints, so a call may get fewer
+    batch_size: int = 1
 
     def __init__(self, model: EditableModel, **hparams):
+        """Subclasses name every hyper-parameter in their signature, with no default: the values
+        come from the editor's YAML (and `editor_model/` pair files) only, and the runner refuses
+        a key no parameter takes."""
         self.model = model
         self.hparams = dict(hparams)
 
@@ -36,9 +56,13 @@ class Editor(ABC):
     def method(self) -> str:
         return self.label
 
+    def setup(self, ctx: SetupContext) -> None:
+        """Once per run, on the unedited model, before the first edit (and before
+        `load_state_dict` on resume): precompute what editing needs. Nothing by default."""
+
     @abstractmethod
     def edit(self, requests: Sequence[EditRequest]) -> None:
-        """Apply the edits in `requests` (a batch of 1 in the sequential protocol), in place."""
+        """Apply the edits in `requests` (at most `batch_size` of them), in place."""
 
     def module(self) -> nn.Module:
         """The causal LM the evaluator runs (with this editor's wrappers installed)."""

@@ -14,9 +14,8 @@ from editbench.editors.base import Editor
 class FineTune(Editor):
     label = "FT-L"
 
-    def __init__(self, model, lr: float = 5e-4, n_iter: int = 25, stop_loss: float = 1e-2,
-                 norm_constraint: float | None = None, **hp):
-        super().__init__(model, lr=lr, n_iter=n_iter, stop_loss=stop_loss, norm_constraint=norm_constraint, **hp)
+    def __init__(self, model, lr: float, n_iter: int, stop_loss: float, norm_constraint: float | None):
+        super().__init__(model, lr=lr, n_iter=n_iter, stop_loss=stop_loss, norm_constraint=norm_constraint)
         self.weight = model.site_module().weight
         self.original = self.weight.detach().clone()
 

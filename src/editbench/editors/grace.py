@@ -20,11 +20,10 @@ from editbench.errors import EditbenchError
 class GRACE(Editor):
     label = "GRACE"
 
-    def __init__(self, model, eps_init: float = 1.0, eps_expand: str = "coverage", lr: float = 1.0,
-                 n_iter: int = 100, stop_loss: float | None = None, patience: int | None = None,
-                 val_init: str = "cold", replacement: str = "replace_last", same_label: str = "exact", **hp):
+    def __init__(self, model, eps_init: float, eps_expand: str, lr: float, n_iter: int, stop_loss: float | None,
+                 patience: int | None, val_init: str, replacement: str, same_label: str):
         super().__init__(model, eps_init=eps_init, eps_expand=eps_expand, lr=lr, n_iter=n_iter, stop_loss=stop_loss,
-                         patience=patience, val_init=val_init, replacement=replacement, same_label=same_label, **hp)
+                         patience=patience, val_init=val_init, replacement=replacement, same_label=same_label)
         for name, val, ok in (("eps_expand", eps_expand, ("coverage", "moving_average")),
                               ("val_init", val_init, ("cold", "warm")), ("replacement", replacement, ("replace_last",)),
                               ("same_label", same_label, ("exact", "reference"))):

@@ -24,15 +24,14 @@ from editbench.errors import EditbenchError
 class HoReN(Editor):
     label = "HoReN"
 
-    def __init__(self, model, threshold: float, pooling_ratio: float, beta: float = 20.0, alpha: float = 0.1,
-                 hopfield_steps: int = 1, tol: float = 1e-5, normalize: bool = True, value_adaptor: str = "vector",
-                 lr: float = 1.0, n_iter: int = 50, stop_loss: float | None = None, patience: int | None = None,
-                 val_init: str = "cold", lora_rank: int = 4, lora_scale: float = 1.0, lora_lr: float = 1e-3,
-                 same_label: str = "exact", **hp):
+    def __init__(self, model, threshold: float, pooling_ratio: float, beta: float, alpha: float, hopfield_steps: int,
+                 tol: float, normalize: bool, value_adaptor: str, lr: float, n_iter: int, stop_loss: float | None,
+                 patience: int | None, val_init: str, lora_rank: int, lora_scale: float, lora_lr: float,
+                 same_label: str):
         super().__init__(model, threshold=threshold, pooling_ratio=pooling_ratio, beta=beta, alpha=alpha,
                          hopfield_steps=hopfield_steps, tol=tol, normalize=normalize, value_adaptor=value_adaptor,
                          lr=lr, n_iter=n_iter, stop_loss=stop_loss, patience=patience, val_init=val_init,
-                         lora_rank=lora_rank, lora_scale=lora_scale, lora_lr=lora_lr, same_label=same_label, **hp)
+                         lora_rank=lora_rank, lora_scale=lora_scale, lora_lr=lora_lr, same_label=same_label)
         for name, val, ok in (("value_adaptor", value_adaptor, ("vector", "lora")), ("val_init", val_init, ("cold", "warm")),
                               ("same_label", same_label, ("exact", "reference"))):
             if val not in ok:

@@ -7,6 +7,9 @@ from editbench.editors.base import Editor
 class NoEdit(Editor):
     label = "Unedited"
 
+    def __init__(self, model):
+        super().__init__(model)
+
     def edit(self, requests) -> None:
         return None
 
