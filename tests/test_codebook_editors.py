@@ -224,3 +224,27 @@ def test_the_run_seed_reaches_editor_initialisation(model):
     assert torch.equal(a.book.K[0], c.book.K[0])
     for p, q in zip(m0.model.parameters(), m1.model.parameters()):
         assert torch.equal(p, q)
+
+
+@pytest.mark.parametrize("layer,module", [(0, "mlp.down_proj"), (1, "self_attn.o_proj"), (3, "mlp.up_proj")])
+def test_any_site_can_be_addressed_and_split_at(tiny_model, layer, module):
+    """The adapter addresses any (layer, module) site, and the network splits exactly at any
+    layer: the frozen prefix below it plus the suffix from it equals one full forward pass."""
+    from editbench.models import EditSite
+
+    m = tiny_model
+    site = EditSite(layer, module)
+    assert m.module_at(site) is m.model.model.layers[layer].get_submodule(module)
+    ids = m.encode_prompt("Which river flows through Cairo?")
+    batch = m.batch([(ids, len(ids))])
+    x, y = m.site_io(batch, site)
+    assert x.shape[:2] == y.shape[:2] == batch.input_ids.shape
+    with torch.no_grad():
+        pre = m.prefix(batch, layer=layer)
+        split = m.suffix_hidden(pre, Pass("prefill", batch.prompt_mask))
+        with m.bind(Pass("prefill", batch.prompt_mask)):
+            full = m.model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                 position_ids=batch.position_ids).last_hidden_state
+    torch.testing.assert_close(split, full, rtol=0, atol=1e-5)
+    with pytest.raises(Exception, match="no module 'mlp.nope'"):
+        m.module_at(EditSite(layer, "mlp.nope"))

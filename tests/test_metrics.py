@@ -141,7 +141,7 @@ def test_partial_match_after_re_encoding(tok):
 # The evaluator has two greedy paths: the plain one (decode every row) and, for an editor that leaves
 # the blocks below the edit site frozen, an exact shortcut that confirms expected outputs teacher-
 # forced and decodes only the rows it cannot confirm. Hand-computed tests script `Evaluator.greedy`
-# and take the plain path (frozen_below_site=False); the shortcut must agree with the plain path.
+# and take the plain path (shortcut=False); the shortcut must agree with the plain path.
 
 @dataclasses.dataclass(frozen=True)
 class Rec:
@@ -173,9 +173,10 @@ def cases(recs):
     return [r.case for r in recs]
 
 
-def evaluate(ev, module, recs, refs, frozen_below_site=True) -> dict:
-    """The metrics of one evaluation (overall: OP), as a plain dict."""
-    return ev.evaluate(module, cases(recs), refs, frozen_below_site, OP).metrics
+def evaluate(ev, module, recs, refs, shortcut=True) -> dict:
+    """The metrics of one evaluation (overall: OP), as a plain dict; `shortcut`: reuse unedited
+    states from the edit-site layer (the exact shortcut), else decode every row."""
+    return ev.evaluate(module, cases(recs), refs, ev.m.site.layer if shortcut else None, OP).metrics
 
 
 class ScriptedGreedy:
@@ -215,7 +216,7 @@ def test_decode_length_is_len_of_space_plus_target(tiny_model, zsre_records, mon
     fake = ScriptedGreedy(m, script).install(monkeypatch)
     ev = Evaluator(m, "greedy", batch_size=2)
     pre = ev.reference(cases(recs))
-    evaluate(ev, m.model, recs, pre, frozen_below_site=False)
+    evaluate(ev, m.model, recs, pre, shortcut=False)
     for r, p in zip(recs, (x["loc"][0] for x in pre)):
         T = len(enc(tok, " " + r.target))
         assert fake.n_new_for(r.prompt) == [T]
@@ -241,7 +242,7 @@ def test_locality_compares_the_last_len_encode_g_new_tokens(tiny_model, monkeypa
     pre = [999] + post[1:]
     fake = ScriptedGreedy(m, {r.prompt: [m.eos_id] * 8, r.rephrase: [m.eos_id] * 8, r.loc_prompt: post})
     fake.install(monkeypatch)
-    out = evaluate(Evaluator(m, "greedy"), m.model, [r], [{"loc": [pre]}], frozen_below_site=False)
+    out = evaluate(Evaluator(m, "greedy"), m.model, [r], [{"loc": [pre]}], shortcut=False)
     assert fake.n_new_for(r.loc_prompt) == [T]
     expected = 1.0 if k < T else (k - 1) / k
     assert out["loc"] == pytest.approx(expected), f"T={T}, k={k}"
@@ -280,19 +281,19 @@ def test_evaluator_scores_computed_by_hand(tiny_model, monkeypatch):
 
     # a hand-made pre-edit output: r1 agrees fully, r2 at 1 of its 2 positions
     pre2 = [pre[0], {"loc": [[pre[1]["loc"][0][0], pre[1]["loc"][0][1] + 1]]}]
-    out = evaluate(ev, m.model, [r1, r2], pre2, frozen_below_site=False)
+    out = evaluate(ev, m.model, [r1, r2], pre2, shortcut=False)
     assert (out["rel"], out["gen"], out["loc"], out["n_eval"]) == (1.0, 0.25, 0.75, 2)
     assert out["op"] == pytest.approx((1.0 * 0.25 * 0.75) ** (1 / 3))
 
 
-@pytest.mark.parametrize("frozen_below_site", [True, False], ids=["shortcut", "plain"])
+@pytest.mark.parametrize("shortcut", [True, False], ids=["shortcut", "plain"])
 @pytest.mark.parametrize("scoring", ["greedy", "teacher_forced"])
 def test_unedited_model_has_locality_one_against_its_own_outputs(tiny_model, zsre_records, scoring,
-                                                                 frozen_below_site):
+                                                                 shortcut):
     m = tiny_model
     recs = list(map(Rec.of, zsre_records[:12]))
     pre = Evaluator(m, scoring, batch_size=32).reference(cases(recs))
-    out = evaluate(Evaluator(m, scoring, batch_size=5), m.model, recs, pre, frozen_below_site)  # other batches
+    out = evaluate(Evaluator(m, scoring, batch_size=5), m.model, recs, pre, shortcut)  # other batches
     assert out["loc"] == 1.0
     assert out["n_eval"] == 12
     for k in ("rel", "gen", "op"):
@@ -312,8 +313,10 @@ def test_greedy_shortcut_equals_plain_decoding(tiny_model, zsre_records, monkeyp
         if text.strip() and m.eos_id not in ids:
             recs[i] = dataclasses.replace(recs[i], target=text.lstrip())
     pre = ev.reference(cases(recs))
-    plain = Evaluator(m, "greedy", batch_size=4).evaluate(m.model, cases(recs), pre, False, OP)
-    fast = Evaluator(m, "greedy", batch_size=4).evaluate(m.model, cases(recs), pre, True, OP)
+    plain = Evaluator(m, "greedy", batch_size=4).evaluate(m.model, cases(recs), pre, None, OP)
+    fast = Evaluator(m, "greedy", batch_size=4).evaluate(m.model, cases(recs), pre, m.site.layer, OP)
+    low = Evaluator(m, "greedy", batch_size=4).evaluate(m.model, cases(recs), pre, 0, OP)  # from the embeddings
+    assert low == plain
     assert fast == plain  # metrics and every record's output
     plain = plain.metrics
     assert plain["rel"] > 0  # some rows were confirmable
@@ -387,7 +390,7 @@ def test_locality_output_ends_at_its_first_eos(tiny_model, monkeypatch):
     pre = [a, eos] + [eos] * (T - 2)  # "Paris" then stop
     post = [eos] * T  # stops at once
     ScriptedGreedy(m, {r.prompt: [eos] * 8, r.rephrase: [eos] * 8, r.loc_prompt: post}).install(monkeypatch)
-    out = evaluate(Evaluator(m, "greedy"), m.model, [r], [{"loc": [pre]}], frozen_below_site=False)
+    out = evaluate(Evaluator(m, "greedy"), m.model, [r], [{"loc": [pre]}], shortcut=False)
     prompt = m.encode_prompt(r.loc_prompt)
     pre_tail, post_tail = (prompt + [a, eos])[-k:], (prompt + [eos])[-k:]
     assert out["loc"] == pytest.approx(metrics.agreement(pre_tail, post_tail))

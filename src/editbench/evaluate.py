@@ -80,9 +80,11 @@ class Evaluator:
         return refs
 
     def evaluate(self, module: nn.Module, cases: Sequence[EditCase], refs: Sequence[dict],
-                 frozen_below_site: bool = True, overall: metrics.Overall | None = None) -> Scores:
-        """Score every probe set of `cases` on `module`; `refs` from `reference` (same cases)."""
-        fast = frozen_below_site and module is self.m.model
+                 reuse_layer: int | None = None, overall: metrics.Overall | None = None) -> Scores:
+        """Score every probe set of `cases` on `module`; `refs` from `reference` (same cases).
+        `reuse_layer`: every block below it is unedited (the lowest layer the editor touches), so
+        the exact shortcut may start from cached unedited states there; None: decode everything."""
+        fast = reuse_layer if reuse_layer is not None and module is self.m.model else None
         values, records, counts = {}, [], {}
         for name in dict.fromkeys(n for c in cases for n in c.probes):
             have = [i for i, c in enumerate(cases) if name in c.probes]
@@ -112,7 +114,7 @@ class Evaluator:
         return scorers[0]
 
     # ------------------------------------------------------------------ scorers
-    def _score_accuracy(self, module, probes: list[Probe], ref, fast: bool) -> list[tuple[float, list[int]]]:
+    def _score_accuracy(self, module, probes: list[Probe], ref, fast: int | None) -> list[tuple[float, list[int]]]:
         """Rel / Gen: token exact match of the answer (EDITORS.md §3.1, Mode G or Mode TF)."""
         pairs = [(p.prompt, p.answer) for p in probes]
         if self.scoring == "teacher_forced":
@@ -124,7 +126,7 @@ class Evaluator:
         return [(metrics.token_em(metrics.answer_ids(self.m.tok, g, len(y)), y), self.m.until_eos(g))
                 for g, y in zip(gens, targets)]
 
-    def _score_locality(self, module, probes: list[Probe], ref, fast: bool) -> list[tuple[float, list[int]]]:
+    def _score_locality(self, module, probes: list[Probe], ref, fast: int | None) -> list[tuple[float, list[int]]]:
         """Loc: agreement with the unedited model's output on the same prompt."""
         pairs = [(p.prompt, p.answer) for p in probes]
         if self.scoring == "teacher_forced":
@@ -142,7 +144,7 @@ class Evaluator:
         have = self.cache.get_outputs(keys)
         todo = [i for i, k in enumerate(keys) if k not in have]
         if todo:
-            fresh = self._generate_for(self.m.model, [pairs[i] for i in todo], None, False, unedited=True)
+            fresh = self._generate_for(self.m.model, [pairs[i] for i in todo], None, None, unedited=True)
             new = {keys[i]: out for i, out in zip(todo, fresh)}
             self.cache.put_outputs(new)
             have.update(new)
@@ -159,12 +161,14 @@ class Evaluator:
         full = self.m.encode_prompt(p.prompt) + self.m.until_eos(ids)
         return full[max(len(full) - k, 0):]
 
-    def _generate_for(self, module, pairs, candidates, fast: bool, unedited: bool = False) -> list[list[int]]:
+    def _generate_for(self, module, pairs, candidates, fast: int | None, unedited: bool = False) -> list[list[int]]:
+        """Greedy outputs; with `fast` (a layer below which the model is unedited) each row's
+        candidate is first confirmed teacher-forced from cached states at that layer."""
         prompts = [self.m.encode_prompt(x) for x, _ in pairs]
         n_new = [len(self.m.encode_answer(self.m.answer_sep + y)) for _, y in pairs]
         out: list = [None] * len(pairs)
-        if fast and candidates is not None:
-            for i, ok in enumerate(self._confirm(prompts, candidates, n_new)):
+        if fast is not None and candidates is not None:
+            for i, ok in enumerate(self._confirm(prompts, candidates, n_new, fast)):
                 if ok:
                     out[i] = list(candidates[i][:n_new[i]])
         todo = [i for i in range(len(pairs)) if out[i] is None]
@@ -176,7 +180,7 @@ class Evaluator:
         return out
 
     # ------------------------------------------------------------------ the exact shortcut
-    def _confirm(self, prompts, candidates, n_new) -> list[bool]:
+    def _confirm(self, prompts, candidates, n_new, layer: int) -> list[bool]:
         """True where greedy decoding would produce candidates[i][:n_new[i]] (see module doc)."""
         rows, checks = [], []
         for p, c, n in zip(prompts, candidates, n_new):
@@ -188,32 +192,33 @@ class Evaluator:
             rows.append((p + self.m.until_eos(c), len(p)))
         live = [i for i, r in enumerate(rows) if r is not None]
         ok = [False] * len(rows)
-        for i, good in zip(live, self._batched([rows[i][0] for i in live], lambda idx: self._check([rows[live[i]] for i in idx]))):
+        for i, good in zip(live, self._batched([rows[i][0] for i in live], lambda idx: self._check([rows[live[i]] for i in idx], layer))):
             ok[i] = good
         return ok
 
-    def _site_states(self, seqs: list[list[int]]) -> list[torch.Tensor]:
-        uniq = list(dict.fromkeys(tuple(s) for s in seqs))
+    def _site_states(self, seqs: list[list[int]], layer: int) -> list[torch.Tensor]:
+        """The unedited hidden states entering block `layer` for each sequence (cached)."""
+        uniq = list(dict.fromkeys((layer, *s) for s in seqs))  # cache key: the layer, then the ids
         have = self.cache.get_site(uniq)
         missing = [s for s in uniq if s not in have]
         for k in range(0, len(missing), self.batch_size):
             chunk = missing[k:k + self.batch_size]
-            batch = self.m.batch([(list(s), len(s)) for s in chunk])
-            h = self.m.prefix(batch).h
-            new = {s: h[i, h.shape[1] - len(s):].clone() for i, s in enumerate(chunk)}
+            batch = self.m.batch([(list(s[1:]), len(s) - 1) for s in chunk])
+            h = self.m.prefix(batch, layer=layer).h
+            new = {s: h[i, h.shape[1] - (len(s) - 1):].clone() for i, s in enumerate(chunk)}
             self.cache.put_site(new)
             have.update(new)
-        return [have[tuple(s)] for s in seqs]
+        return [have[(layer, *s)] for s in seqs]
 
     @torch.no_grad()
-    def _check(self, rows: list[tuple[list[int], int]]) -> list[bool]:
+    def _check(self, rows: list[tuple[list[int], int]], layer: int) -> list[bool]:
         batch = self.m.batch(rows)
-        states = self._site_states([ids for ids, _ in rows])
+        states = self._site_states([ids for ids, _ in rows], layer)
         T = batch.input_ids.shape[1]
         h = states[0].new_zeros((len(rows), T, states[0].shape[-1]))
         for i, s in enumerate(states):
             h[i, T - s.shape[0]:] = s
-        hidden = self.m.suffix_hidden(EditableModel.Prefix(h, batch, None, 0), Pass("prefill", batch.prompt_mask))
+        hidden = self.m.suffix_hidden(EditableModel.Prefix(h, batch, None, 0, layer), Pass("prefill", batch.prompt_mask))
         nxt = batch.predicts_label
         pred = self.m.model.lm_head(hidden[nxt]).argmax(-1)
         agree = pred == batch.labels[:, 1:][nxt[:, :-1]]

@@ -138,28 +138,42 @@ class EditableModel:
         if not 0 <= edit_site.layer < n_layers:
             raise EditbenchError(f"model {name}: edit_site.layer={edit_site.layer} but the model has "
                                  f"{n_layers} layers — set model.edit_site.layer in 0..{n_layers - 1}")
-        self.site_module()  # fail early on a bad module path
+        try:
+            self.site_module()  # fail early on a bad module path
+        except EditbenchError:
+            raise EditbenchError(f"model {name}: no module '{edit_site.module}' in decoder block {edit_site.layer} "
+                                 f"— fix model.edit_site.module") from None
 
     # ----------------------------------------------------------------- structure
     @property
     def blocks(self) -> nn.ModuleList:
         return self.model.model.layers
 
-    def site_module(self) -> nn.Module:
+    def module_at(self, site: EditSite) -> nn.Module:
+        """The module at any (layer, path inside the block) site — what is installed there now."""
+        if not 0 <= site.layer < len(self.blocks):
+            raise EditbenchError(f"model {self.name}: layer {site.layer} does not exist (0..{len(self.blocks) - 1})")
         try:
-            return self.blocks[self.site.layer].get_submodule(self.site.module)
+            return self.blocks[site.layer].get_submodule(site.module)
         except AttributeError:
-            raise EditbenchError(f"model {self.name}: no module '{self.site.module}' in decoder block "
-                                 f"{self.site.layer} — fix model.edit_site.module") from None
+            raise EditbenchError(f"model {self.name}: no module '{site.module}' in decoder block "
+                                 f"{site.layer} — fix the site's module path") from None
 
-    def replace_site(self, new: nn.Module) -> nn.Module:
-        """Put `new` where the edit-site module is; returns the module that was there."""
-        parent_path, _, leaf = self.site.module.rpartition(".")
-        block = self.blocks[self.site.layer]
+    def replace_at(self, site: EditSite, new: nn.Module) -> nn.Module:
+        """Put `new` where the module at `site` is; returns the module that was there."""
+        parent_path, _, leaf = site.module.rpartition(".")
+        block = self.blocks[site.layer]
         parent = block.get_submodule(parent_path) if parent_path else block
         old = getattr(parent, leaf)
         setattr(parent, leaf, new)
         return old
+
+    def site_module(self) -> nn.Module:
+        """The module at the model config's edit site (the one site aligned editors share)."""
+        return self.module_at(self.site)
+
+    def replace_site(self, new: nn.Module) -> nn.Module:
+        return self.replace_at(self.site, new)
 
     @property
     def d_in(self) -> int:
@@ -228,19 +242,20 @@ class EditableModel:
     class Prefix:
         """What the frozen network below (and before) the edit point produced, computed once."""
 
-        h: torch.Tensor  # hidden state entering the edit-site block, positions start..T-1
+        h: torch.Tensor  # hidden state entering block `layer`, positions start..T-1
         batch: TokenBatch  # the batch, cut to positions start..T-1 (attention_mask stays full length)
         past: tuple | None  # (keys, values) per layer for positions < start (None when start == 0)
         start: int
+        layer: int  # the first block `suffix_hidden` runs
 
-    def _run_to_site(self, input_ids, attention_mask, position_ids, **kw) -> torch.Tensor:
+    def _run_to_layer(self, layer: int, input_ids, attention_mask, position_ids, **kw) -> torch.Tensor:
         captured = {}
 
         def grab(_module, args, kwargs):
             captured["h"] = args[0] if args else kwargs["hidden_states"]
             raise _StopForward
 
-        handle = self.blocks[self.site.layer].register_forward_pre_hook(grab, with_kwargs=True)
+        handle = self.blocks[layer].register_forward_pre_hook(grab, with_kwargs=True)
         try:
             self.model.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kw)
         except _StopForward:
@@ -250,8 +265,8 @@ class EditableModel:
         return captured["h"].detach()
 
     @torch.no_grad()
-    def prefix(self, batch: TokenBatch, from_last_prompt: bool = False) -> "EditableModel.Prefix":
-        """Run the frozen (unedited) blocks below the edit site once.
+    def prefix(self, batch: TokenBatch, from_last_prompt: bool = False, layer: int | None = None) -> "EditableModel.Prefix":
+        """Run the frozen (unedited) blocks below block `layer` (default: the edit site's) once.
 
         With `from_last_prompt`, positions before the last prompt token are also run through the
         blocks *above* the site once and kept as a KV cache, so each training step recomputes only
@@ -262,11 +277,12 @@ class EditableModel:
         if from_last_prompt:
             last = torch.where(batch.prompt_mask, torch.arange(batch.prompt_mask.shape[1], device=self.device), -1)
             start = int(last.max(dim=1).values.min())
+        layer = self.site.layer if layer is None else layer
         pos = batch.position_ids
         if start == 0:
             with self.bind(Pass("unedited", batch.prompt_mask)):
-                h = self._run_to_site(batch.input_ids, batch.attention_mask, pos, use_cache=False)
-            return EditableModel.Prefix(h, batch, None, 0)
+                h = self._run_to_layer(layer, batch.input_ids, batch.attention_mask, pos, use_cache=False)
+            return EditableModel.Prefix(h, batch, None, 0, layer)
         from transformers import DynamicCache
 
         cache = DynamicCache()
@@ -276,21 +292,21 @@ class EditableModel:
                              position_ids=pos[:, :start], past_key_values=cache, use_cache=True)
         T = batch.input_ids.shape[1]
         with self.bind(Pass("unedited", batch.prompt_mask[:, start:])):
-            h = self._run_to_site(batch.input_ids[:, start:], batch.attention_mask, pos[:, start:],
+            h = self._run_to_layer(layer, batch.input_ids[:, start:], batch.attention_mask, pos[:, start:],
                                   past_key_values=cache, use_cache=True,
                                   cache_position=torch.arange(start, T, device=self.device))
         cache.crop(start)
         past = tuple((k.detach(), v.detach()) for k, v in cache.to_legacy_cache())
         cut = TokenBatch(batch.input_ids[:, start:], batch.attention_mask, batch.prompt_mask[:, start:],
                          batch.labels[:, start:])
-        return EditableModel.Prefix(h, cut, past, start)
+        return EditableModel.Prefix(h, cut, past, start, layer)
 
     def suffix_hidden(self, pre: "EditableModel.Prefix", p: Pass) -> torch.Tensor:
-        """Run the edit-site block and everything above it on a prefix, inside pass `p` (whose
+        """Run block `pre.layer` and everything above it on a prefix, inside pass `p` (whose
         prompt mask covers the prefix's positions); final (normed) hidden states."""
         inner = self.model.model
         full = inner.layers
-        inner.layers = nn.ModuleList(list(full)[self.site.layer:])
+        inner.layers = nn.ModuleList(list(full)[pre.layer:])
         T = pre.batch.attention_mask.shape[1]
         kw = {"use_cache": False}
         if pre.past is not None:
@@ -317,16 +333,16 @@ class EditableModel:
         return nn.functional.cross_entropy(logits.float(), labels[:, 1:][nxt[:, :-1]])
 
     @torch.no_grad()
-    def site_io(self, batch: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input and unedited output of the edit-site module on every position of `batch` (one
-        partial pass)."""
+    def site_io(self, batch: TokenBatch, site: EditSite | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input and unedited output of the module at `site` (default: the edit site) on every
+        position of `batch` (one partial pass)."""
         captured = {}
 
         def grab(_module, args, output):
             captured["x"], captured["y"] = args[0].detach(), output.detach()
             raise _StopForward
 
-        handle = self.site_module().register_forward_hook(grab)
+        handle = self.module_at(site or self.site).register_forward_hook(grab)
         try:
             with self.bind(Pass("unedited", batch.prompt_mask)):
                 self.model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,

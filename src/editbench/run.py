@@ -241,6 +241,9 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
     setup_s = time.perf_counter() - t0  # on the unedited model, before any edit (again on resume)
     grid = checkpoint_grid(proto.checkpoints, n_edits)
     code = code_version()
+    touched = editor.touches()
+    # blocks below the lowest touched layer stay unedited: their output states are cached once
+    reuse_layer = min((s.layer for s in touched), default=model.site.layer)
     static = {
         "schema": SCHEMA, "run_id": f"{Path(run_dir).name}-{chash}", "tag": cfg.tag, "method": editor.method,
         "editor": cfg.editor.name, "model": cfg.model.name, "data": cfg.data.name, "protocol": proto.name,
@@ -248,6 +251,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
         "hparams": {k: v for k, v in OmegaConf.to_container(cfg.editor, resolve=True).items()
                     if k not in ("_target_", "name")},
         "edit_layer": model.site.layer, "edit_module": model.site.module, "chat_template": model.chat_template,
+        "touched": [f"{s.layer}.{s.module}" for s in touched],
         "model_revision": getattr(model.model.config, "_commit_hash", None),  # the hub commit actually loaded
         "data_info": {"order_seed": data.order_seed, "skip": data.skip},
         "config_hash": chash, "git_hash": git_hash(), "code_version": code, "versions": versions(), "setup_s": setup_s,
@@ -290,7 +294,7 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
             t0 = time.perf_counter()
             idx = eval_indices(cursor, proto.retention, cursor)
             scores = evaluator.evaluate(editor.module(), [cases[i] for i in idx], [refs[i] for i in idx],
-                                        editor.frozen_below_site, overall=data.overall)
+                                        reuse_layer, overall=data.overall)
             row = {**static, "N": cursor, **scores.metrics, "metric_names": scores.names,
                    "edit_s_mean": float(np.sum(costs.edit_s)) / cursor, "edit_s_total": float(np.sum(costs.edit_s)),
                    "eval_s": time.perf_counter() - t0, **costs.row(), "editor_params": int(editor.num_params()),

@@ -18,7 +18,7 @@ from typing import Sequence
 from torch import nn
 
 from editbench.data import EditRequest
-from editbench.models import EditableModel
+from editbench.models import EditableModel, EditSite
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,6 @@ class Editor(ABC):
     #: the method's name in results tables; editors whose ablation switches change what the
     #: method *is* (e.g. HoReN with 0 Hopfield steps = GRACE+Norm) override `method`.
     label: str = "?"
-    #: True when the editor never changes anything below the edit-site block (codebooks, side
-    #: memories, a weight edit at the site layer). The evaluator then reuses the unedited hidden
-    #: states entering that block; editors that update lower layers (ROME-family) set False.
-    frozen_below_site: bool = True
     #: edits per `edit()` call; the runner cuts a batch at checkpoints, so a call may get fewer
     batch_size: int = 1
 
@@ -55,6 +51,13 @@ class Editor(ABC):
     @property
     def method(self) -> str:
         return self.label
+
+    def touches(self) -> list[EditSite]:
+        """Every (layer, module) site whose module this editor changes or wraps. The model stays
+        unedited everywhere else (the conformance test checks it), so the evaluator reuses the
+        unedited hidden states entering the lowest touched layer. Default: the model config's
+        edit site (codebooks, side memories, a weight edit there)."""
+        return [self.model.site]
 
     def setup(self, ctx: SetupContext) -> None:
         """Once per run, on the unedited model, before the first edit (and before

@@ -10,6 +10,9 @@ class NoEdit(Editor):
     def __init__(self, model):
         super().__init__(model)
 
+    def touches(self) -> list:
+        return []
+
     def edit(self, requests) -> None:
         return None
 
