@@ -37,7 +37,7 @@ def row(method="HoReN", seed=0, N=10, rel=1.0, gen=1.0, loc=1.0, op=1.0, **overr
         "eval_s": 0.5, "peak_mem_gb": 1.0 + 0.1 * seed, "resident_mem_gb": 0.5 + N / 1000,
         "editor_params": 4096 * N,
         "hparams": {"threshold": 0.7, "pooling_ratio": 0.6, "hopfield_steps": 1, "seed": seed},
-        "edit_layer": 20, "chat_template": True, "config_hash": "abc123", "git_hash": "deadbeef",
+        "edit_layer": 20, "chat_template": False, "config_hash": "abc123", "git_hash": "deadbeef",
         "versions": {"torch": "2.4"}, "time": f"2025-01-01T00:00:{seed:02d}",
     }
     data.update(overrides)

@@ -613,3 +613,17 @@ def test_notebook_executes_headlessly(tree, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs)
     assert any("HoReN" in o.get("data", {}).get("text/plain", "") for o in outputs)
+
+
+def test_chat_template_rows_get_their_own_table(tmp_path):
+    """The same method with and without the chat template sees other inputs: never one table row."""
+    results = tmp_path / "results"
+    write_run(results, "raw", [row("FT-L", 0, 10, 0.7, 0.5, 0.4, 0.5)])
+    write_run(results, "chat", [row("FT-L", 0, 10, 0.4, 0.3, 0.1, 0.2, chat_template=True)])
+    report.render(results, tmp_path / "out", tmp_path / "none")
+    tables = sorted(p.name for p in (tmp_path / "out" / "tables").glob("*.md") if "cost" not in p.name)
+    assert tables == [f"{STEM}.md", f"{STEM}__chat.md"]
+    raw, chat = (tmp_path / "out" / "tables" / t for t in tables)
+    assert "(chat template)" in chat.read_text() and "(chat template)" not in raw.read_text()
+    assert read_md_table(chat)[1]["FT-L"]["N=10 Rel"].strip("*") == "0.400"
+    assert read_md_table(raw)[1]["FT-L"]["N=10 Rel"].strip("*") == "0.700"

@@ -54,10 +54,11 @@ OVERALL = "op"  # the overall score: its own figure (op_vs_n), not a metrics_vs_
 # Columns a row must have to be placed in a table cell.
 REQUIRED = ("method", "model", "data", "protocol", "protocol_version", "scoring", "seed", "N")
 # One group = one measured quantity; its rows differ only by seed.
-GROUP_KEYS = ["tag", "method", "model", "data", "protocol", "protocol_version", "scoring", "N",
+GROUP_KEYS = ["tag", "method", "model", "data", "protocol", "protocol_version", "scoring", "chat_template", "N",
               "hparams_key"]
-# One table (and one set of N-scaling figures) per value of these.
-TABLE_KEYS = ["data", "model", "protocol", "protocol_version", "scoring"]
+# One table (and one set of N-scaling figures) per value of these: a chat-templated model sees other
+# inputs, so its rows never share a table with raw-prompt rows.
+TABLE_KEYS = ["data", "model", "protocol", "protocol_version", "scoring", "chat_template"]
 # Numeric row fields that identify a row rather than measure something.
 NOT_AVERAGED = {"schema", "seed", "N", "protocol_version", "n_edits", "edit_layer"}
 COSTS = ("edit_s_mean", "edit_s_total", "eval_s", "peak_mem_gb", "resident_mem_gb", "mem_growth_gb",
@@ -175,6 +176,7 @@ def _parse_row(line: str) -> dict:
             raise ValueError(f"{key} is not an integer")
         row[key] = int(row[key])
     row["tag"] = row.get("tag") or "main"
+    row["chat_template"] = bool(row.get("chat_template", False))
     row["metric_names"] = _parse_metric_names(row)
     row["hparams"] = hparams
     row["hparams_key"] = json.dumps({k: v for k, v in hparams.items() if k != "seed"},
@@ -241,7 +243,7 @@ def _devices(values) -> str:
 
 def _labels(agg: pd.DataFrame) -> pd.Series:
     labels = agg["method"].astype(str).copy()
-    keys = ["tag", "method", "model", "data", "protocol", "protocol_version", "scoring"]
+    keys = ["tag", "method", "model", "data", "protocol", "protocol_version", "scoring", "chat_template"]
     for _, group in agg.groupby(keys):
         variants = {key: json.loads(key) for key in group["hparams_key"].unique()}
         if len(variants) < 2:
@@ -706,12 +708,12 @@ def _stem(*parts) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", "__".join(str(p) for p in parts))
 
 
-def _table_stem(data, model, protocol, version, scoring) -> str:
-    return _stem(data, model, f"{protocol}-v{version}", scoring)
+def _table_stem(data, model, protocol, version, scoring, chat_template=False) -> str:
+    return _stem(data, model, f"{protocol}-v{version}", scoring, *(["chat"] if chat_template else []))
 
 
-def _title(data, model, protocol, version, scoring) -> str:
-    return f"{data} · {model} · {protocol} (v{version}) · {scoring} scoring"
+def _title(data, model, protocol, version, scoring, chat_template=False) -> str:
+    return f"{data} · {model}{' (chat template)' if chat_template else ''} · {protocol} (v{version}) · {scoring} scoring"
 
 
 def _save(fig: Figure, folder: Path, stem: str) -> list[Path]:
