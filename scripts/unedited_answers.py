@@ -44,14 +44,14 @@ def main(argv: list[str]) -> None:
     with initialize_config_module("editbench.conf", version_base="1.3"):
         cfg = compose("config", overrides=["editor=none", *overrides])
     torch.set_num_threads(int(cfg.threads or 1))
-    records = instantiate_group(cfg.data).stream(n)
+    cases = instantiate_group(cfg.data).stream(n)
     model = load_model(cfg.model)
     cache = StateCache(Path(cfg.cache_dir).expanduser() / "states" /
                        f"{cfg.model.name}-{cache_key(OmegaConf.to_container(cfg.model, resolve=True), 'greedy')}.sqlite")
     ev = Evaluator(model, "greedy", int(cfg.protocol.eval_batch_size), cache)
-    loc = ev.pre_locality(records)
-    prompts = [model.encode_prompt(r.prompt) for r in records]
-    n_new = [len(model.encode_answer(model.answer_sep + r.target)) for r in records]
+    loc = [out for refs in ev.reference(cases) for out in refs["loc"]]
+    prompts = [model.encode_prompt(c.request.prompt) for c in cases]
+    n_new = [len(model.encode_answer(model.answer_sep + c.request.target)) for c in cases]
     edit = ev._batched(prompts, lambda idx: ev.greedy(model.model, [prompts[i] for i in idx], [n_new[i] for i in idx]))
     print(f"{cfg.model.name}, {cfg.data.name}, first {n} edits (chat_template={model.chat_template})")
     for what, outs in (("edit prompts", edit), ("locality prompts", loc)):
