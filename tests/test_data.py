@@ -233,3 +233,15 @@ def test_empty_file_gives_an_n_edits_error(tmp_path):
     with pytest.raises(EditbenchError) as e:
         ZsRE(path=str(p)).stream(1)
     assert "only 0 usable" in one_line(e)
+
+
+def test_aux_prompts_are_disjoint_from_the_stream_unless_reuse_is_asked_for():
+    stream = ZsRE().stream(200)
+    evaluated = {p.prompt for c in stream for ps in c.probes.values() for p in ps.probes}
+    aux = ZsRE().aux(stream)
+    assert len(aux) > 9_000 and len(set(aux)) == len(aux) and not {q for q, _ in aux} & evaluated
+    assert aux == ZsRE().aux(stream)  # seeded order
+    own = ZsRE(aux="own_loc").aux(stream)
+    assert own == [(probe(c, "loc").prompt, probe(c, "loc").answer) for c in stream]
+    with pytest.raises(EditbenchError, match="data.aux"):
+        ZsRE(aux="everything")

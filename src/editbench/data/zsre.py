@@ -21,6 +21,7 @@ from editbench.metrics import OP
 
 PACKAGED_POOL = Path(__file__).with_name("zsre_pool.jsonl")
 TARGETS = {"answer", "alt"}
+AUX_SOURCES = ("outside_stream", "own_loc")
 
 
 def _text(rec: dict, key: str, i: int, where: str) -> str:
@@ -47,9 +48,12 @@ class ZsRE:
 
     def __init__(self, name: str = "zsre", path: str | None = None, hub: str | None = None,
                  revision: str | None = None, split: str = "train", target: str = "answer",
-                 order_seed: int | None = 0, skip: int = 0):
+                 order_seed: int | None = 0, skip: int = 0, aux: str = "outside_stream"):
         if target not in TARGETS:
             raise EditbenchError(f"data.target={target!r} is not one of {sorted(TARGETS)} — use answer or alt")
+        if aux not in AUX_SOURCES:
+            raise EditbenchError(f"data.aux={aux!r} is not one of {AUX_SOURCES} — use outside_stream (default)")
+        self.aux_source = aux
         self.name, self.target, self.order_seed, self.skip = name, target, order_seed, skip
         if hub:
             self.where = f"{hub}@{revision or 'main'}:{split}"
@@ -95,9 +99,15 @@ class ZsRE:
         return out
 
     def aux(self, stream: list[EditCase]) -> list[tuple[str, str]]:
-        """Unrelated (prompt, answer) pairs for editors that train on them: the NQ locality
-        questions of the usable records, without any prompt the stream evaluates (records share
-        NQ questions, so this goes by text, not by record), each once, in a seeded order."""
+        """Unrelated (prompt, answer) pairs for editors that train on them (`data.aux`):
+
+        outside_stream (default): the NQ locality questions of the usable records, without any
+            prompt the stream evaluates (records share NQ questions, so this goes by text, not by
+            record), each once, in a seeded order;
+        own_loc: the stream's own locality probes, in stream order — what the WISE reference
+            does (it trains on the locality prompt it then evaluates); for reproducing it only."""
+        if self.aux_source == "own_loc":
+            return [(p.prompt, p.answer) for c in stream for p in c.probes["loc"].probes]
         evaluated = {p.prompt for c in stream for ps in c.probes.values() for p in ps.probes}
         pairs = dict.fromkeys((p.prompt, p.answer) for c in self.records() for p in c.probes["loc"].probes
                               if p.prompt not in evaluated)
