@@ -423,8 +423,9 @@ def cost_table(agg: pd.DataFrame, name: str, title: str) -> Table:
     notes = ["Cells: mean ± sample std over n seeds; edit time is the mean wall time per edit "
              "over the edits applied so far; eval time is this checkpoint's evaluation.",
              "Memory by mem_device: cuda = peak allocated over all devices / allocated now; "
-             "cpu = process peak / resident set, growth = resident set over the unedited model; "
-             "unknown = rows written before mem_device existed."]
+             "cpu = no peak (—) / resident set now, growth = resident set over the process before the editor "
+             "was built; unknown = rows written before mem_device existed (their peak is the process's "
+             "lifetime peak resident set)."]
     return Table(name, title, header, rows, set(), notes, kind="cost")
 
 
