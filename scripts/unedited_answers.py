@@ -31,6 +31,7 @@ def shares(model, outputs: list[list[int]]) -> dict:
     return {
         "n": len(outs),
         "eos_first": sum(o[0] in eos for o in outs) / len(outs),
+        "question_mark_first": sum(o[:len(q)] == q for o in outs) / len(outs),
         "question_mark_then_eos": sum(len(o) >= len(q) + 1 and o[:len(q)] == q and o[len(q)] in eos
                                       for o in outs) / len(outs),
         "common": collections.Counter(model.tok.decode(o) for o in outs).most_common(5),
@@ -56,8 +57,8 @@ def main(argv: list[str]) -> None:
     print(f"{cfg.model.name}, {cfg.data.name}, first {n} edits (chat_template={model.chat_template})")
     for what, outs in (("edit prompts", edit), ("locality prompts", loc)):
         s = shares(model, outs)
-        print(f"{what:>17}: EOS first {s['eos_first']:.3f}, '?' then EOS {s['question_mark_then_eos']:.3f}; "
-              f"most common: {s['common']}")
+        print(f"{what:>17}: EOS first {s['eos_first']:.3f}, '?' first {s['question_mark_first']:.3f}, "
+              f"'?' then EOS {s['question_mark_then_eos']:.3f}; most common: {s['common']}")
 
 
 if __name__ == "__main__":
