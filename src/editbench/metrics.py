@@ -40,12 +40,6 @@ def agreement(pre: Sequence[int], post: Sequence[int]) -> float:
     return sum(a == b for a, b in zip(pre, post)) / longest
 
 
-def overall(rel: float, gen: float, loc: float) -> float:
-    """OP = geometric mean of Rel, Gen, Loc."""
-    prod = max(rel, 0.0) * max(gen, 0.0) * max(loc, 0.0)
-    return math.pow(prod, 1 / 3) if prod > 0 else 0.0
-
-
 @dataclass(frozen=True)
 class Overall:
     """A dataset family's overall score: the geometric mean of named metrics. Defined once per
@@ -61,6 +55,11 @@ class Overall:
 
 #: ZsRE / WikiBigEdit: OP = (Rel · Gen · Loc)^(1/3) (HoReN paper §E.3); portability stays outside
 OP = Overall("op", ("rel", "gen", "loc"))
+
+
+def overall(rel: float, gen: float, loc: float) -> float:
+    """OP = geometric mean of Rel, Gen, Loc."""
+    return OP({"rel": rel, "gen": gen, "loc": loc})
 
 
 def mean(xs: Sequence[float]) -> float:
