@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install run test test-fast test-slow figures bench clean
+.PHONY: install run test test-fast test-slow faults figures bench clean
 
 $(BIN)/editbench: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,15 +20,21 @@ install: $(BIN)/editbench
 run: install
 	$(BIN)/python -m editbench $(ARGS)
 
-# Every test, the `slow` ones (they load the embedded SmolLM2: seconds, no network) included.
+# Every test but the long fault injections, the `slow` ones (they load the embedded SmolLM2:
+# seconds, no network) included.
 test: install
-	$(BIN)/python -m pytest $(ARGS)
+	$(BIN)/python -m pytest -m "not faults" $(ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+	$(BIN)/python -m pytest -m "not slow and not faults" $(ARGS)
 
 test-slow: install
-	$(BIN)/python -m pytest -m slow $(ARGS)
+	$(BIN)/python -m pytest -m "slow and not faults" $(ARGS)
+
+# The fault suite: bad-input catalogue, locks, SIGTERM/SIGINT, corrupt checkpoint, disk full and
+# kill -9 at 10 random moments (each resumed run compared with an uninterrupted one).
+faults: install
+	$(BIN)/python -m pytest tests/test_faults.py -v -s $(ARGS)
 
 # Paper tables (Markdown + LaTeX) and figures from every run under results/ -> reports/,
 # and the README's main table (between its <!-- table:begin/end --> markers)

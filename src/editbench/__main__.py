@@ -15,14 +15,15 @@ import hydra
 from omegaconf import OmegaConf
 
 from editbench.errors import EditbenchError
+from editbench.validate import check_config, check_environment, run_dir_suffix
 
 GROUPS = ("editor", "model", "data", "protocol", "editor_model", "logger", "experiment", "hydra/launcher")
 
 
 def register_resolvers() -> None:
-    # run-dir suffix from the overrides; '/' in values (paths) would nest folders
+    # run-dir suffix from the overrides: shell-safe and short (validate.run_dir_suffix)
     if not OmegaConf.has_resolver("eb_suffix"):
-        OmegaConf.register_new_resolver("eb_suffix", lambda s: "_" + s.replace("/", "%") if s else "")
+        OmegaConf.register_new_resolver("eb_suffix", run_dir_suffix)
 
 
 def options(group: str) -> list[str]:
@@ -68,7 +69,7 @@ def check_overrides(args: list[str]) -> None:
         for line in lines:
             try:
                 cfg = compose("config", overrides=line, return_hydra_config=False)
-                OmegaConf.to_container(cfg, resolve=True)
+                container = OmegaConf.to_container(cfg, resolve=True)
             except MissingConfigException as e:
                 group, name = _missing(str(e), line)
                 close = difflib.get_close_matches(name, options(group), n=3, cutoff=0.4)
@@ -81,6 +82,8 @@ def check_overrides(args: list[str]) -> None:
                     raise EditbenchError(_unknown_key(msg.split("'")[1], line)) from None
                 raise EditbenchError(f"bad config override: {msg[:300]} — check the key against "
                                      f"`python -m editbench --cfg job`") from None
+            check_config(container)  # every value, before Hydra creates a run directory
+            check_environment(container)
 
 
 def _unknown_key(key: str, line: list[str]) -> str:
@@ -143,17 +146,39 @@ def list_groups(group: str | None) -> None:
 def _hydra_main(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from editbench.run import format_table, run
+    from editbench.run import RunStopped, format_table, run
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
     try:
-        run(cfg, run_dir)
+        run(cfg, run_dir, overrides=list(hc.overrides.task))
+    except RunStopped as e:
+        print(f"editbench: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
     except EditbenchError as e:
+        discard_if_unused(run_dir)
         print(f"editbench: error: {e}", file=sys.stderr)
         sys.exit(2)
     rows = [__import__("json").loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     print(f"\n{rows[-1]['method']} | {cfg.model.name} | {cfg.data.name} | {cfg.protocol.scoring} scoring | {run_dir}")
     print(format_table(rows))
+
+
+def discard_if_unused(run_dir: Path) -> None:
+    """Remove a run directory that holds nothing but a released lock (Hydra creates the directory
+    before the run starts; a run refused before its first write leaves it like that), and the
+    empty folders above it, up to the working directory."""
+    lock = run_dir / ".lock"
+    try:
+        if {p.name for p in run_dir.iterdir()} - {".lock"} or (lock.exists() and lock.stat().st_size):
+            return
+        lock.unlink(missing_ok=True)
+        here, d = Path.cwd().resolve(), run_dir.resolve()
+        while d != here and d != d.parent and not any(d.iterdir()):
+            d.rmdir()
+            d = d.parent
+    except OSError:
+        pass
 
 
 def main() -> None:

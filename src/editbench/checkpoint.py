@@ -1,35 +1,73 @@
-"""Resume as a contract: atomic checkpoints of everything a run has computed.
+"""Resume as a contract: durable, atomic checkpoints of everything a run has computed, in a run
+directory that one process at a time holds.
 
 Layout of a run directory:
+  .lock             held (flock) by the one process running here; names it (pid, host, start)
+  .hydra/           the composed config and the command-line overrides (written once the run starts)
   metrics.jsonl     one row per completed checkpoint (rewritten atomically at each checkpoint)
-  summary.json      {"status": "running" | "complete", ...}; "complete" only after the last checkpoint
+  summary.json      {"status": "running" | "stopped" | "complete", "done": edits so far, ...}
   records/step_NNNNNN.jsonl.gz   per-probe scores and outputs at each checkpoint (audit, `editbench diff`)
   ckpt/step_NNNNNN/ state.pt (editor state, stream cursor, RNG states, per-edit costs) + meta.json
-A checkpoint directory is written under a temporary name and renamed into place, so a directory
-named step_* is always complete; a kill at any moment loses at most the edits since the last one.
+Every file is written under a temporary name, fsync'd, renamed into place and its directory
+fsync'd, so a name that exists is complete and survives a power cut; a kill at any moment loses at
+most the edits since the last checkpoint. The two newest checkpoints are kept: meta.json holds
+the SHA-256 of state.pt, and a newest checkpoint that fails it (or fails to load) falls back to
+the previous one.
 """
 from __future__ import annotations
 
+import datetime as dt
+import errno
+import fcntl
 import gzip
+import hashlib
 import json
 import os
 import random
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from editbench.errors import EditbenchError
 
-def atomic_write_text(path: Path, text: str) -> None:
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def rng_state() -> dict:
@@ -47,8 +85,59 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+class RunLock:
+    """One process per run directory: an exclusive flock on `run_dir/.lock`, which names its holder.
+    The kernel drops the lock when its process dies (kill -9 included), so a lock file left behind
+    is stale exactly when it can be taken; taking it over is said in one line."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = self._holder()
+            raise EditbenchError(f"{self.path.parent} is in use by another run ({holder}) — wait for it to end or "
+                                 f"stop it, or give this run another out_dir") from None
+        previous = os.read(fd, 4096).decode(errors="replace").strip()
+        if previous:
+            print(f"[editbench] taking over the lock of a run that ended without releasing it ({previous})")
+        info = f"pid {os.getpid()} on {socket.gethostname()} since {dt.datetime.now().isoformat(timespec='seconds')}"
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+        self.fd = fd
+
+    def _holder(self) -> str:
+        try:
+            return self.path.read_text().strip() or "holder unknown"
+        except OSError:
+            return "holder unknown"
+
+    def release(self) -> None:
+        """Empty the file, then let go. The file stays (unlinking a lock file races with a process
+        that opened it just before); an empty one is a lock released cleanly."""
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 class RunStore:
-    def __init__(self, run_dir: Path, keep_last: int = 1):
+    def __init__(self, run_dir: Path, keep_last: int = 2):
         self.dir = Path(run_dir)
         self.ckpt_dir = self.dir / "ckpt"
         self.keep_last = keep_last
@@ -62,12 +151,13 @@ class RunStore:
 
     def write_records(self, step: int, records: list[dict]) -> None:
         """One gzipped JSON line per scored probe at checkpoint `step` (written atomically)."""
-        path = self.dir / "records" / f"step_{step:06d}.jsonl.gz"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as f:
-            f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
-        os.replace(tmp, path)
+        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
+        atomic_write_bytes(self.dir / "records" / f"step_{step:06d}.jsonl.gz", gzip.compress(data, mtime=0))
+
+    def write_config(self, config_yaml: str, overrides: list[str]) -> None:
+        """The run's config record (the full overrides, whatever the directory's name says)."""
+        atomic_write_text(self.dir / ".hydra" / "config.yaml", config_yaml)
+        atomic_write_text(self.dir / ".hydra" / "overrides.yaml", "".join(f"- {o}\n" for o in overrides))
 
     def clear(self) -> None:
         """Forget a previous run in this directory (resume=never)."""
@@ -76,29 +166,76 @@ class RunStore:
         for name in ("metrics.jsonl", "summary.json"):
             (self.dir / name).unlink(missing_ok=True)
 
+    def sweep_temporaries(self) -> None:
+        """Remove temporary files a killed run left (call with the run's lock held: no one else
+        is writing here)."""
+        for junk in [*self.ckpt_dir.glob(".tmp_step_*"), *self.dir.glob(".*.json*"), *self.dir.glob("records/.*")]:
+            if junk.is_dir():
+                shutil.rmtree(junk, ignore_errors=True)
+            else:
+                junk.unlink(missing_ok=True)
+
     # ------------------------------------------------------------------ checkpoints
     def save(self, step: int, state: dict, meta: dict) -> None:
+        """Write checkpoint `step`; on failure (disk full, I/O error) the previous checkpoints
+        stay as they were and only this call's temporary directory is removed."""
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=self.ckpt_dir, prefix=".tmp_step_"))
-        torch.save(state, tmp / "state.pt")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        final = self.ckpt_dir / f"step_{step:06d}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        try:
+            with open(tmp / "state.pt", "wb") as f:
+                torch.save(state, f)
+                f.flush()
+                os.fsync(f.fileno())
+            meta = {**meta, "state_sha256": sha256_file(tmp / "state.pt")}
+            with open(tmp / "meta.json", "w") as f:
+                f.write(json.dumps(meta, indent=2))
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(tmp)
+            final = self.ckpt_dir / f"step_{step:06d}"
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.ckpt_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         for old in self._complete()[:-self.keep_last]:
             shutil.rmtree(old, ignore_errors=True)
-        for junk in self.ckpt_dir.glob(".tmp_step_*"):  # left by a kill mid-save
-            shutil.rmtree(junk, ignore_errors=True)
 
     def _complete(self) -> list[Path]:
         if not self.ckpt_dir.is_dir():
             return []
         return sorted(p for p in self.ckpt_dir.glob("step_*") if (p / "meta.json").is_file())
 
+    def latest_meta(self) -> dict | None:
+        """meta.json of the newest checkpoint that reads (no state loaded): enough to refuse a
+        resume before the model loads."""
+        for ckpt in reversed(self._complete()):
+            try:
+                return json.loads((ckpt / "meta.json").read_text())
+            except (OSError, ValueError):
+                continue
+        return None
+
     def latest(self) -> tuple[dict, dict] | None:
+        """(state, meta) of the newest intact checkpoint; a corrupt newer one is reported in one
+        line and skipped."""
         done = self._complete()
-        if not done:
-            return None
-        last = done[-1]
-        return torch.load(last / "state.pt", weights_only=False), json.loads((last / "meta.json").read_text())
+        for i, ckpt in enumerate(reversed(done)):
+            try:
+                meta = json.loads((ckpt / "meta.json").read_text())
+                want = meta.get("state_sha256")
+                if want is not None and sha256_file(ckpt / "state.pt") != want:
+                    raise ValueError("state.pt does not match the SHA-256 in meta.json")
+                state = torch.load(ckpt / "state.pt", weights_only=False)
+            except Exception as e:  # truncated zip, bad pickle, bad JSON, missing file
+                older = done[-2 - i].name if i + 1 < len(done) else None
+                reason = " ".join(str(e).split())[:120] or type(e).__name__
+                if older is None:
+                    raise EditbenchError(f"checkpoint {ckpt} is corrupt ({reason}) and there is no older one — start "
+                                         f"over with resume=never") from None
+                print(f"[editbench] checkpoint {ckpt.name} is corrupt ({reason}); resuming from {older}")
+                continue
+            return state, meta
+        return None

@@ -6,6 +6,7 @@ config hash, so a resumed run keeps logging into the same W&B run.
 from __future__ import annotations
 
 import hashlib
+from typing import Literal
 from pathlib import Path
 
 
@@ -18,7 +19,8 @@ class NullLogger:
 
 
 class WandbLogger:
-    def __init__(self, project: str = "editbench", mode: str = "offline", entity: str | None = None,
+    def __init__(self, project: str = "editbench", mode: Literal["offline", "online", "disabled"] = "offline",
+                 entity: str | None = None,
                  group: str | None = None, log_report: bool = True):
         self.kw = {"project": project, "mode": mode, "entity": entity, "group": group}
         self.log_report = log_report

@@ -112,19 +112,60 @@ class PassSlot:
             self._stack.pop()
 
 
-class EditableModel:
+class PromptFormat:
+    """How prompts and answers become token ids for one model: its tokenizer's own special tokens
+    for raw prompts, or its chat template. Needs no weights, so inputs are checked against the
+    model's context length before the model loads."""
+
+    def __init__(self, tokenizer, chat_template: bool, system_prompt: str | None = None):
+        self.tok = tokenizer
+        self.chat_template = bool(chat_template)
+        self.system_prompt = system_prompt
+
+    def format_prompt(self, prompt: str) -> str:
+        if not self.chat_template:
+            return prompt
+        msgs = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
+        msgs.append({"role": "user", "content": prompt})
+        return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+    @property
+    def answer_sep(self) -> str:
+        """What joins a prompt and its answer: a space for raw prompts, nothing after a chat turn."""
+        return "" if self.chat_template else " "
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        # Raw prompts get the model's own default special tokens (BOS for LLaMA, none for Qwen or
+        # SmolLM2 — see `gguf_tokenizer`); a chat template brings its own.
+        return self.tok(self.format_prompt(prompt), add_special_tokens=not self.chat_template).input_ids
+
+    def encode_answer(self, answer: str) -> list[int]:
+        return self.tok.encode(answer, add_special_tokens=False)
+
+    def encode_example(self, prompt: str, target: str) -> tuple[list[int], int]:
+        """Ids of prompt + sep + target, and how many leading ids are prompt (EDITORS.md §1.4)."""
+        text = self.format_prompt(prompt) + self.answer_sep + target
+        ids = self.tok(text, add_special_tokens=not self.chat_template).input_ids
+        n_prompt = len(self.encode_prompt(prompt))
+        return ids, min(n_prompt, len(ids) - 1)
+
+    def example_lengths(self, pairs: Sequence[tuple[str, str]]) -> list[int]:
+        """len(encode_example(prompt, answer)) for many pairs, in one batched tokenizer call."""
+        texts = [self.format_prompt(p) + self.answer_sep + a for p, a in pairs]
+        return [len(ids) for ids in self.tok(texts, add_special_tokens=not self.chat_template).input_ids]
+
+
+class EditableModel(PromptFormat):
     """A causal LM plus everything the protocol needs to edit and score it."""
 
     def __init__(self, model: nn.Module, tokenizer, *, name: str, edit_site: EditSite, chat_template: bool,
                  system_prompt: str | None = None, device: str = "cpu"):
+        super().__init__(tokenizer, chat_template, system_prompt)
         self.model = model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
-        self.tok = tokenizer
         self.name = name
         self.site = edit_site
-        self.chat_template = bool(chat_template)
-        self.system_prompt = system_prompt
         self.device = torch.device(device)
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         if gen_eos is None:
@@ -183,39 +224,11 @@ class EditableModel:
     def d_out(self) -> int:
         return self.site_module().out_features
 
-    # ----------------------------------------------------------------- text
-    def format_prompt(self, prompt: str) -> str:
-        if not self.chat_template:
-            return prompt
-        msgs = ([{"role": "system", "content": self.system_prompt}] if self.system_prompt else [])
-        msgs.append({"role": "user", "content": prompt})
-        return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-
-    @property
-    def answer_sep(self) -> str:
-        """What joins a prompt and its answer: a space for raw prompts, nothing after a chat turn."""
-        return "" if self.chat_template else " "
-
     def until_eos(self, ids: Sequence[int]) -> list[int]:
         """`ids` up to and including the first EOS id (where HF `generate` stops a sequence)."""
         ids = list(ids)
         ends = [i for i, t in enumerate(ids) if t in self.eos_ids]
         return ids[:ends[0] + 1] if ends else ids
-
-    def encode_prompt(self, prompt: str) -> list[int]:
-        # Raw prompts get the model's own default special tokens (BOS for LLaMA, none for Qwen or
-        # SmolLM2 — see `gguf_tokenizer`); a chat template brings its own.
-        return self.tok(self.format_prompt(prompt), add_special_tokens=not self.chat_template).input_ids
-
-    def encode_answer(self, answer: str) -> list[int]:
-        return self.tok.encode(answer, add_special_tokens=False)
-
-    def encode_example(self, prompt: str, target: str) -> tuple[list[int], int]:
-        """Ids of prompt + sep + target, and how many leading ids are prompt (EDITORS.md §1.4)."""
-        text = self.format_prompt(prompt) + self.answer_sep + target
-        ids = self.tok(text, add_special_tokens=not self.chat_template).input_ids
-        n_prompt = len(self.encode_prompt(prompt))
-        return ids, min(n_prompt, len(ids) - 1)
 
     def batch(self, rows: Sequence[tuple[list[int], int]]) -> TokenBatch:
         """Left-pad (ids, n_prompt) rows; positions >= n_prompt are labelled targets."""
@@ -460,48 +473,93 @@ def _tiny_model(cfg, vocab_size: int):
     conf = AutoConfig.for_model(t.arch, vocab_size=vocab_size, hidden_size=t.hidden_size,
                                 intermediate_size=t.intermediate_size, num_hidden_layers=t.num_hidden_layers,
                                 num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads,
-                                max_position_embeddings=512, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+                                max_position_embeddings=TINY_CONTEXT, bos_token_id=0, eos_token_id=1, pad_token_id=1,
                                 tie_word_embeddings=True)
     with torch.random.fork_rng(devices=[]):  # weights from init_seed; the run's own seeding stays intact
         torch.manual_seed(t.init_seed)
         return AutoModelForCausalLM.from_config(conf)
 
 
-def load_model(cfg) -> EditableModel:
-    """Build the adapter from a `model` config group entry."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+TINY_CONTEXT = 512  # max_position_embeddings of the tiny test models
+
+
+def _quiet_hf() -> None:
+    from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    from huggingface_hub.utils import logging as hub_logging
-
     hub_logging.set_verbosity_error()  # connection retries are summed up in our one-line error
-    dtype = DTYPES[cfg.dtype]
-    device = _resolve_device(cfg.device)
+
+
+def _hub_failure(cfg, where: str, e: Exception) -> EditbenchError:
+    return EditbenchError(f"model {cfg.name}: cannot load '{where}' ({type(e).__name__}; no hub access or no such "
+                          f"path?) — download it and pass model.path=/local/copy")
+
+
+def load_prompt_format(cfg) -> tuple[PromptFormat, int]:
+    """The tokenizer and prompt format of a `model` config entry, and the model's context length
+    (positions), without loading any weights."""
+    _quiet_hf()
     if cfg.source == "tiny":
         from editbench.data.zsre import PACKAGED_POOL
 
-        tok = _tiny_tokenizer(PACKAGED_POOL, cfg.tiny.vocab_size, bool(cfg.tiny.add_bos))
-        model = _tiny_model(cfg, len(tok)).to(dtype)
+        tok, context = _tiny_tokenizer(PACKAGED_POOL, cfg.tiny.vocab_size, bool(cfg.tiny.add_bos)), TINY_CONTEXT
     elif cfg.source == "gguf":
         folder, filename = _gguf_location(cfg.gguf.package, cfg.gguf.file)
-        tok = gguf_tokenizer(folder, filename)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=dtype)
+        tok, context = gguf_tokenizer(folder, filename), gguf_context_length(Path(folder) / filename)
     elif cfg.source == "hub":
+        from transformers import AutoConfig, AutoTokenizer
+
         where = cfg.path or cfg.hf_id
         kwargs = {} if cfg.path else {"revision": cfg.revision}
         try:
             tok = AutoTokenizer.from_pretrained(where, **kwargs)
-            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, device_map=cfg.device_map, **kwargs)
+            conf = AutoConfig.from_pretrained(where, **kwargs)
         except (OSError, ValueError) as e:
-            raise EditbenchError(f"model {cfg.name}: cannot load '{where}' ({type(e).__name__}; no hub access or "
-                                 f"no such path?) — download it and pass model.path=/local/copy") from None
+            raise _hub_failure(cfg, where, e) from None
+        conf = getattr(conf, "text_config", conf)
+        context = getattr(conf, "max_position_embeddings", None) or getattr(conf, "n_positions", None) or 0
     else:
         raise EditbenchError(f"model {cfg.name}: unknown source '{cfg.source}' — use gguf, hub or tiny")
+    tok.padding_side = cfg.padding_side
+    return PromptFormat(tok, cfg.chat_template, cfg.get("system_prompt")), int(context)
+
+
+def gguf_context_length(path: Path) -> int:
+    from gguf import GGUFReader
+
+    fields = GGUFReader(str(path)).fields
+    arch = fields["general.architecture"]
+    arch = bytes(arch.parts[arch.data[0]]).decode()
+    f = fields.get(f"{arch}.context_length")
+    return int(f.parts[f.data[0]][0]) if f is not None else 0
+
+
+def load_model(cfg, text: PromptFormat | None = None) -> EditableModel:
+    """Build the adapter from a `model` config entry (with the tokenizer of `load_prompt_format`,
+    when it was loaded already)."""
+    from transformers import AutoModelForCausalLM
+
+    if text is None:
+        text, _ = load_prompt_format(cfg)
+    _quiet_hf()
+    tok = text.tok
+    dtype = DTYPES[cfg.dtype]
+    device = _resolve_device(cfg.device)
+    if cfg.source == "tiny":
+        model = _tiny_model(cfg, len(tok)).to(dtype)
+    elif cfg.source == "gguf":
+        folder, filename = _gguf_location(cfg.gguf.package, cfg.gguf.file)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=dtype)
+    else:
+        where = cfg.path or cfg.hf_id
+        kwargs = {} if cfg.path else {"revision": cfg.revision}
+        try:
+            model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, device_map=cfg.device_map, **kwargs)
+        except (OSError, ValueError) as e:
+            raise _hub_failure(cfg, where, e) from None
     if cfg.get("device_map") is None:
         model = model.to(device)
-    tok.padding_side = cfg.padding_side
     return EditableModel(model, tok, name=cfg.name, edit_site=EditSite(cfg.edit_site.layer, cfg.edit_site.module),
                          chat_template=cfg.chat_template, system_prompt=cfg.get("system_prompt"),
                          device=str(next(model.parameters()).device))
-

@@ -5,6 +5,7 @@ evaluation time) and owns seeds, the pre-edit cache, checkpoints and the result 
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -16,6 +17,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -24,12 +26,13 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from editbench import __version__
-from editbench.checkpoint import RunStore, rng_state, set_rng_state
+from editbench.checkpoint import RunLock, RunStore, rng_state, set_rng_state
 from editbench.editors.base import SetupContext
 from editbench.errors import EditbenchError
 from editbench.cache import StateCache
 from editbench.evaluate import Evaluator, cache_key
-from editbench.models import load_model
+from editbench.models import load_model, load_prompt_format
+from editbench.validate import check_config, check_environment, check_target
 
 SCHEMA = 1
 RUNTIME_KEYS = ("resume", "out_dir", "logger", "tag", "threads", "cache_dir", "cache_max_gb")  # do not change what a run computes
@@ -83,12 +86,14 @@ def seed_everything(seed: int) -> None:
 
 
 def instantiate_group(node: DictConfig, **kwargs):
-    """Build a config-group object; `name` is bookkeeping, not a constructor argument. Our own
-    errors come out unwrapped (Hydra wraps constructor exceptions in InstantiationException)."""
+    """Build a config-group object (its keys and values checked against the target's signature
+    first); `name` is bookkeeping, not a constructor argument. Our own errors come out unwrapped
+    (Hydra wraps constructor exceptions in InstantiationException)."""
     from hydra.errors import InstantiationException
 
     cfg = OmegaConf.to_container(node, resolve=True)
-    check_keys(cfg, node._key() or "config", cfg.pop("name", None), kwargs)
+    check_target(node._key() or "config", cfg, given=tuple(kwargs))
+    cfg.pop("name", None)
     try:
         return instantiate(cfg, **kwargs)
     except InstantiationException as e:
@@ -96,32 +101,6 @@ def instantiate_group(node: DictConfig, **kwargs):
             raise e.__cause__ from None
         raise EditbenchError(f"cannot build {cfg.get('_target_')}: {' '.join(str(e).split())[:300]} "
                              f"— check the group's keys and values") from None
-
-
-def check_keys(cfg: dict, group: str, name: str | None, given: dict) -> None:
-    """Every key of a group entry (`group`=`name`) must be a parameter of its `_target_` and every
-    parameter without a default must be set: one line naming the nearest valid key otherwise."""
-    import difflib
-    import inspect
-
-    from hydra.utils import get_object
-
-    target = cfg.get("_target_")
-    try:
-        fn = get_object(target)
-    except Exception:
-        raise EditbenchError(f"{group}={name}: _target_ {target!r} cannot be imported — fix the YAML's _target_") from None
-    params = {k: p for k, p in inspect.signature(fn).parameters.items()
-              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and k not in given}
-    for key in sorted(cfg.keys() - params.keys() - {"_target_"}):
-        close = difflib.get_close_matches(key, params, n=1, cutoff=0.5)
-        hint = f"did you mean {group}.{close[0]}? " if close else ""
-        raise EditbenchError(f"{group}.{key} is not a setting of {group}={name} ({fn.__name__}) — {hint}"
-                             f"valid: {', '.join(sorted(params))}")
-    missing = [k for k, p in params.items() if p.default is p.empty and k not in cfg]
-    if missing:
-        raise EditbenchError(f"{group}={name} ({fn.__name__}) needs {', '.join(f'{group}.{k}' for k in missing)} — "
-                             f"set it in the group's YAML or on the command line")
 
 
 class Costs:
@@ -180,50 +159,94 @@ def eval_indices(n: int, retention, at: int) -> list[int]:
     return sorted(random.Random(retention.sample_seed * 1_000_003 + at).sample(range(n), cap))
 
 
-def _on_sigterm(signum, frame):
-    raise KeyboardInterrupt("SIGTERM")
+class RunStopped(Exception):
+    """SIGTERM / SIGINT: the run stopped at a safe point (its checkpoints intact)."""
+
+    def __init__(self, signum: int, done: int, n_edits: int):
+        super().__init__(f"stopped at edit {done} of {n_edits}; re-run the same command to resume")
+        self.exit_code = 128 + signum
 
 
-def check_top_level(cfg: DictConfig) -> None:
-    for key in ("n_edits", "seed"):
-        v = cfg[key]
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise EditbenchError(f"{key}={v!r} is not an integer — e.g. {key}=100")
-    if cfg.n_edits < 1:
-        raise EditbenchError(f"n_edits={cfg.n_edits} — give a positive number of edits")
-    if cfg.resume not in ("auto", "never", "force"):
-        raise EditbenchError(f"resume={cfg.resume!r} — use resume=auto (continue the newest checkpoint), resume=never "
-                             f"(start over) or resume=force (continue across a code change)")
+class StopSignals:
+    """SIGTERM and SIGINT ask the run to stop at its next safe point (between edits, after a
+    checkpoint); a second signal stops it at once (the files stay consistent either way: every
+    write is atomic). Installed only in the main thread, and restored on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        self.signum = signum
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
 
 
-def run(cfg: DictConfig, run_dir: Path) -> dict:
-    """Run one edit stream; returns the final metrics row. Resumes from `run_dir` if asked."""
-    check_top_level(cfg)
-    previous = signal.getsignal(signal.SIGTERM)
-    in_main = threading.current_thread() is threading.main_thread()
-    if in_main:  # a clean stop on SIGTERM: files stay consistent, summary stays "running"
-        signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        return _run(cfg, Path(run_dir))
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, previous)
+def check_lengths(cases, text, context: int, model_name: str) -> None:
+    """Every edit request and probe, with its answer, must fit the model's context length."""
+    if context <= 0:  # the model does not say
+        return
+    items = [(c.id, "edit", c.request.prompt, c.request.target) for c in cases]
+    items += [(c.id, name, p.prompt, p.answer) for c in cases for name, ps in c.probes.items() for p in ps.probes]
+    lengths = text.example_lengths([(p, a) for _, _, p, a in items])
+    worst = max(range(len(items)), key=lengths.__getitem__)
+    if lengths[worst] > context:
+        case_id, what, _, _ = items[worst]
+        raise EditbenchError(f"record {case_id}: its {what} prompt with its answer is {lengths[worst]} tokens, more "
+                             f"than {model_name}'s context length ({context}) — shorten or drop that record in "
+                             f"the data file")
 
 
-def _run(cfg: DictConfig, run_dir: Path) -> dict:
+def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Run one edit stream; returns the final metrics row. Resumes from `run_dir` if asked.
+
+    Everything is checked before the model loads; nothing is written into `run_dir` until the
+    run holds its lock, has passed the resume check and has its model and unedited references."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    check_config(container)
+    check_environment(container)
+    run_dir = Path(run_dir)
+    with StopSignals() as stop, RunLock(run_dir):
+        try:
+            return _run(cfg, run_dir, list(overrides), stop)
+        except KeyboardInterrupt:  # a second signal, or one before the handlers were in place
+            done = (RunStore(run_dir).latest_meta() or {}).get("cursor", 0)
+            raise RunStopped(stop.signum or signal.SIGINT, done, int(cfg.n_edits)) from None
+
+
+def _run(cfg: DictConfig, run_dir: Path, overrides: list[str], stop: StopSignals) -> dict:
     store = RunStore(run_dir)
-    if cfg.resume == "never":
-        store.clear()
-    for node, given in ((cfg.data, {}), (cfg.editor, {"model": None}), (cfg.logger, {})):  # before the model loads
-        entry = OmegaConf.to_container(node, resolve=True)
-        check_keys(entry, node._key(), entry.pop("name", None), given)
-    chash, n_edits = config_hash(cfg), int(cfg.n_edits)
+    store.sweep_temporaries()
+    chash, n_edits, code = config_hash(cfg), int(cfg.n_edits), code_version()
+    if cfg.resume in ("auto", "force") and (meta := store.latest_meta()) is not None:  # refuse before loading
+        if meta["config_hash"] != chash:
+            raise EditbenchError(f"{run_dir} holds a run with another config (hash {meta['config_hash']} != {chash}) "
+                                 f"— use a fresh out_dir or resume=never to start over")
+        ran = (meta.get("segments") or [{"code": meta.get("code", "unknown")}])[-1]["code"]
+        if ran != code and cfg.resume != "force":
+            raise EditbenchError(f"{run_dir} was computed by code {ran}, this is {code} — resume with that code, "
+                                 f"start over with resume=never, or continue with resume=force (recorded in "
+                                 f"summary.json)")
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     seed_everything(cfg.seed)
     data = instantiate_group(cfg.data)
     cases = data.stream(n_edits)
-    model = load_model(cfg.model)
+    text, context = load_prompt_format(cfg.model)
+    check_lengths(cases, text, context, cfg.model.name)
+    model = load_model(cfg.model, text)
     proto = cfg.protocol
     cache = StateCache(Path(cfg.cache_dir).expanduser() / "states" /
                        f"{cfg.model.name}-{cache_key(OmegaConf.to_container(cfg.model, resolve=True), proto.scoring)}.sqlite",
@@ -240,7 +263,6 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
     editor.setup(SetupContext(cache_dir=Path(cfg.cache_dir).expanduser(), seed=int(cfg.seed), aux=data.aux(cases)))
     setup_s = time.perf_counter() - t0  # on the unedited model, before any edit (again on resume)
     grid = checkpoint_grid(proto.checkpoints, n_edits)
-    code = code_version()
     touched = editor.touches()
     # blocks below the lowest touched layer stay unedited: their output states are cached once
     reuse_layer = min((s.layer for s in touched), default=model.site.layer)
@@ -257,63 +279,87 @@ def _run(cfg: DictConfig, run_dir: Path) -> dict:
         "config_hash": chash, "git_hash": git_hash(), "code_version": code, "versions": versions(), "setup_s": setup_s,
     }
     rows, cursor, segments = [], 0, []
-    if cfg.resume in ("auto", "force") and (latest := store.latest()) is not None:
+    if cfg.resume == "never":
+        store.clear()
+    elif (latest := store.latest()) is not None:
         state, meta = latest
-        if meta["config_hash"] != chash:
-            raise EditbenchError(f"{run_dir} holds a run with another config (hash {meta['config_hash']} != {chash}) "
-                                 f"— use a fresh out_dir or resume=never to start over")
         segments = meta.get("segments") or [{"from": 0, "code": meta.get("code", "unknown"), "forced": False}]
-        if segments[-1]["code"] != code and cfg.resume != "force":
-            raise EditbenchError(f"{run_dir} was computed by code {segments[-1]['code']}, this is {code} — resume "
-                                 f"with that code, start over with resume=never, or continue with resume=force "
-                                 f"(recorded in summary.json)")
         editor.load_state_dict(state["editor"])
         set_rng_state(state["rng"])
         cursor, rows, costs.edit_s, costs.peak_gb = state["cursor"], meta["rows"], state["edit_s"], state["peak_gb"]
         print(f"[editbench] resuming {run_dir} at edit {cursor} ({len(rows)} checkpoints done)")
     if not segments or segments[-1]["code"] != code:  # each stretch of the stream records the code that ran it
         segments.append({"from": cursor, "code": code, "forced": bool(segments)})
-    store.write_rows(rows)
-    store.write_summary({"status": "running", "run_id": static["run_id"], "n_edits": n_edits, "done": cursor,
-                         "segments": segments})
+    config = OmegaConf.to_container(cfg, resolve=True)
 
+    def summary(status: str, **extra) -> None:
+        store.write_summary({"status": status, "run_id": static["run_id"], "n_edits": n_edits, "done": cursor,
+                             "segments": segments, **extra})
+
+    def checkpoint() -> None:
+        state = {"editor": editor.state_dict(), "cursor": cursor, "rng": rng_state(),
+                 "edit_s": costs.edit_s, "peak_gb": costs.peak_gb}
+        store.save(cursor, state, {"config_hash": chash, "cursor": cursor, "rows": rows, "segments": segments,
+                                   "config": config})
+
+    with disk_errors(run_dir, lambda: cursor):
+        store.write_config(OmegaConf.to_yaml(cfg, resolve=True), overrides)
+        store.write_rows(rows)
+        summary("running")
     logger = instantiate_group(cfg.logger)
-    logger.start(run_dir, OmegaConf.to_container(cfg, resolve=True), chash)
+    logger.start(run_dir, config, chash)
     for row in rows:
         logger.log(row)
     bar = tqdm(total=n_edits, initial=cursor, desc=f"{editor.method} edits", dynamic_ncols=True)
-    while cursor < n_edits:
-        # the editor's batch size, cut at the next checkpoint so every checkpoint's N is exact
-        end = min(cursor + editor.batch_size, next(g for g in grid if g > cursor))
-        batch = cases[cursor:end]
-        with costs:
-            editor.edit([c.request for c in batch])  # requests only: editors never see the probes
-        cursor = end
-        bar.update(len(batch))
-        if cursor in grid:
-            t0 = time.perf_counter()
-            idx = eval_indices(cursor, proto.retention, cursor)
-            scores = evaluator.evaluate(editor.module(), [cases[i] for i in idx], [refs[i] for i in idx],
-                                        reuse_layer, overall=data.overall)
-            row = {**static, "N": cursor, **scores.metrics, "metric_names": scores.names,
-                   "edit_s_mean": float(np.sum(costs.edit_s)) / cursor, "edit_s_total": float(np.sum(costs.edit_s)),
-                   "eval_s": time.perf_counter() - t0, **costs.row(), "editor_params": int(editor.num_params()),
-                   "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-            rows.append(row)
-            state = {"editor": editor.state_dict(), "cursor": cursor, "rng": rng_state(),
-                     "edit_s": costs.edit_s, "peak_gb": costs.peak_gb}
-            store.save(cursor, state, {"config_hash": chash, "cursor": cursor, "rows": rows, "segments": segments,
-                                       "config": OmegaConf.to_container(cfg, resolve=True)})
-            store.write_records(cursor, scores.records)
-            store.write_rows(rows)
-            logger.log(row)
-            shown = " ".join(f"{k}={row[k]:.3f}" for k in row["metric_names"])
-            bar.write(f"[editbench] N={cursor}: {shown} ({row['edit_s_mean'] * 1e3:.0f} ms/edit, eval {row['eval_s']:.1f}s)")
-    bar.close()
-    store.write_summary({"status": "complete", "run_id": static["run_id"], "n_edits": n_edits, "done": cursor,
-                         "segments": segments, "data_info": data.info, "final": rows[-1]})
+    try:
+        while cursor < n_edits:
+            if stop.signum is not None:  # a safe point: between edits, every checkpoint written
+                with disk_errors(run_dir, lambda: cursor):
+                    if cursor > (store.latest_meta() or {}).get("cursor", 0):
+                        checkpoint()  # the edits since the last grid checkpoint are kept too
+                    summary("stopped")
+                raise RunStopped(stop.signum, cursor, n_edits)
+            # the editor's batch size, cut at the next checkpoint so every checkpoint's N is exact
+            end = min(cursor + editor.batch_size, next(g for g in grid if g > cursor))
+            batch = cases[cursor:end]
+            with costs:
+                editor.edit([c.request for c in batch])  # requests only: editors never see the probes
+            cursor = end
+            bar.update(len(batch))
+            if cursor in grid:
+                t0 = time.perf_counter()
+                idx = eval_indices(cursor, proto.retention, cursor)
+                scores = evaluator.evaluate(editor.module(), [cases[i] for i in idx], [refs[i] for i in idx],
+                                            reuse_layer, overall=data.overall)
+                row = {**static, "N": cursor, **scores.metrics, "metric_names": scores.names,
+                       "edit_s_mean": float(np.sum(costs.edit_s)) / cursor, "edit_s_total": float(np.sum(costs.edit_s)),
+                       "eval_s": time.perf_counter() - t0, **costs.row(), "editor_params": int(editor.num_params()),
+                       "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+                rows.append(row)
+                with disk_errors(run_dir, lambda: rows[-2]["N"] if len(rows) > 1 else 0):
+                    checkpoint()
+                    store.write_records(cursor, scores.records)
+                    store.write_rows(rows)
+                    summary("running")
+                logger.log(row)
+                shown = " ".join(f"{k}={row[k]:.3f}" for k in row["metric_names"])
+                bar.write(f"[editbench] N={cursor}: {shown} ({row['edit_s_mean'] * 1e3:.0f} ms/edit, eval {row['eval_s']:.1f}s)")
+    finally:
+        bar.close()
+    with disk_errors(run_dir, lambda: cursor):
+        summary("complete", data_info=data.info, final=rows[-1])
     logger.finish(run_dir)
     return rows[-1]
+
+
+@contextlib.contextmanager
+def disk_errors(run_dir: Path, kept: Callable[[], int]):
+    """A failed write (disk full, read-only, quota) as one line; the checkpoints before it are intact."""
+    try:
+        yield
+    except OSError as e:
+        raise EditbenchError(f"cannot write the results in {run_dir} ({e.strerror or e}) — free space or fix the "
+                             f"permissions, then re-run the same command to resume from edit {kept()}") from None
 
 
 def format_table(rows: list[dict]) -> str:

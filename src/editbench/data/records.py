@@ -57,7 +57,13 @@ def load_json_records(path: str | Path, what: str) -> list[dict]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise EditbenchError(f"{what}: data file not found: {p} — check data.path (or omit it to use the packaged data)")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise EditbenchError(f"{what}: {p} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}) — "
+                             f"re-encode it as UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
+    except OSError as e:
+        raise EditbenchError(f"{what}: cannot read {p} ({e.strerror}) — check the file's permissions") from None
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)

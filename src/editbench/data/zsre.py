@@ -13,11 +13,13 @@ scored by agreement with the unedited model. Overall: OP, the geometric mean of 
 from __future__ import annotations
 
 import random
+from typing import Literal
 from pathlib import Path
 
 from editbench.data.records import EditCase, EditRequest, Probe, ProbeSet, load_json_records
 from editbench.errors import EditbenchError
 from editbench.metrics import OP
+from editbench.validate import NonNegativeInt
 
 PACKAGED_POOL = Path(__file__).with_name("zsre_pool.jsonl")
 TARGETS = {"answer", "alt"}
@@ -47,8 +49,9 @@ class ZsRE:
     overall = OP  # the structured family's overall score (EDITORS.md §3.1)
 
     def __init__(self, name: str = "zsre", path: str | None = None, hub: str | None = None,
-                 revision: str | None = None, split: str = "train", target: str = "answer",
-                 order_seed: int | None = 0, skip: int = 0, aux: str = "outside_stream"):
+                 revision: str | None = None, split: str = "train", target: Literal["answer", "alt"] = "answer",
+                 order_seed: int | None = 0, skip: NonNegativeInt = 0,
+                 aux: Literal["outside_stream", "own_loc"] = "outside_stream"):
         if target not in TARGETS:
             raise EditbenchError(f"data.target={target!r} is not one of {sorted(TARGETS)} — use answer or alt")
         if aux not in AUX_SOURCES:

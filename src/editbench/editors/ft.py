@@ -9,12 +9,14 @@ from __future__ import annotations
 import torch
 
 from editbench.editors.base import Editor
+from editbench.validate import NonNegativeFloat, PositiveFloat, PositiveInt
 
 
 class FineTune(Editor):
     label = "FT-L"
 
-    def __init__(self, model, lr: float, n_iter: int, stop_loss: float, norm_constraint: float | None):
+    def __init__(self, model, lr: PositiveFloat, n_iter: PositiveInt, stop_loss: NonNegativeFloat,
+                 norm_constraint: PositiveFloat | None):
         super().__init__(model, lr=lr, n_iter=n_iter, stop_loss=stop_loss, norm_constraint=norm_constraint)
         self.weight = model.site_module().weight
         self.original = self.weight.detach().clone()

@@ -10,25 +10,24 @@ bug). Only `replace_last` is implemented (the HoReN runs' setting).
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from editbench.editors._common import TRAINED, Codebook, SiteWrapper, edit_labels, prompt_positions, train_entry
 from editbench.editors.base import Editor
-from editbench.errors import EditbenchError
+from editbench.validate import NonNegativeFloat, PositiveFloat, PositiveInt
 
 
 class GRACE(Editor):
     label = "GRACE"
 
-    def __init__(self, model, eps_init: float, eps_expand: str, lr: float, n_iter: int, stop_loss: float | None,
-                 patience: int | None, val_init: str, replacement: str, same_label: str):
+    def __init__(self, model, eps_init: NonNegativeFloat, eps_expand: Literal["coverage", "moving_average"],
+                 lr: PositiveFloat, n_iter: PositiveInt, stop_loss: NonNegativeFloat | None, patience: PositiveInt | None,
+                 val_init: Literal["cold", "warm"], replacement: Literal["replace_last"],
+                 same_label: Literal["exact", "reference"]):
         super().__init__(model, eps_init=eps_init, eps_expand=eps_expand, lr=lr, n_iter=n_iter, stop_loss=stop_loss,
                          patience=patience, val_init=val_init, replacement=replacement, same_label=same_label)
-        for name, val, ok in (("eps_expand", eps_expand, ("coverage", "moving_average")),
-                              ("val_init", val_init, ("cold", "warm")), ("replacement", replacement, ("replace_last",)),
-                              ("same_label", same_label, ("exact", "reference"))):
-            if val not in ok:
-                raise EditbenchError(f"editor.{name}={val!r} is not one of {ok} — pick one of them")
         site = model.site_module()
         self.book = Codebook(model.d_in, (model.d_out,), site.weight.dtype, model.device)
         self.cases = {"add": 0, "split": 0, "expand": 0, "reuse": 0}

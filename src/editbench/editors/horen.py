@@ -13,29 +13,30 @@ Ablation switches: `normalize` (false: raw dot products, no L2), `hopfield_steps
 """
 from __future__ import annotations
 
+from typing import Annotated, Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from editbench.editors._common import TRAINED, Codebook, SiteWrapper, edit_labels, prompt_positions, train_entry
 from editbench.editors.base import Editor
-from editbench.errors import EditbenchError
+from editbench.validate import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 
 class HoReN(Editor):
     label = "HoReN"
 
-    def __init__(self, model, threshold: float, pooling_ratio: float, beta: float, alpha: float, hopfield_steps: int,
-                 tol: float, normalize: bool, value_adaptor: str, lr: float, n_iter: int, stop_loss: float | None,
-                 patience: int | None, val_init: str, lora_rank: int, lora_scale: float, lora_lr: float,
-                 same_label: str):
+    def __init__(self, model, threshold: float, pooling_ratio: Annotated[float, Field(gt=0, le=1)],
+                 beta: PositiveFloat, alpha: Fraction, hopfield_steps: NonNegativeInt, tol: NonNegativeFloat,
+                 normalize: bool, value_adaptor: Literal["vector", "lora"], lr: PositiveFloat, n_iter: PositiveInt,
+                 stop_loss: NonNegativeFloat | None, patience: PositiveInt | None, val_init: Literal["cold", "warm"],
+                 lora_rank: PositiveInt, lora_scale: float, lora_lr: PositiveFloat,
+                 same_label: Literal["exact", "reference"]):
         super().__init__(model, threshold=threshold, pooling_ratio=pooling_ratio, beta=beta, alpha=alpha,
                          hopfield_steps=hopfield_steps, tol=tol, normalize=normalize, value_adaptor=value_adaptor,
                          lr=lr, n_iter=n_iter, stop_loss=stop_loss, patience=patience, val_init=val_init,
                          lora_rank=lora_rank, lora_scale=lora_scale, lora_lr=lora_lr, same_label=same_label)
-        for name, val, ok in (("value_adaptor", value_adaptor, ("vector", "lora")), ("val_init", val_init, ("cold", "warm")),
-                              ("same_label", same_label, ("exact", "reference"))):
-            if val not in ok:
-                raise EditbenchError(f"editor.{name}={val!r} is not one of {ok} — pick one of them")
         self.tau, self.rho, self.beta, self.alpha = threshold, pooling_ratio, beta, alpha
         self.steps, self.tol, self.normalize = hopfield_steps, tol, normalize
         self.lora = value_adaptor == "lora"
