@@ -34,7 +34,7 @@ test-slow: install
 # The fault suite: bad-input catalogue, locks, SIGTERM/SIGINT, corrupt checkpoint, disk full and
 # kill -9 at 10 random moments (each resumed run compared with an uninterrupted one).
 faults: install
-	$(BIN)/python -m pytest tests/test_faults.py -v -s $(ARGS)
+	$(BIN)/python -m pytest tests/test_faults.py -vv -s $(ARGS)
 
 # Paper tables (Markdown + LaTeX) and figures from every run under results/ -> reports/,
 # and the README's main table (between its <!-- table:begin/end --> markers)
