@@ -93,8 +93,7 @@ CATALOGUE = {
     "read_only_out_dir": (lambda t: [f"out_dir={_read_only(t)}"], ["out_dir=", "cannot be written"]),
     "out_dir_under_a_file": (lambda t: [f"out_dir={_text(t, 'a_file', 'x')}/out"], ["out_dir=", "cannot be written"]),
     "cuda_on_cpu": (["model.device=cuda"], ["model.device=cuda", "model.device=cpu"]),
-    "long_checkpoint_list_is_fine_but_zero_is_not": (["protocol.checkpoints=[0,1,2]"],
-                                                      ["protocol.checkpoints.0=0", "greater than 0"]),
+    "checkpoint_at_zero": (["protocol.checkpoints=[0,1,2]"], ["protocol.checkpoints.0=0", "greater than 0"]),
     # already handled before the hardening issue
     "unknown_editor": (["editor=hoern"], ["unknown editor 'hoern'", "did you mean horen"]),
     "unknown_model": (["model=smollm"], ["unknown model 'smollm'"]),
