@@ -344,6 +344,18 @@ def _stop_with(sig: int, tmp_path: Path, reference: Path) -> None:
     assert read_summary(d)["status"] == "complete"
 
 
+def test_a_second_signal_stops_at_once():
+    """The first signal only asks for a stop at the next safe point; a second one interrupts."""
+    from editbench.run import StopSignals
+
+    with StopSignals() as stop:
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM  # noted, nothing raised
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) != stop._handle  # handlers restored
+
+
 def test_sigterm_stops_cleanly_and_resumes_exactly(cli_reference, tmp_path):
     _stop_with(signal.SIGTERM, tmp_path, cli_reference)
 
