@@ -22,9 +22,10 @@ import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import CONF, compose_config  # noqa: E402
+from conftest import CACHE_DIR, CONF, compose_config  # noqa: E402
 
 from conftest import probe  # noqa: E402
+from editbench.editors.base import SetupContext  # noqa: E402
 from editbench.evaluate import Evaluator  # noqa: E402
 from editbench.models import Pass, load_model  # noqa: E402
 from editbench.metrics import OP  # noqa: E402
@@ -35,11 +36,15 @@ SITE_KEYS = {"layer", "layers", "edit_site", "module", "modules", "inner_params"
 
 
 def build(name: str, *overrides: str, seed: int = 0):
-    """(model, editor) the way run.py builds them."""
+    """(model, editor) the way run.py builds them, set up on the unedited model with the run
+    seed 0 and the default stream's auxiliary prompts (`seed` varies everything else)."""
     cfg = compose_config([f"editor={name}", "model=tiny_llama", *overrides])
     seed_everything(seed)
     model = load_model(cfg.model)
-    return model, instantiate_group(cfg.editor, model=model)
+    editor = instantiate_group(cfg.editor, model=model)
+    data = instantiate_group(cfg.data)
+    editor.setup(SetupContext(cache_dir=CACHE_DIR, seed=0, aux=data.aux(data.stream(16))))
+    return model, editor
 
 
 def logits(model, editor, prompts: list[str]) -> torch.Tensor:

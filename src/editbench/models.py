@@ -268,7 +268,9 @@ class EditableModel(PromptFormat):
             captured["h"] = args[0] if args else kwargs["hidden_states"]
             raise _StopForward
 
-        handle = self.blocks[layer].register_forward_pre_hook(grab, with_kwargs=True)
+        # block `layer`'s input; past the last block, the final norm's input
+        where = self.blocks[layer] if layer < len(self.blocks) else self.model.model.norm
+        handle = where.register_forward_pre_hook(grab, with_kwargs=True)
         try:
             self.model.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kw)
         except _StopForward:

@@ -334,6 +334,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str], stop: StopSignals
                 row = {**static, "N": cursor, **scores.metrics, "metric_names": scores.names,
                        "edit_s_mean": float(np.sum(costs.edit_s)) / cursor, "edit_s_total": float(np.sum(costs.edit_s)),
                        "eval_s": time.perf_counter() - t0, **costs.row(), "editor_params": int(editor.num_params()),
+                       "editor_info": editor.report(),
                        "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
                 rows.append(row)
                 with disk_errors(run_dir, lambda: rows[-2]["N"] if len(rows) > 1 else 0):

@@ -77,6 +77,11 @@ class Editor(ABC):
     @abstractmethod
     def load_state_dict(self, sd: dict) -> None: ...
 
+    def report(self) -> dict:
+        """JSON-serialisable facts about the editor's state, written into every result row as
+        `editor_info` (e.g. generated templates, memory counts). Nothing by default."""
+        return {}
+
     @abstractmethod
     def num_params(self) -> int:
         """Parameters this editor added or changed (codebook entries, weight deltas, ...)."""

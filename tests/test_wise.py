@@ -1,0 +1,193 @@
+"""WISE on the tiny models: TIES against a hand-computed case, the routing rule, memories saved and
+merged on schedule, resume across a save / merge boundary, cached vs uncached decoding with
+memories in place, the aligned edit site, and one-line errors for impossible settings."""
+from __future__ import annotations
+
+import io
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import CACHE_DIR, compose_config  # noqa: E402
+
+from editbench.editors.base import Editor, SetupContext  # noqa: E402
+from editbench.editors.wise import WISE, ties_merge  # noqa: E402
+from editbench.errors import EditbenchError  # noqa: E402
+from editbench.evaluate import Evaluator  # noqa: E402
+from editbench.metrics import OP  # noqa: E402
+from editbench.models import Pass, load_model  # noqa: E402
+from editbench.run import instantiate_group, seed_everything  # noqa: E402
+from editbench.validate import check_target  # noqa: E402
+
+SMALL = ["editor.save_freq=2", "editor.merge_freq=4", "editor.n_iter=8"]
+
+
+def build(*overrides: str, model: str = "tiny_llama"):
+    cfg = compose_config(["editor=wise", f"model={model}", *overrides])
+    seed_everything(0)
+    m = load_model(cfg.model)
+    ed = instantiate_group(cfg.editor, model=m)
+    data = instantiate_group(cfg.data)
+    cases = data.stream(8)
+    ed.setup(SetupContext(cache_dir=CACHE_DIR, seed=0, aux=data.aux(cases)))
+    return m, ed, cases
+
+
+def logits(m, ed, prompts):
+    batch = m.batch([(m.encode_prompt(p), len(m.encode_prompt(p))) for p in prompts])
+    with torch.no_grad(), m.bind(Pass("prefill", batch.prompt_mask)):
+        out = ed.module()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          position_ids=batch.position_ids, use_cache=False).logits
+    return out[batch.attention_mask.bool()]
+
+
+def test_ties_merge_by_hand():
+    base = torch.zeros(2, 3)
+    a = torch.tensor([[3.0, -1.0, 0.5], [2.0, 0.0, -4.0]])
+    b = torch.tensor([[1.0, 2.0, -0.2], [-3.0, 0.1, -0.9]])
+    # density 0.5: each task vector keeps its 3 largest |entries|
+    #   a -> [[3, 0, 0], [2, 0, -4]];  b -> [[1, 2, 0], [-3, 0, 0]]
+    # elected sign of the sum [[4, 2, 0], [-1, 0, -4]]: [[+, +, +], [-, +, -]]
+    # mean of the agreeing non-zero entries: [[(3+1)/2, 2, 0], [-3, 0, -4]]
+    expect = torch.tensor([[2.0, 2.0, 0.0], [-3.0, 0.0, -4.0]])
+    torch.testing.assert_close(ties_merge(base, [a, b], 0.5), expect)
+    torch.testing.assert_close(ties_merge(base + 1, [a + 1, b + 1], 0.5), expect + 1)  # deltas from the base
+
+
+def test_routing_rule():
+    m, ed, cases = build()
+    x = torch.randn(3, 5, m.d_in)
+    y0 = x @ ed.W.t()
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    assert ed.route(x, y0, mask).tolist() == [-1, -1, -1]  # no edit yet: min_a is inf, nothing fires
+    ed.side = ed.W + 0.5
+    ed.min_a = 0.0
+    assert ed.route(x, y0, mask).tolist() == [0, 0, 0]  # W' fires above act_ratio x min_a
+    ed.side, ed.min_a = ed.W.clone(), math.inf  # just reset: W' scores 0 and blocks nothing
+    ed.memories = [{"weight": ed.W + 0.1, "min_a": 0.0, "merged": False},
+                   {"weight": ed.W + 1.0, "min_a": 0.0, "merged": True}]
+    assert ed.route(x, y0, mask).tolist() == [2, 2, 2]  # the most activated memory above its own bar
+    ed.memories[1]["min_a"] = 1e9
+    assert ed.route(x, y0, mask).tolist() == [1, 1, 1]
+    ed.side = ed.W + 0.5
+    ed.min_a = 0.0
+    assert ed.route(x, y0, mask).tolist() == [0, 0, 0]  # a firing W' sets the bar the memories must beat
+    y = ed.apply_route(x, y0, torch.tensor([-1, 0, 2]))
+    torch.testing.assert_close(y[0], y0[0])
+    torch.testing.assert_close(y[1], x[1] @ ed.side.t())
+    torch.testing.assert_close(y[2], x[2] @ ed.memories[1]["weight"].t())
+
+
+def test_memories_are_saved_and_merged_on_schedule():
+    m, ed, cases = build(*SMALL)
+    counts = []
+    for c in cases[:6]:
+        ed.edit([c.request])
+        counts.append((len(ed.memories), sum(x["merged"] for x in ed.memories)))
+    # saved at 2, saved at 4 then the two merged into one, saved again at 6
+    assert counts == [(0, 0), (1, 0), (1, 0), (1, 1), (1, 1), (2, 1)]
+    assert torch.equal(ed.side, ed.W) and ed.min_a == math.inf  # reset after the save at 6
+    assert ed.num_params() == 3 * ed.W.numel()
+    changed = (ed.memories[1]["weight"] != ed.W)
+    assert changed.any()
+    delta = ed.memories[1]["weight"] - ed.W
+    assert delta.abs().max() <= 1.0 + 1e-6  # the element-wise clamp [W - c, W + c]
+
+
+def test_resume_across_a_save_and_merge_boundary():
+    m, ed, cases = build(*SMALL)
+    for c in cases[:3]:
+        ed.edit([c.request])
+    buf = io.BytesIO()
+    torch.save(ed.state_dict(), buf)
+    for c in cases[3:6]:  # crosses the save + merge at 4 and the save at 6
+        ed.edit([c.request])
+    prompts = [c.request.prompt for c in cases[:6]]
+    want = logits(m, ed, prompts)
+
+    m2, ed2, _ = build(*SMALL)
+    buf.seek(0)
+    ed2.load_state_dict(torch.load(buf, weights_only=False))
+    for c in cases[3:6]:
+        ed2.edit([c.request])
+    torch.testing.assert_close(logits(m2, ed2, prompts), want, rtol=0, atol=0)
+    assert [x["min_a"] for x in ed2.memories] == [x["min_a"] for x in ed.memories]
+
+
+def test_cached_and_uncached_decoding_agree_with_memories(zsre_records):
+    m, ed, cases = build(*SMALL)
+    for c in cases[:5]:
+        ed.edit([c.request])
+    ed.min_a = 0.0  # make the current side memory fire everywhere: routing decides per sequence
+    prompts = [m.encode_prompt(c.request.prompt) for c in cases[:5]] + \
+              [m.encode_prompt(r.probes["loc"].probes[0].prompt) for r in zsre_records[20:23]]
+    ev = Evaluator(m, "greedy", batch_size=4)
+    cached = ev.greedy(ed.module(), prompts, [6] * len(prompts))
+    assert cached == ev.greedy(ed.module(), prompts, [6] * len(prompts), use_cache=False)
+    pre = ev.reference(cases[:5])
+    plain = ev.evaluate(ed.module(), cases[:5], pre, None, OP)
+    fast = ev.evaluate(ed.module(), cases[:5], pre, m.site.layer, OP)
+    assert fast == plain  # the decision is taken on the prompt: the teacher-forced shortcut stays exact
+
+
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_qwen2"])
+def test_grace_horen_and_wise_share_the_edit_site(model):
+    """The parameter-preserving editors all wrap the module the model config names (for every
+    model config the site comes from the model, never from an editor: test_editor_conformance)."""
+    for name in ("grace", "horen", "wise"):
+        cfg = compose_config([f"editor={name}", f"model={model}"])
+        m = load_model(cfg.model)
+        original = m.site_module()
+        ed = instantiate_group(cfg.editor, model=m)
+        assert type(ed).touches is Editor.touches  # the model config's edit site
+        assert ed.touches() == [m.site]
+        assert m.site_module() is not original and m.site_module().base is original
+
+
+@pytest.mark.parametrize("override,expect", [
+    ({"mask_ratio": 0.0}, "editor.mask_ratio=0.0"),
+    ({"mask_ratio": 1.5}, "editor.mask_ratio=1.5"),
+    ({"merge_freq": 750}, "editor.merge_freq=750 is not a multiple of editor.save_freq=500"),
+    ({"act_margin": [5.0, -1.0, 10.0]}, "editor.act_margin=[5.0, -1.0, 10.0] is invalid (input should be greater"),
+    ({"act_margin": [5.0, 20.0]}, "editor.act_margin"),
+    ({"density": 0.0}, "editor.density=0.0"),
+])
+def test_impossible_settings_are_one_line(override, expect):
+    from omegaconf import OmegaConf
+
+    entry = {**OmegaConf.to_container(compose_config(["editor=wise"]).editor, resolve=True), **override}
+    with pytest.raises(EditbenchError) as e:
+        check_target("editor", entry, given=("model",))
+    assert expect in str(e.value) and "\n" not in str(e.value)
+
+
+def test_wise_needs_unrelated_prompts():
+    cfg = compose_config(["editor=wise"])
+    m = load_model(cfg.model)
+    ed = instantiate_group(cfg.editor, model=m)
+    with pytest.raises(EditbenchError, match="unrelated prompts"):
+        ed.setup(SetupContext(cache_dir=CACHE_DIR, seed=0, aux=()))
+    assert isinstance(ed, WISE)
+
+
+def test_training_from_cached_site_inputs_equals_running_the_site_block():
+    """Training adds x (W' - W)^T to the cached state after the site block instead of rerunning the
+    block with W' in it: the same hidden states (the site block's residual stream adds its output)."""
+    m, ed, cases = build()
+    batch = ed._rows(cases[0].request)
+    x, y0 = m.site_io(batch)
+    side = ed.W + 0.05 * torch.randn_like(ed.W)
+    above = m.site.layer + 1
+    shortcut = m.prefix(batch, layer=above).h + (x @ side.t() - y0)
+    base = m.site_module().base
+    saved = base.weight.detach().clone()
+    with torch.no_grad():
+        base.weight.copy_(side)
+        direct = m.prefix(batch, layer=above).h
+        base.weight.copy_(saved)
+    real = batch.attention_mask.bool()
+    torch.testing.assert_close(shortcut[real], direct[real], rtol=1e-5, atol=1e-5)
