@@ -32,6 +32,7 @@ from pydantic import Field
 from torch import nn
 from transformers.activations import ACT2FN
 
+from editbench.editors._common import SiteWrapper
 from editbench.editors.base import Editor, SetupContext
 from editbench.errors import EditbenchError
 from editbench.models import EditableModel, Pass, TokenBatch
@@ -51,41 +52,6 @@ def ties_merge(base: torch.Tensor, weights: list[torch.Tensor], density: float) 
     deltas = [w.float() - base.float() for w in weights]
     merged = ties(deltas, torch.ones(len(deltas)), density)
     return (base.float() + merged).to(base.dtype)
-
-
-class WiseSite(nn.Module):
-    """Stands in for the edit-site linear layer: routes each sequence to the unedited weight, the
-    side memory W', or a saved memory, from the pass context."""
-
-    def __init__(self, base: nn.Linear, editor: "WISE"):
-        super().__init__()
-        self.base = base
-        self._editor = editor  # reads its memories; holds no state of its own
-
-    @property
-    def weight(self):
-        return self.base.weight
-
-    @property
-    def in_features(self):
-        return self.base.in_features
-
-    @property
-    def out_features(self):
-        return self.base.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ed = self._editor
-        p = ed.model.passes.current
-        if p.kind == "unedited":
-            return self.base(x)
-        if p.kind == "train":  # WISE trains above the site from cached site inputs (WISE.edit)
-            raise RuntimeError("a WISE training pass reached the edit site")
-        if p.kind == "prefill" and ROUTE not in p.state:
-            p.state[ROUTE] = ed.route(x, self.base(x), p.prompt_mask)
-        elif ROUTE not in p.state:
-            raise RuntimeError("a decode step reached WISE with no routing decision from its prefill pass")
-        return ed.apply_route(x, self.base(x), p.state[ROUTE])
 
 
 class WISE(Editor):
@@ -116,7 +82,7 @@ class WISE(Editor):
         self.templates: list[str] = ["{}"]
         self.aux: list[tuple[str, str]] = []
         self.gen = torch.Generator(device="cpu")
-        model.replace_site(WiseSite(site, self))
+        model.replace_site(SiteWrapper(site, self._intervene, model.passes))
 
     @classmethod
     def check_config(cls, hp: dict) -> None:
@@ -150,6 +116,16 @@ class WISE(Editor):
         self.templates = ["{}"] + [t + " {}" for t in texts]
 
     # ------------------------------------------------------------------ scores and routing
+    def _intervene(self, x: torch.Tensor, y0: torch.Tensor, p: Pass) -> torch.Tensor:
+        """The site's output in an edited pass: each sequence through the memory its prefill chose."""
+        if p.kind == "train":  # WISE trains above the site from cached site inputs (WISE.edit)
+            raise RuntimeError("a WISE training pass reached the edit site")
+        if p.kind == "prefill" and ROUTE not in p.state:
+            p.state[ROUTE] = self.route(x, y0, p.prompt_mask)
+        elif ROUTE not in p.state:
+            raise RuntimeError("a decode step reached WISE with no routing decision from its prefill pass")
+        return self.apply_route(x, y0, p.state[ROUTE])
+
     def delta(self, y: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
         """||act(y_t) - act(y0_t)|| per position (B x T)."""
         return (self.act(y.float()) - self.act(y0.float())).norm(dim=-1)
