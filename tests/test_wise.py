@@ -8,14 +8,16 @@ import math
 import sys
 from pathlib import Path
 
+import hydra
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import CACHE_DIR, compose_config  # noqa: E402
+from conftest import CACHE_DIR, CONF, compose_config  # noqa: E402
 
 from editbench.editors.base import Editor, SetupContext  # noqa: E402
-from editbench.editors.wise import WISE, ties_merge  # noqa: E402
+from editbench.editors._side_memory import ties_merge
+from editbench.editors.wise import WISE  # noqa: E402
 from editbench.errors import EditbenchError  # noqa: E402
 from editbench.evaluate import Evaluator  # noqa: E402
 from editbench.metrics import OP  # noqa: E402
@@ -134,18 +136,33 @@ def test_cached_and_uncached_decoding_agree_with_memories(zsre_records):
     assert fast == plain  # the decision is taken on the prompt: the teacher-forced shortcut stays exact
 
 
+SITE_EDITORS = ("grace", "horen", "wise", "repair")
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+SITE_KEYS = {"layer", "layers", "edit_site", "module", "modules", "inner_params", "site"}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_parameter_preserving_editors_edit_the_same_module_for_every_model(model):
+    """GRACE, HoReN, WISE and REPAIR all wrap the module the model config names: for every model
+    config, no editor (nor its editor x model file) names a site of its own, and every one of them
+    uses the base class's `touches` (the model's site)."""
+    for name in SITE_EDITORS:
+        cfg = compose_config([f"editor={name}", f"model={model}"])
+        assert not SITE_KEYS & set(cfg.editor), (name, model)
+    for name in SITE_EDITORS:
+        cls = hydra.utils.get_class(compose_config([f"editor={name}"]).editor._target_)
+        assert cls.touches is Editor.touches, name
+
+
 @pytest.mark.parametrize("model", ["tiny_llama", "tiny_qwen2"])
-def test_grace_horen_and_wise_share_the_edit_site(model):
-    """The parameter-preserving editors all wrap the module the model config names (for every
-    model config the site comes from the model, never from an editor: test_editor_conformance)."""
-    for name in ("grace", "horen", "wise"):
+def test_parameter_preserving_editors_wrap_that_module(model):
+    for name in SITE_EDITORS:
         cfg = compose_config([f"editor={name}", f"model={model}"])
         m = load_model(cfg.model)
         original = m.site_module()
         ed = instantiate_group(cfg.editor, model=m)
-        assert type(ed).touches is Editor.touches  # the model config's edit site
         assert ed.touches() == [m.site]
-        assert m.site_module() is not original and m.site_module().base is original
+        assert m.site_module() is not original and m.site_module().base is original, name
 
 
 @pytest.mark.parametrize("override,expect", [

@@ -280,6 +280,44 @@ class EditableModel(PromptFormat):
         return captured["h"].detach()
 
     @torch.no_grad()
+    def greedy(self, module, prompts: list[list[int]], n_new: list[int], unedited: bool = False,
+               use_cache: bool = True) -> list[list[int]]:
+        """Greedy decoding of n_new[i] tokens per prompt (left-padded batch). A row that emits an
+        EOS id keeps emitting `eos_id`, as HF `generate` pads finished rows. With the KV cache the
+        prompt goes through once (a "prefill" pass) and each new token is a "decode" pass; without
+        it every step reruns the whole sequence as a "prefill" pass (prompt mask unchanged, new
+        tokens not prompt), as the reference's `use_cache=False`. `unedited`: every pass is an
+        "unedited" one (the unedited model's outputs, whatever wrappers are installed). One
+        `Pass.state` lives through the whole generation (`module`: the editor's, which routes through
+        this adapter's passes)."""
+        batch = self.batch([(p, len(p)) for p in prompts])
+        am, pos, pmask = batch.attention_mask, batch.position_ids, batch.prompt_mask
+        eos, stops = self.eos_id, torch.tensor(self.eos_ids, device=batch.input_ids.device)
+        steps, ids, past = max(n_new), batch.input_ids, None
+        done = torch.zeros(len(prompts), dtype=torch.bool, device=ids.device)
+        state: dict = {}
+        new = []
+        for step in range(steps):
+            if use_cache and step > 0:
+                kind, mask = "decode", torch.zeros_like(pmask[:, :1])
+            else:
+                kind, mask = "prefill", pmask
+            with self.bind(Pass("unedited" if unedited else kind, mask, state)):
+                out = module(input_ids=ids, attention_mask=am, position_ids=pos, past_key_values=past,
+                             use_cache=use_cache, logits_to_keep=1)
+            nxt = out.logits[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
+            done |= torch.isin(nxt, stops)
+            new.append(nxt)
+            am = torch.cat([am, torch.ones_like(am[:, :1])], dim=1)
+            if use_cache:
+                past, ids, pos = out.past_key_values, nxt[:, None], pos[:, -1:] + 1
+            else:
+                ids, pos = torch.cat([ids, nxt[:, None]], 1), torch.cat([pos, pos[:, -1:] + 1], 1)
+                pmask = torch.cat([pmask, torch.zeros_like(pmask[:, :1])], 1)
+        gen = torch.stack(new, 1).tolist()
+        return [g[:n] for g, n in zip(gen, n_new)]
+
     def prefix(self, batch: TokenBatch, from_last_prompt: bool = False, layer: int | None = None) -> "EditableModel.Prefix":
         """Run the frozen (unedited) blocks below block `layer` (default: the edit site's) once.
 
