@@ -208,3 +208,22 @@ def test_training_from_cached_site_inputs_equals_running_the_site_block():
         base.weight.copy_(saved)
     real = batch.attention_mask.bool()
     torch.testing.assert_close(shortcut[real], direct[real], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_qwen2"])
+def test_last_block_mlp_on_the_read_positions_only_is_exact(model):
+    """WISE's training reads the final hidden states at the answer positions only, so the last
+    block's MLP runs there alone (`suffix_hidden(needed=...)`): those positions are unchanged."""
+    m, ed, cases = build(model=model)
+    batch = ed._rows(cases[0].request)
+    rows = len(ed.templates)
+    from editbench.models import EditableModel, TokenBatch
+    edit_rows = TokenBatch(*(t[:rows] for t in (batch.input_ids, batch.attention_mask, batch.prompt_mask, batch.labels)))
+    pre = m.prefix(edit_rows, layer=m.site.layer + 1)
+    nxt = edit_rows.predicts_label
+    p = Pass("train", edit_rows.prompt_mask)
+    full = m.suffix_hidden(pre, p)
+    fast = m.suffix_hidden(pre, p, needed=nxt)
+    torch.testing.assert_close(fast[nxt], full[nxt], rtol=1e-6, atol=1e-6)
+    assert not torch.equal(fast, full)  # the other positions were skipped
+    assert type(m.model.model.layers[-1].mlp).__name__ != "_OnlyAt"  # restored

@@ -59,6 +59,23 @@ class TokenBatch:
         return TokenBatch(*(t.to(device) for t in (self.input_ids, self.attention_mask, self.prompt_mask, self.labels)))
 
 
+class _OnlyAt(nn.Module):
+    """An MLP run on the positions of `mask` only (zeros elsewhere): see `suffix_hidden`."""
+
+    def __init__(self, mlp: nn.Module, mask: torch.Tensor):
+        super().__init__()
+        self.mlp, self.mask = mlp, mask
+
+    def forward(self, x: torch.Tensor):
+        y = self.mlp(x[self.mask][None])
+        rest = ()
+        if isinstance(y, tuple):  # MoE blocks also return their router logits
+            y, rest = y[0], tuple(y[1:])
+        out = torch.zeros_like(x)
+        out[self.mask] = y[0].to(x.dtype)
+        return (out, *rest) if rest else out
+
+
 class _StopForward(Exception):
     pass
 
@@ -354,12 +371,20 @@ class EditableModel(PromptFormat):
                          batch.labels[:, start:])
         return EditableModel.Prefix(h, cut, past, start, layer)
 
-    def suffix_hidden(self, pre: "EditableModel.Prefix", p: Pass) -> torch.Tensor:
+    def suffix_hidden(self, pre: "EditableModel.Prefix", p: Pass, needed: torch.Tensor | None = None) -> torch.Tensor:
         """Run block `pre.layer` and everything above it on a prefix, inside pass `p` (whose
-        prompt mask covers the prefix's positions); final (normed) hidden states."""
+        prompt mask covers the prefix's positions); final (normed) hidden states.
+
+        `needed` (B x T bool over the prefix's positions): the caller reads only these positions,
+        so the last block's MLP runs on them alone (every position still feeds the attention of
+        every block; the other positions' outputs are left incomplete)."""
         inner = self.model.model
         full = inner.layers
         inner.layers = nn.ModuleList(list(full)[pre.layer:])
+        last = inner.layers[-1]
+        mlp = last.mlp
+        if needed is not None:
+            last.mlp = _OnlyAt(mlp, needed)
         T = pre.batch.attention_mask.shape[1]
         kw = {"use_cache": False}
         if pre.past is not None:
@@ -373,6 +398,7 @@ class EditableModel(PromptFormat):
                             position_ids=pre.batch.position_ids[:, -pre.h.shape[1]:], **kw)
         finally:
             inner.layers = full
+            last.mlp = mlp
         return out.last_hidden_state
 
     def target_loss(self, pre: "EditableModel.Prefix", state: dict | None = None) -> torch.Tensor:

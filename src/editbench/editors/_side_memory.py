@@ -234,7 +234,7 @@ class SideMemoryEditor(Editor):
             y = x @ side.t().to(x.dtype)
             h = pre.h + (y - y0)[:n_edit_rows]  # the state after the site block, with W' in place of W
             hidden = self.model.suffix_hidden(EditableModel.Prefix(h, pre.batch, None, 0, above),
-                                              Pass("train", edit_rows.prompt_mask))
+                                              Pass("train", edit_rows.prompt_mask), needed=nxt)
             logits = self.model.model.lm_head(hidden[nxt]).float()
             ce = nn.functional.cross_entropy(logits, labels[:, 1:][nxt[:, :-1]], reduction="none")
             per_row = torch.zeros(n_edit_rows, device=ce.device).index_add(0, nxt.nonzero()[:, 0], ce)
