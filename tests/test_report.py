@@ -627,3 +627,31 @@ def test_chat_template_rows_get_their_own_table(tmp_path):
     assert "(chat template)" in chat.read_text() and "(chat template)" not in raw.read_text()
     assert read_md_table(chat)[1]["FT-L"]["N=10 Rel"].strip("*") == "0.400"
     assert read_md_table(raw)[1]["FT-L"]["N=10 Rel"].strip("*") == "0.700"
+
+
+def test_calibration_sweeps_of_any_hyper_parameters(tmp_path):
+    """The calibration table, heat-map and Pareto labels follow whatever was swept (WISE's list-valued
+    act_margin x act_ratio here), never a fixed pair of names."""
+    rows = []
+    for margin in ([5, 20, 10], [5, 40, 20]):
+        for ratio in (0.6, 0.88):
+            gen, loc = round(0.3 + ratio / 2, 3), round(1.0 - ratio / 4 - margin[1] / 200, 3)
+            rows.append(row("WISE", 0, 30, 1.0, gen, loc, round((gen + loc) / 2, 3), tag="calibration",
+                            hparams={"lr": 1.0, "act_margin": margin, "act_ratio": ratio}))
+    for i, r in enumerate(rows):
+        write_run(tmp_path / "results" / "calibration", f"s{i}", [r])
+    calib = aggregated(tmp_path / "results")
+    table = report.calibration_table(calib, "calibration__x", "WISE calibration")
+    assert table.columns == ["act_margin", "act_ratio", "N", "Rel", "Gen", "Loc", "OP"]
+    assert [r[:2] for r in table.rows] == [["[5,20,10]", "0.6"], ["[5,20,10]", "0.88"],
+                                          ["[5,40,20]", "0.6"], ["[5,40,20]", "0.88"]]
+    ops = [float(r[-1].strip("*")) for r in table.rows]
+    assert {i for i, _ in table.bold} == {ops.index(max(ops))}
+    fig = report.plot_calibration(calib)
+    assert fig.axes[0].get_ylabel() in ("act_margin", "act_ratio") and fig.axes[0].get_xlabel() in ("act_margin", "act_ratio")
+    assert report.plot_pareto(calib) is not None
+    # one swept value: a single column, and the unchanged hyper-parameters are not columns
+    one = aggregated(tmp_path / "results").pipe(lambda f: f[f["hparams_key"].str.contains('"act_margin": \\[5, 20, 10\\]')])
+    table = report.calibration_table(one, "calibration__y", "WISE calibration")
+    assert table is not None and table.columns[:2] == ["act_ratio", "N"]
+    assert report.plot_calibration(one) is not None

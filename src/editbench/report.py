@@ -16,12 +16,14 @@ rows' metric names in first-seen order, so a new metric needs no change here.  `
 Written under ``--out``:
   tables/<data>__<model>__<protocol>-v<version>__<scoring>.{md,tex}       each metric per N
   tables/<same stem>__cost.{md,tex}                                      edit time, memory, params
+  tables/calibration__<stem>__<method>.{md,tex}                          one row per sweep setting
   figures/op_vs_n__<stem>.{png,pdf}, metrics_vs_n__..., cost_vs_n__...   N-scaling plots
-  figures/calibration__<stem>__<method>.{png,pdf}, pareto__...            threshold x pooling sweeps
+  figures/calibration__<stem>__<method>.{png,pdf}, pareto__...            sweeps (tag calibration)
   index.md                                                                what was written + gaps
 
 With ``--readme PATH`` the lines between ``<!-- table:begin -->`` and ``<!-- table:end -->`` in
-PATH are replaced by the main metric tables' Markdown, so the README cannot drift from results/.
+PATH are replaced by the main metric tables' and the calibration tables' Markdown, so the README
+cannot drift from results/.
 
 Published numbers (``baselines/*.csv``) appear as extra rows, e.g. ``HoReN (published, T1)*``,
 right under the measured method wherever the paper has the same (model, method, data, N).
@@ -330,7 +332,7 @@ class Table:
     rows: list[list[str]]                # display text; first cell is the row label
     bold: set[tuple[int, int]] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
-    kind: str = "metrics"                # "metrics" (go to the README) or "cost"
+    kind: str = "metrics"                # "metrics", "calibration" (both go to the README) or "cost"
 
     @property
     def columns(self) -> list[str]:
@@ -624,27 +626,46 @@ def plot_cost_vs_n(agg: pd.DataFrame, title="") -> Figure:
     return fig
 
 
-def _final_configs(calib: pd.DataFrame) -> pd.DataFrame:
-    """Last checkpoint of each hyper-parameter setting, with threshold / pooling_ratio columns."""
+def _setting_value(value):
+    """A hyper-parameter value as a table / axis key: numbers stay numbers, anything else
+    (lists such as WISE's act_margin) becomes its compact JSON text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _setting_text(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _final_configs(calib: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Last checkpoint of each hyper-parameter setting, and the swept hyper-parameters (those
+    whose value differs between settings; most distinct values first), one column each."""
     final = calib.sort_values("N").drop_duplicates("hparams_key", keep="last").copy()
     hparams = final["hparams_key"].map(json.loads)
-    final["threshold"] = hparams.map(lambda hp: hp.get("threshold"))
-    final["pooling_ratio"] = hparams.map(lambda hp: hp.get("pooling_ratio"))
-    return final
+    keys = list(dict.fromkeys(key for hp in hparams for key in hp))
+    counts = {key: hparams.map(lambda hp: json.dumps(hp.get(key), sort_keys=True)).nunique() for key in keys}
+    swept = sorted((key for key in keys if counts[key] > 1), key=lambda key: -counts[key])
+    for key in swept:
+        final[key] = hparams.map(lambda hp: _setting_value(hp.get(key)))
+    return final, swept
 
 
 def plot_calibration(calib: pd.DataFrame, title="") -> Figure | None:
-    """One heat-map per metric of the rows over threshold x pooling_ratio (None if not swept)."""
-    final = _final_configs(calib).dropna(subset=["threshold", "pooling_ratio"])
+    """One heat-map per metric of the rows over the two swept hyper-parameters (rows: the one with
+    more values), or one column for a single swept one (None if nothing was swept)."""
+    final, swept = _final_configs(calib)
     metrics = metric_names(final)
-    if not len(final) or not metrics:
+    if not len(final) or not swept or not metrics:
         return None
+    y_key = swept[0]
+    x_key = swept[1] if len(swept) > 1 else None
     fig, axes = _panels(len(metrics))
     for ax, metric in zip(axes, metrics):
         label, fraction = _metric_axis(metric)
         vmin, vmax = (0.0, 1.0) if fraction else (None, None)
-        grid = final.pivot_table(index="threshold", columns="pooling_ratio", values=metric,
-                                 aggfunc="mean", dropna=False)
+        grid = (final.pivot_table(index=y_key, columns=x_key, values=metric, aggfunc="mean", dropna=False)
+                if x_key else final.groupby(y_key)[[metric]].mean())
         values = grid.to_numpy(dtype=float)
         image = ax.imshow(values, vmin=vmin, vmax=vmax, cmap="viridis", origin="lower",
                           aspect="auto")
@@ -652,15 +673,37 @@ def plot_calibration(calib: pd.DataFrame, title="") -> Figure | None:
             if not np.isnan(value):
                 ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if image.norm(value) < 0.6 else "black")
-        ax.set_xticks(range(len(grid.columns)), [f"{v:g}" for v in grid.columns])
-        ax.set_yticks(range(len(grid.index)), [f"{v:g}" for v in grid.index])
-        ax.set_xlabel("pooling ratio ρ")
-        ax.set_ylabel("threshold τ")
+        ax.set_xticks(range(len(grid.columns)), [_setting_text(v) for v in grid.columns] if x_key else [""])
+        ax.set_yticks(range(len(grid.index)), [_setting_text(v) for v in grid.index])
+        ax.set_xlabel(x_key or "")
+        ax.set_ylabel(y_key)
         ax.set_title(display_name(metric))
         fig.colorbar(image, ax=ax, label=label, shrink=0.9)
     Ns = ", ".join(str(int(n)) for n in sorted(final["N"].unique()))
-    fig.suptitle(f"{title} — last checkpoint per setting (N = {Ns})", fontsize=9)
+    rest = ", ".join(swept[2:])
+    fig.suptitle(f"{title} — last checkpoint per setting (N = {Ns})"
+                 + (f"; averaged over {rest}" if rest else ""), fontsize=9)
     return fig
+
+
+def calibration_table(calib: pd.DataFrame, name: str, title: str) -> Table | None:
+    """One row per setting of a sweep (its swept values), its last checkpoint's metrics; bold =
+    the best overall score (None if nothing was swept)."""
+    final, swept = _final_configs(calib)
+    metrics = metric_names(final)
+    if not len(final) or not swept:
+        return None
+    final = final.sort_values(swept)
+    rows = [[_setting_text(r[key]) for key in swept] + [str(int(r["N"]))] + [_fmt(r[m]) for m in metrics]
+            for _, r in final.iterrows()]
+    bold = set()
+    if OVERALL in metrics:
+        best = round(final[OVERALL].max(), DIGITS)
+        column = len(swept) + 1 + metrics.index(OVERALL)
+        bold = {(i, column) for i, v in enumerate(final[OVERALL]) if round(v, DIGITS) == best}
+    return Table(name, title, [("", swept + ["N"] + [display_name(m) for m in metrics])], rows, bold,
+                 notes=["Last checkpoint of each setting; one seed per setting unless the cells say otherwise."],
+                 kind="calibration")
 
 
 def pareto_front(points: pd.DataFrame, x="loc", y="gen") -> pd.DataFrame:
@@ -678,7 +721,8 @@ def plot_pareto(calib: pd.DataFrame, title="") -> Figure | None:
     (None unless the rows have loc, gen and op)."""
     if not {"loc", "gen", OVERALL} <= set(metric_names(calib)):
         return None
-    final = _final_configs(calib).dropna(subset=["loc", "gen"])
+    final, swept = _final_configs(calib)
+    final = final.dropna(subset=["loc", "gen"])
     if not len(final):
         return None
     fig = Figure(figsize=(6.5, 5), layout="constrained")
@@ -689,9 +733,7 @@ def plot_pareto(calib: pd.DataFrame, title="") -> Figure | None:
     ax.plot(front["loc"], front["gen"], color="#d62728", marker="o", markerfacecolor="none",
             markersize=10, drawstyle="steps-post", label="Pareto front")
     for _, row in front.iterrows():
-        text = (f"τ={row['threshold']:g}, ρ={row['pooling_ratio']:g}"
-                if not pd.isna(row["threshold"]) and not pd.isna(row["pooling_ratio"])
-                else row["label"])
+        text = ", ".join(f"{key}={_setting_text(row[key])}" for key in swept) or row["label"]
         ax.annotate(text, (row["loc"], row["gen"]), fontsize=7, xytext=(4, 4),
                     textcoords="offset points")
     fig.colorbar(points, ax=ax, label="OP (fraction, 0–1)")
@@ -765,6 +807,9 @@ def _render_rows(rows, out_dir: Path, baselines, source) -> tuple[dict, list[Tab
     calibration = agg[agg["tag"] == "calibration"]
     for key, group in calibration.groupby(TABLE_KEYS + ["method"], sort=True):
         stem, title = _stem(_table_stem(*key[:-1]), key[-1]), f"{key[-1]} calibration — {_title(*key[:-1])}"
+        table = calibration_table(group, f"calibration__{stem}", title)
+        if table is not None:
+            write_table(table)
         save_figures(stem, {"calibration": plot_calibration(group, title),
                             "pareto": plot_pareto(group, title)})
 
@@ -826,7 +871,8 @@ def readme_block(tables: list[Table]) -> str:
     metric_tables = [table for table in tables if table.kind == "metrics"]
     if not metric_tables:
         return README_EMPTY + "\n"
-    return "\n".join(f"**{table.title}**\n\n{_markdown_body(table)}" for table in metric_tables)
+    shown = metric_tables + [table for table in tables if table.kind == "calibration"]
+    return "\n".join(f"**{table.title}**\n\n{_markdown_body(table)}" for table in shown)
 
 
 def _readme_span(lines: list[str], path) -> tuple[int, int]:
