@@ -134,3 +134,36 @@ def read_summary(run_dir: Path) -> dict:
 def run_dirs(root: Path) -> list[Path]:
     """Run directories (those holding summary.json) anywhere under root."""
     return sorted(p.parent for p in Path(root).rglob("summary.json"))
+
+
+def build_editor(name: str, *overrides: str, model: str = "tiny_llama", n_cases: int = 8):
+    """(model, editor, cases) the way run.py builds them: seeded, set up on the unedited model
+    with the run seed 0 and the default stream's auxiliary prompts."""
+    import torch  # noqa: F401 (seed_everything seeds it)
+
+    from editbench.editors.base import SetupContext
+    from editbench.models import load_model
+    from editbench.run import instantiate_group, seed_everything
+
+    cfg = compose_config([f"editor={name}", f"model={model}", *overrides])
+    seed_everything(0)
+    m = load_model(cfg.model)
+    ed = instantiate_group(cfg.editor, model=m)
+    data = instantiate_group(cfg.data)
+    cases = data.stream(n_cases)
+    ed.setup(SetupContext(cache_dir=CACHE_DIR, seed=0, aux=data.aux(cases)))
+    return m, ed, cases
+
+
+def prefill_logits(m, ed, prompts):
+    """Next-token logits at every real position of a left-padded batch of raw prompts, through the
+    editor's module in a prefill pass."""
+    import torch
+
+    from editbench.models import Pass
+
+    batch = m.batch([(m.encode_prompt(p), len(m.encode_prompt(p))) for p in prompts])
+    with torch.no_grad(), m.bind(Pass("prefill", batch.prompt_mask)):
+        out = ed.module()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          position_ids=batch.position_ids, use_cache=False).logits
+    return out[batch.attention_mask.bool()]

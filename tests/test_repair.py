@@ -14,35 +14,21 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import CACHE_DIR, compose_config  # noqa: E402
+from conftest import build_editor, prefill_logits  # noqa: E402
 
 from editbench.editors._side_memory import ties_merge  # noqa: E402
-from editbench.editors.base import SetupContext  # noqa: E402
-from editbench.models import Pass, load_model  # noqa: E402
-from editbench.run import instantiate_group, seed_everything  # noqa: E402
 
 # groups of 2, merged per 4; error_threshold 1.0 so the loop acts whenever an edit fails
 SMALL = ["editor.save_freq=2", "editor.merge_freq=4", "editor.n_iter=6", "editor.error_threshold=1.0",
          "editor.max_iterations=2"]
 
 
-def build(*overrides: str):
-    cfg = compose_config(["editor=repair", "model=tiny_llama", *overrides])
-    seed_everything(0)
-    m = load_model(cfg.model)
-    ed = instantiate_group(cfg.editor, model=m)
-    data = instantiate_group(cfg.data)
-    cases = data.stream(8)
-    ed.setup(SetupContext(cache_dir=CACHE_DIR, seed=0, aux=data.aux(cases)))
-    return m, ed, cases
+def build(*overrides: str, model: str = "tiny_llama"):
+    return build_editor("repair", *overrides, model=model)
 
 
 def logits(m, ed, prompts):
-    batch = m.batch([(m.encode_prompt(p), len(m.encode_prompt(p))) for p in prompts])
-    with torch.no_grad(), m.bind(Pass("prefill", batch.prompt_mask)):
-        out = ed.module()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          position_ids=batch.position_ids, use_cache=False).logits
-    return out[batch.attention_mask.bool()]
+    return prefill_logits(m, ed, prompts)
 
 
 def test_weighted_ties_by_hand():

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import CACHE_DIR, CONF, compose_config  # noqa: E402
+from conftest import CACHE_DIR, CONF, build_editor, compose_config, prefill_logits  # noqa: E402
 
 from editbench.editors.base import Editor, SetupContext  # noqa: E402
 from editbench.editors._side_memory import ties_merge
@@ -22,29 +22,18 @@ from editbench.errors import EditbenchError  # noqa: E402
 from editbench.evaluate import Evaluator  # noqa: E402
 from editbench.metrics import OP  # noqa: E402
 from editbench.models import Pass, load_model  # noqa: E402
-from editbench.run import instantiate_group, seed_everything  # noqa: E402
+from editbench.run import instantiate_group  # noqa: E402
 from editbench.validate import check_target  # noqa: E402
 
 SMALL = ["editor.save_freq=2", "editor.merge_freq=4", "editor.n_iter=8"]
 
 
 def build(*overrides: str, model: str = "tiny_llama"):
-    cfg = compose_config(["editor=wise", f"model={model}", *overrides])
-    seed_everything(0)
-    m = load_model(cfg.model)
-    ed = instantiate_group(cfg.editor, model=m)
-    data = instantiate_group(cfg.data)
-    cases = data.stream(8)
-    ed.setup(SetupContext(cache_dir=CACHE_DIR, seed=0, aux=data.aux(cases)))
-    return m, ed, cases
+    return build_editor("wise", *overrides, model=model)
 
 
 def logits(m, ed, prompts):
-    batch = m.batch([(m.encode_prompt(p), len(m.encode_prompt(p))) for p in prompts])
-    with torch.no_grad(), m.bind(Pass("prefill", batch.prompt_mask)):
-        out = ed.module()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          position_ids=batch.position_ids, use_cache=False).logits
-    return out[batch.attention_mask.bool()]
+    return prefill_logits(m, ed, prompts)
 
 
 def test_ties_merge_by_hand():
@@ -217,7 +206,7 @@ def test_last_block_mlp_on_the_read_positions_only_is_exact(model):
     m, ed, cases = build(model=model)
     batch = ed._rows(cases[0].request)
     rows = len(ed.templates)
-    from editbench.models import EditableModel, TokenBatch
+    from editbench.models import TokenBatch
     edit_rows = TokenBatch(*(t[:rows] for t in (batch.input_ids, batch.attention_mask, batch.prompt_mask, batch.labels)))
     pre = m.prefix(edit_rows, layer=m.site.layer + 1)
     nxt = edit_rows.predicts_label
