@@ -136,17 +136,16 @@ def run_dirs(root: Path) -> list[Path]:
     return sorted(p.parent for p in Path(root).rglob("summary.json"))
 
 
-def build_editor(name: str, *overrides: str, model: str = "tiny_llama", n_cases: int = 8):
-    """(model, editor, cases) the way run.py builds them: seeded, set up on the unedited model
-    with the run seed 0 and the default stream's auxiliary prompts."""
-    import torch  # noqa: F401 (seed_everything seeds it)
-
+def build_editor(name: str, *overrides: str, model: str = "tiny_llama", n_cases: int = 8, seed: int = 0):
+    """(model, editor, cases) the way run.py builds them, set up on the unedited model with the
+    run seed 0 and the auxiliary prompts of the default stream's first `n_cases` cases (`seed`
+    seeds everything else, e.g. a fresh model's random init)."""
     from editbench.editors.base import SetupContext
     from editbench.models import load_model
     from editbench.run import instantiate_group, seed_everything
 
     cfg = compose_config([f"editor={name}", f"model={model}", *overrides])
-    seed_everything(0)
+    seed_everything(seed)
     m = load_model(cfg.model)
     ed = instantiate_group(cfg.editor, model=m)
     data = instantiate_group(cfg.data)

@@ -22,38 +22,24 @@ import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import CACHE_DIR, CONF, compose_config  # noqa: E402
+from conftest import CONF, build_editor, compose_config, prefill_logits  # noqa: E402
 
 from conftest import probe  # noqa: E402
-from editbench.editors.base import SetupContext  # noqa: E402
 from editbench.evaluate import Evaluator  # noqa: E402
-from editbench.models import Pass, load_model  # noqa: E402
+from editbench.models import load_model  # noqa: E402
 from editbench.metrics import OP  # noqa: E402
-from editbench.run import instantiate_group, seed_everything  # noqa: E402
 
 EDITORS = sorted(p.stem for p in (CONF / "editor").glob("*.yaml"))
 SITE_KEYS = {"layer", "layers", "edit_site", "module", "modules", "inner_params", "site"}
 
 
 def build(name: str, *overrides: str, seed: int = 0):
-    """(model, editor) the way run.py builds them, set up on the unedited model with the run
-    seed 0 and the default stream's auxiliary prompts (`seed` varies everything else)."""
-    cfg = compose_config([f"editor={name}", "model=tiny_llama", *overrides])
-    seed_everything(seed)
-    model = load_model(cfg.model)
-    editor = instantiate_group(cfg.editor, model=model)
-    data = instantiate_group(cfg.data)
-    editor.setup(SetupContext(cache_dir=CACHE_DIR, seed=0, aux=data.aux(data.stream(16))))
+    """(model, editor) the way run.py builds them (conftest.build_editor, 16 stream cases' aux)."""
+    model, editor, _ = build_editor(name, *overrides, n_cases=16, seed=seed)
     return model, editor
 
 
-def logits(model, editor, prompts: list[str]) -> torch.Tensor:
-    """Next-token logits at every real position of a left-padded batch, prompt context set."""
-    batch = model.batch([(model.encode_prompt(p), len(model.encode_prompt(p))) for p in prompts])
-    with torch.no_grad(), model.bind(Pass("prefill", batch.prompt_mask)):
-        out = editor.module()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                              position_ids=batch.position_ids, use_cache=False).logits
-    return out[batch.attention_mask.bool()]
+logits = prefill_logits
 
 
 def roundtrip(sd: dict) -> dict:

@@ -4,6 +4,7 @@ closed loop (which memory is re-initialised, which edits are re-queued, the roun
 resume across a group boundary with the loop and a merge in it."""
 from __future__ import annotations
 
+import functools
 import io
 import math
 import sys
@@ -23,12 +24,8 @@ SMALL = ["editor.save_freq=2", "editor.merge_freq=4", "editor.n_iter=6", "editor
          "editor.max_iterations=2"]
 
 
-def build(*overrides: str, model: str = "tiny_llama"):
-    return build_editor("repair", *overrides, model=model)
-
-
-def logits(m, ed, prompts):
-    return prefill_logits(m, ed, prompts)
+build = functools.partial(build_editor, "repair")
+logits = prefill_logits
 
 
 def test_weighted_ties_by_hand():

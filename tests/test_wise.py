@@ -3,6 +3,7 @@ merged on schedule, resume across a save / merge boundary, cached vs uncached de
 memories in place, the aligned edit site, and one-line errors for impossible settings."""
 from __future__ import annotations
 
+import functools
 import io
 import math
 import sys
@@ -16,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import CACHE_DIR, CONF, build_editor, compose_config, prefill_logits  # noqa: E402
 
 from editbench.editors.base import Editor, SetupContext  # noqa: E402
-from editbench.editors._side_memory import ties_merge
+from editbench.editors._side_memory import ties_merge  # noqa: E402
 from editbench.editors.wise import WISE  # noqa: E402
 from editbench.errors import EditbenchError  # noqa: E402
 from editbench.evaluate import Evaluator  # noqa: E402
@@ -28,12 +29,8 @@ from editbench.validate import check_target  # noqa: E402
 SMALL = ["editor.save_freq=2", "editor.merge_freq=4", "editor.n_iter=8"]
 
 
-def build(*overrides: str, model: str = "tiny_llama"):
-    return build_editor("wise", *overrides, model=model)
-
-
-def logits(m, ed, prompts):
-    return prefill_logits(m, ed, prompts)
+build = functools.partial(build_editor, "wise")
+logits = prefill_logits
 
 
 def test_ties_merge_by_hand():

@@ -66,12 +66,10 @@ def ties_merge(base: torch.Tensor, weights: list[torch.Tensor], density: float,
 
 @dataclass
 class Trained:
-    """What training one edit into W' left: its final loss (the last step's), its mean in-scope
-    activation score, and (for distillation) the final answer-position logits of its edit rows,
-    flattened row by row with `counts[r]` positions for row r."""
+    """What training one edit into W' left for a subclass (REPAIR's distillation teacher): the
+    final answer-position logits of its edit rows, flattened row by row with `counts[r]`
+    positions for row r."""
 
-    loss: float
-    score: float
     logits: torch.Tensor
     counts: list[int]
 
@@ -85,7 +83,7 @@ class SideMemoryEditor(Editor):
         self.check_config(self.hparams)
         site = model.site_module()
         if not isinstance(site, nn.Linear):
-            raise EditbenchError(f"editor={self.hparams.get('name', type(self).__name__.lower())} needs a linear "
+            raise EditbenchError(f"editor={type(self).__name__.lower()} needs a linear "
                                  f"layer at the edit site, found {type(site).__name__} — point "
                                  f"model.edit_site.module at an MLP down_proj")
         self.W = site.weight.detach()
@@ -118,7 +116,7 @@ class SideMemoryEditor(Editor):
         self.gen.manual_seed(ctx.seed)
         self.aux = list(ctx.aux)
         if not self.aux:
-            raise EditbenchError(f"editor={self.hparams.get('name', type(self).__name__.lower())} trains on "
+            raise EditbenchError(f"editor={type(self).__name__.lower()} trains on "
                                  f"unrelated prompts, but the dataset provides none — use a dataset with locality "
                                  f"prompts (data.aux)")
         m = self.model
@@ -258,7 +256,7 @@ class SideMemoryEditor(Editor):
         score = float(delta_in.detach().mean())
         self.min_a = min(self.min_a, score)
         self.shard_losses.append(losses[-1])
-        return Trained(losses[-1], score, logits.detach(), counts)
+        return Trained(logits.detach(), counts)
 
     def edit(self, requests) -> None:
         (request,) = requests
