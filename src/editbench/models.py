@@ -335,15 +335,16 @@ class EditableModel(PromptFormat):
         gen = torch.stack(new, 1).tolist()
         return [g[:n] for g, n in zip(gen, n_new)]
 
-    def prefix(self, batch: TokenBatch, from_last_prompt: bool = False, layer: int | None = None) -> "EditableModel.Prefix":
+    def prefix(self, batch: TokenBatch, from_last_prompt: bool = False, layer: int | None = None,
+               start: int = 0) -> "EditableModel.Prefix":
         """Run the frozen (unedited) blocks below block `layer` (default: the edit site's) once.
 
-        With `from_last_prompt`, positions before the last prompt token are also run through the
-        blocks *above* the site once and kept as a KV cache, so each training step recomputes only
-        the last prompt token and the target. Valid only for editors that change the site output at
-        positions >= the last prompt token (codebook editors), not for weight edits.
+        With `from_last_prompt` (or an explicit `start`), positions before the last prompt token
+        (before `start`) are also run through the blocks *above* the site once and kept as a KV
+        cache, so each training step recomputes only the positions from there on. Valid only for
+        editors that change the hidden states at positions >= that point (codebook editors; a
+        vector added at a subject token), not for weight edits.
         """
-        start = 0
         if from_last_prompt:
             last = torch.where(batch.prompt_mask, torch.arange(batch.prompt_mask.shape[1], device=self.device), -1)
             start = int(last.max(dim=1).values.min())

@@ -40,6 +40,9 @@ class Editor(ABC):
     label: str = "?"
     #: edits per `edit()` call; the runner cuts a batch at checkpoints, so a call may get fewer
     batch_size: int = 1
+    #: True: the editor changes only the model config's edit site (the paper's aligned comparison);
+    #: False: it edits layers of its own, named per model in `conf/editor_model/` (ROME family)
+    aligned: bool = True
 
     def __init__(self, model: EditableModel, **hparams):
         """Subclasses name every hyper-parameter in their signature, with no default: the values

@@ -1,0 +1,287 @@
+"""ROME, AlphaEdit and UltraEdit (EDITORS.md §2.5-2.7) and the second-moment statistics they use.
+
+Each check is against an independent computation on a tiny random model: C against Σ k kᵀ from
+the adapter's own site inputs; ROME's update against its rank-one form; AlphaEdit's against the
+null-space projector; UltraEdit's keys / gradients against a plain HF forward with −100 labels,
+and its normaliser against a hand-computed case. The editor conformance test covers state,
+resume and the evaluator for all three.
+"""
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import CACHE_DIR, build_editor, compose_config, probe  # noqa: E402
+
+from editbench.errors import EditbenchError  # noqa: E402
+from editbench.models import EditSite, load_model  # noqa: E402
+
+TEXTS = ["The river flows north through the valley towards the old town.",
+         "In 1901 the railway reached the harbour, and trade grew quickly.",
+         "She wrote three novels, two of which were adapted for the stage.",
+         "The species is found in forests across the southern mountains.",
+         "Its population was 4,512 at the census, up from 3,900 a decade earlier.",
+         "The album was recorded in London and released the following spring."]
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    """A tiny statistics corpus built in the test (8 x the texts above, one JSON object per line)."""
+    p = tmp_path / "corpus.jsonl"
+    p.write_text("".join(json.dumps({"text": f"{t} ({i})"}) + "\n" for i in range(8) for t in TEXTS))
+    return p
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(compose_config(["model=tiny_llama"]).model)
+
+
+# ----------------------------------------------------------------------------- statistics
+def test_second_moment_equals_sum_of_outer_products_and_is_cached(model, corpus_file, tmp_path, monkeypatch):
+    from editbench import stats
+
+    corpus = stats.load_corpus(str(corpus_file), 48)
+    sites = [EditSite(0, "mlp.down_proj"), EditSite(1, "mlp.down_proj")]
+    mom = stats.second_moments(model, sites, corpus, tmp_path / "c", max_length=64, batch_tokens=100)
+    assert mom.info["cached"] is False and mom.info["texts"] == 48
+    for s in sites:  # independently: the adapter's site inputs, one text at a time
+        total, n = torch.zeros_like(mom.C[(s.layer, s.module)], dtype=torch.float64), 0
+        for t in corpus.texts:
+            ids = model.tok(t, truncation=True, max_length=64).input_ids
+            x, _ = model.site_io(model.batch([(ids, len(ids))]), s)
+            total += x[0].double().T @ x[0].double()
+            n += len(ids)
+        assert mom.info["tokens"] == n
+        torch.testing.assert_close(mom.C[(s.layer, s.module)], (total / n).float(), rtol=1e-5, atol=1e-6)
+    files = sorted((tmp_path / "c" / "stats").glob("*.pt"))
+    assert len(files) == 2 and all("tiny_llama__L" in f.name and "__n48__" in f.name for f in files)
+
+    # a later run loads the cache: nothing is recomputed
+    monkeypatch.setattr(stats, "_accumulate", lambda *a, **k: pytest.fail("recomputed a cached statistic"))
+    again = stats.second_moments(model, sites[:1], corpus, tmp_path / "c", max_length=64)
+    assert again.info["cached"] is True
+    assert torch.equal(again.C[(0, "mlp.down_proj")], mom.C[(0, "mlp.down_proj")])
+
+
+def test_statistics_cache_key_names_sample_count_corpus_and_length(model, corpus_file, tmp_path):
+    from editbench import stats
+
+    site = [EditSite(0, "mlp.down_proj")]
+    stats.second_moments(model, site, stats.load_corpus(str(corpus_file), 48), tmp_path, max_length=64)
+    stats.second_moments(model, site, stats.load_corpus(str(corpus_file), 40), tmp_path, max_length=64)
+    stats.second_moments(model, site, stats.load_corpus(str(corpus_file), 40), tmp_path, max_length=8)
+    corpus_file.write_text(corpus_file.read_text().replace("river", "stream"))
+    stats.second_moments(model, site, stats.load_corpus(str(corpus_file), 40), tmp_path, max_length=8)
+    assert len(list((tmp_path / "stats").glob("*.pt"))) == 4
+
+
+def test_interrupted_statistics_leave_no_complete_looking_file(model, corpus_file, tmp_path, monkeypatch):
+    from editbench import stats
+
+    def crash(obj, path, *a, **k):
+        Path(path).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stats.torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        stats.second_moments(model, [EditSite(0, "mlp.down_proj")], stats.load_corpus(str(corpus_file), 8),
+                             tmp_path, max_length=64)
+    assert list((tmp_path / "stats").glob("*.pt")) == []
+
+
+def test_statistics_corpus_errors(tmp_path, corpus_file):
+    from editbench import stats
+
+    with pytest.raises(EditbenchError, match="not found — use editor.mom2_dataset=wikitext2"):
+        stats.load_corpus(str(tmp_path / "nope.jsonl"), 10)
+    with pytest.raises(EditbenchError, match="holds 48 non-empty texts but editor.mom2_n_samples=100 — lower"):
+        stats.load_corpus(str(corpus_file), 100)
+    assert len(stats.load_corpus("wikitext2", 4026).texts) == 4026  # the shipped corpus
+
+
+# ----------------------------------------------------------------------------- config errors
+@pytest.mark.parametrize("overrides,expect", [
+    (["editor=rome", "editor.layer=7"], "editor.layer=[7] names layer(s) [7] outside model tiny_llama (0..3)"),
+    (["editor=rome", "editor.layer=null"], "editor=rome has no layer for model tiny_llama — add "
+                                           "conf/editor_model/rome_tiny_llama.yaml"),
+    (["editor=alphaedit", "editor.layers=[1,4]"], "names layer(s) [4] outside model"),
+    (["editor=ultraedit", "editor.edit_modules={mlp.up_proj:[9]}"], "names layer(s) [9] outside model"),
+    (["editor=ultraedit", "~editor.edit_modules", "+editor.edit_modules={mlp.nope:[1]}"],
+     "no module 'mlp.nope' in decoder block 1"),
+])
+def test_bad_layers_are_refused(overrides, expect):
+    from editbench.run import instantiate_group
+
+    cfg = compose_config(overrides)
+    with pytest.raises(EditbenchError, match=re.escape(expect)):
+        instantiate_group(cfg.editor, model=load_model(cfg.model))
+
+
+def test_singular_second_moment_is_refused(tmp_path):
+    p = tmp_path / "small.jsonl"
+    p.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[:2]))  # ~30 tokens < d_ff = 128
+    with pytest.raises(EditbenchError, match="singular or ill-conditioned .* raise editor.mom2_n_samples"):
+        build_editor("rome", f"editor.mom2_dataset={p}", "editor.mom2_n_samples=2")
+
+
+# ----------------------------------------------------------------------------- subject lookup
+def test_subject_last_token_on_smollm2():
+    from editbench.editors._locate import subject_last
+    from editbench.models import load_prompt_format
+
+    fmt, _ = load_prompt_format(compose_config(["model=smollm2_135m"], tiny=False).model)
+    # ids pinned in test_tokenization: [504, 3575, 282, 4649, 314] / [10576, 314, 260, 6510, 282, 32298, 47]
+    assert subject_last(fmt, "The capital of France is", "France") == 3
+    assert subject_last(fmt, "Who is the director of Titanic?", "Titanic") == 5
+    assert subject_last(fmt, "Who is the director of Titanic?", "the director") == 3
+    with pytest.raises(EditbenchError, match="subject 'Paris' is not in prompt"):
+        subject_last(fmt, "The capital of France is", "Paris")
+
+
+# ----------------------------------------------------------------------------- ROME
+def test_rome_update_is_rank_one_along_inverse_covariance_key_and_writes_delta(zsre_records):
+    from editbench.editors import _locate
+
+    m, ed, _ = build_editor("rome")
+    r = zsre_records[0].request
+    site = ed.site
+    W0 = m.module_at(site).weight.detach().clone()
+    batch, look = _locate.prompt_rows(m, ed.templates, r.prompt, r.subject)
+    k_star = _locate.at_lookup(m.site_io(batch, site)[0], look).mean(0).double()
+    b0, l0 = _locate.prompt_rows(m, ["{}"], r.prompt, r.subject)
+    y_before = _locate.at_lookup(m.site_io(b0, site)[1], l0)[0]
+    captured = {}
+    real = _locate.optimise_delta
+
+    def spy(*a, **k):
+        captured["res"] = real(*a, **k)
+        return captured["res"]
+
+    import editbench.editors.rome as rome_mod
+    rome_mod.optimise_delta = spy
+    try:
+        ed.edit([r])
+    finally:
+        rome_mod.optimise_delta = real
+    dW = (m.module_at(site).weight.detach() - W0).double()
+    s = torch.linalg.svdvals(dW)
+    assert s[1] < 1e-6 * s[0]  # rank one
+    C = torch.cholesky_solve(k_star[:, None], ed.C_chol)[:, 0]
+    u = C / C.norm()
+    row = torch.linalg.svd(dW).Vh[0]
+    assert abs(abs(float(row @ u)) - 1) < 1e-5  # along C^-1 k*
+    y_after = _locate.at_lookup(m.site_io(b0, site)[1], l0)[0]
+    torch.testing.assert_close(y_after - y_before, captured["res"].delta, rtol=1e-4, atol=1e-5)  # o + δ = v*
+
+
+def test_evaluator_does_not_reuse_unedited_states_above_a_weight_edit(zsre_records):
+    """Editors below the HoReN site: the runner reuses states only below their lowest layer; the
+    states entering the edit site are stale after a ROME edit, and using them would be wrong."""
+    from editbench.evaluate import Evaluator
+    from editbench.metrics import OP
+
+    m, ed, _ = build_editor("rome", "editor.v_lr=5.0")
+    cases = zsre_records[:4]
+    pre = Evaluator(m, "teacher_forced").reference(cases)
+    ev = Evaluator(m, "teacher_forced", batch_size=2)
+    ids = m.encode_prompt(cases[0].request.prompt)
+    cached = ev._site_states([ids], m.site.layer)[0]  # the unedited states entering the HoReN site
+    for c in cases:
+        ed.edit([c.request])
+    assert min(s.layer for s in ed.touches()) == 1 < m.site.layer
+    plain = ev.evaluate(ed.module(), cases, pre, None, OP)
+    assert ev.evaluate(ed.module(), cases, pre, 1, OP) == plain  # what the runner does: below layer 1
+    now = m.prefix(m.batch([(ids, len(ids))]), layer=m.site.layer).h[0]
+    assert torch.equal(ev._site_states([ids], m.site.layer)[0], cached)  # the cache still holds unedited states
+    assert not torch.allclose(now, cached)  # which a ROME edit below the site has made stale
+
+
+# ----------------------------------------------------------------------------- AlphaEdit
+def test_alphaedit_updates_stay_in_the_null_space_and_accumulate_keys(zsre_records, tmp_path):
+    from editbench import stats
+
+    # a threshold at the median eigenvalue: half of each layer's key space is protected
+    corpus = stats.load_corpus("wikitext2", 300)
+    C = stats.second_moments(load_model(compose_config(["model=tiny_llama"]).model),
+                             [EditSite(1, "mlp.down_proj")], corpus, CACHE_DIR, 2048).C[(1, "mlp.down_proj")]
+    thr = float(torch.linalg.eigvalsh(C.double()).median())
+    m, ed, _ = build_editor("alphaedit", f"editor.nullspace_threshold={thr}")
+    assert 0 < ed.stats_info["null_space_dims"][1] < 128
+    W0 = [m.module_at(s).weight.detach().clone() for s in ed.sites]
+    r = zsre_records[0].request
+    ed.edit([r])
+    for s, w0, P in zip(ed.sites, W0, ed.P):
+        dW = ed.deltas.delta[f"{s.layer}.{s.module}"].double()  # d_out x d_in, as added to the weight
+        torch.testing.assert_close(m.module_at(s).weight.detach(), w0 + dW.float())
+        assert dW.abs().max() > 0
+        I = torch.eye(P.shape[0], dtype=P.dtype)  # keys in the protected space see no change
+        torch.testing.assert_close(dW @ (I - P), torch.zeros_like(dW), rtol=0, atol=1e-5 * float(dW.abs().max()))
+    for i, s in enumerate(ed.sites):  # C_p = the edited model's keys of this edit
+        k = ed._keys(r, s)
+        torch.testing.assert_close(ed.Cp[i], torch.outer(k, k).float(), rtol=1e-5, atol=1e-7)
+
+
+# ----------------------------------------------------------------------------- UltraEdit
+def test_running_moments_by_hand():
+    from editbench.editors.ultraedit import RunningMoments
+
+    rm = RunningMoments(1, "cpu")
+    rm.update(torch.tensor([[1.0], [3.0]]))  # n 2, mean 2, M2 = 2 * var_unbiased(=2) = 4
+    assert rm.n == 2 and float(rm.mean) == 2.0 and float(rm.m2) == 4.0
+    rm.update(torch.tensor([[5.0], [7.0], [9.0]]))  # b 3, batch mean 7, var 4, d = 5
+    # mean 2 + 3*5/5 = 5; M2 = 4 + 3*4 + 2*3*25/5 = 46; std = sqrt(46 / 4)
+    assert float(rm.mean) == 5.0 and float(rm.m2) == 46.0
+    assert abs(float(rm.std) - (46 / 4) ** 0.5) < 1e-12
+    rm.update(torch.tensor([[5.0]]))  # a single row: no within-batch variance
+    assert rm.n == 6 and float(rm.mean) == 5.0 and float(rm.m2) == 46.0
+
+
+def test_ultraedit_keys_gradients_and_ridge_update_match_a_plain_hf_backward(zsre_records):
+    m, ed, _ = build_editor("ultraedit")
+    r = zsre_records[1].request
+    ids, n_prompt = m.encode_example(r.prompt, r.target)
+    W0 = {(s.layer, s.module): m.module_at(s).weight.detach().clone() for s in ed.sites}
+    # independently: the full HF model with -100 labels (HF shifts them), grads kept on module outputs
+    got = {}
+
+    def hook(key):
+        def f(_mod, args, out):
+            out.retain_grad()
+            got[key] = (args[0].detach(), out)
+        return f
+
+    hs = [m.module_at(s).register_forward_hook(hook((s.layer, s.module))) for s in ed.sites]
+    x = torch.tensor([ids])
+    labels = x.clone()
+    labels[0, :n_prompt] = -100
+    emb = m.model.model.embed_tokens(x).detach().requires_grad_(True)
+    from editbench.models import Pass
+    with torch.enable_grad(), m.bind(Pass("unedited", torch.ones_like(x, dtype=torch.bool))):
+        m.model(inputs_embeds=emb, labels=labels).loss.backward()
+    for h in hs:
+        h.remove()
+    ed.edit([r])
+    from editbench.editors.ultraedit import RunningMoments
+    norms = {}
+    for s in ed.sites:
+        K, y = got[(s.layer, s.module)]
+        shape = (K.shape[-1], y.shape[-1])
+        norms.setdefault(shape, RunningMoments(sum(shape), "cpu")).update(torch.cat([K[0], y.grad[0]], -1))
+    for s in ed.sites:
+        K, y = got[(s.layer, s.module)]
+        K, G = K[0].double(), y.grad[0].double()
+        z = norms[(K.shape[1], G.shape[1])].normalise(torch.cat([K, G], -1))
+        V = -1e-6 * z[:, :K.shape[1]].square().sum(-1, keepdim=True) * z[:, K.shape[1]:]
+        shift = torch.linalg.solve(K.T @ K + torch.eye(K.shape[1], dtype=K.dtype), K.T @ V)
+        dW = ed.deltas.delta[f"{s.layer}.{s.module}"]
+        torch.testing.assert_close(m.module_at(s).weight.detach(), W0[(s.layer, s.module)] + dW)
+        torch.testing.assert_close(dW.double(), shift.T, rtol=1e-4, atol=1e-6 * float(shift.abs().max()))
+        assert dW.abs().max() > 0
+    assert ed.norms[(64, 128)].n == 2 * len(ids)  # both modules' rows, every real token (token: mask)
