@@ -122,6 +122,13 @@ class Rows:
     n_edit: int  # rows 0..n_edit-1 carry the target; row n_edit (if any) is the KL row
 
 
+def _lookup_batch(model: EditableModel, rows: list[tuple[list[int], int]], looks: list[int]):
+    """Left-pad `rows`; each row's lookup index moved into the padded batch's coordinates."""
+    batch = model.batch(rows)
+    T = batch.input_ids.shape[1]
+    return batch, torch.tensor([T - len(ids) + k for (ids, _), k in zip(rows, looks)], device=model.device)
+
+
 def edit_rows(model: EditableModel, templates: Sequence[str], prompt: str, subject: str, target: str,
               kl_prompt: str | None) -> Rows:
     """Each context template around the prompt, + the target (labelled), then the KL prompt."""
@@ -135,23 +142,14 @@ def edit_rows(model: EditableModel, templates: Sequence[str], prompt: str, subje
         ids = model.encode_prompt(p)
         rows.append((ids, len(ids)))
         looks.append(subject_last(model, p, subject))
-    batch = model.batch(rows)
-    T = batch.input_ids.shape[1]
-    lookup = torch.tensor([T - len(ids) + k for (ids, _), k in zip(rows, looks)], device=model.device)
-    return Rows(batch, lookup, len(templates))
+    return Rows(*_lookup_batch(model, rows, looks), len(templates))
 
 
 def prompt_rows(model: EditableModel, templates: Sequence[str], prompt: str, subject: str):
     """Each context template around the prompt (no target): (batch, lookup positions)."""
-    rows, looks = [], []
-    for t in templates:
-        p = t.format(prompt)
-        ids = model.encode_prompt(p)
-        rows.append((ids, len(ids)))
-        looks.append(subject_last(model, p, subject))
-    batch = model.batch(rows)
-    T = batch.input_ids.shape[1]
-    return batch, torch.tensor([T - len(ids) + k for (ids, _), k in zip(rows, looks)], device=model.device)
+    texts = [t.format(prompt) for t in templates]
+    rows = [(ids, len(ids)) for ids in map(model.encode_prompt, texts)]
+    return _lookup_batch(model, rows, [subject_last(model, p, subject) for p in texts])
 
 
 def at_lookup(x: torch.Tensor, lookup: torch.Tensor) -> torch.Tensor:
