@@ -56,15 +56,17 @@ def cache_key(model_cfg: dict, scoring: str) -> str:
 
 class Evaluator:
     #: probe-set scorer name -> method; a probe set names its scorer (`ProbeSet.scorer`)
-    SCORERS = {"accuracy": "_score_accuracy", "locality": "_score_locality"}
+    SCORERS = {"accuracy": "_score_accuracy", "locality": "_score_locality", "freetext": "_score_freetext",
+               "freetext_rouge": "_score_freetext_rouge"}
     #: scorers that compare with the unedited model's own outputs (computed once by `reference`)
     NEEDS_REFERENCE = {"locality"}
 
     def __init__(self, model: EditableModel, scoring: str = "greedy", batch_size: int = 32,
-                 cache: StateCache | None = None):
+                 cache: StateCache | None = None, max_new_tokens: int = 512):
         if scoring not in SCORINGS:
             raise EditbenchError(f"protocol.scoring={scoring!r} is not one of {SCORINGS} — pick one of them")
         self.m, self.scoring, self.batch_size = model, scoring, batch_size
+        self.max_new_tokens = max_new_tokens  # free-text probe sets: generation cap
         self.cache = cache or StateCache(None)
 
     # ------------------------------------------------------------------ public
@@ -92,12 +94,17 @@ class Evaluator:
             items = [(i, j, p) for i in have for j, p in enumerate(cases[i].probes[name].probes)]
             ref = [refs[i][name][j] for i, j, _ in items] if scorer in self.NEEDS_REFERENCE else None
             scored = getattr(self, self.SCORERS[scorer])(module, [p for _, _, p in items], ref, fast)
-            per_case: dict[int, list[float]] = {}
+            per_case: dict[int, list] = {}
             for (i, j, _), (score, out) in zip(items, scored):
                 per_case.setdefault(i, []).append(score)
                 records.append({"case": cases[i].id, "set": name, "i": j, "score": score,
                                 "out": self.m.tok.decode(out), "ids": out})
-            values[name] = metrics.mean([metrics.mean(v) for v in per_case.values()])
+            first = scored[0][0] if scored else 0.0
+            if isinstance(first, dict):  # a free-text set: one value per metric, `<set>_<metric>`
+                for k in first:
+                    values[f"{name}_{k}"] = metrics.mean([metrics.mean([s[k] for s in v]) for v in per_case.values()])
+            else:
+                values[name] = metrics.mean([metrics.mean(v) for v in per_case.values()])
             counts[name] = len(have)
         names = list(values)
         if overall is not None and all(p in values for p in overall.parts):
@@ -135,6 +142,27 @@ class Evaluator:
         post = self._generate_for(module, pairs, list(ref), fast)
         return [(metrics.agreement(self._loc_tail(a, p), self._loc_tail(b, p)), self.m.until_eos(b))
                 for a, b, p in zip(ref, post, probes)]
+
+    def _score_freetext(self, module, probes: list[Probe], ref, fast: int | None,
+                        rouge_only: bool = False) -> list[tuple[dict, list[int]]]:
+        """Free text (EDITORS.md §3.2): greedy generation of up to `max_new_tokens` (stopping at
+        EOS), decoded without special tokens and stripped, scored against the reference answer
+        with every metric of `textmetrics` (`rouge_only`: ROUGE recall and F1)."""
+        from editbench import textmetrics
+
+        prompts = [self.m.encode_prompt(p.prompt) for p in probes]
+        gens = self._batched(prompts, lambda idx: self.greedy(module, [prompts[i] for i in idx],
+                                                               [self.max_new_tokens] * len(idx)))
+        outs = [self.m.until_eos(g) for g in gens]
+        texts = [self.m.tok.decode(o, skip_special_tokens=True).strip() for o in outs]
+        scores = textmetrics.score_pairs(texts, [p.answer.strip() for p in probes], embeddings=not rouge_only)
+        if rouge_only:
+            scores = [{k: v for k, v in s.items() if k.startswith("rouge")} for s in scores]
+        return list(zip(scores, outs))
+
+    def _score_freetext_rouge(self, module, probes: list[Probe], ref, fast: int | None):
+        """Sub-questions: ROUGE only (EDITORS.md §3.2), averaged within the case first."""
+        return self._score_freetext(module, probes, ref, fast, rouge_only=True)
 
     def _unedited_outputs(self, probes: list[Probe]) -> list[list[int]]:
         pairs = [(p.prompt, p.answer) for p in probes]

@@ -326,6 +326,8 @@ class EditableModel(PromptFormat):
             nxt = torch.where(done, torch.full_like(nxt, eos), nxt)
             done |= torch.isin(nxt, stops)
             new.append(nxt)
+            if bool(done.all()):  # every row has ended: the rest would be padding (added below)
+                break
             am = torch.cat([am, torch.ones_like(am[:, :1])], dim=1)
             if use_cache:
                 past, ids, pos = out.past_key_values, nxt[:, None], pos[:, -1:] + 1
@@ -333,7 +335,7 @@ class EditableModel(PromptFormat):
                 ids, pos = torch.cat([ids, nxt[:, None]], 1), torch.cat([pos, pos[:, -1:] + 1], 1)
                 pmask = torch.cat([pmask, torch.zeros_like(pmask[:, :1])], 1)
         gen = torch.stack(new, 1).tolist()
-        return [g[:n] for g, n in zip(gen, n_new)]
+        return [(g + [eos] * (n - len(g)))[:n] for g, n in zip(gen, n_new)]
 
     def prefix(self, batch: TokenBatch, from_last_prompt: bool = False, layer: int | None = None,
                start: int = 0) -> "EditableModel.Prefix":

@@ -46,6 +46,7 @@ class Protocol(BaseModel):
     retention: Retention
     locality: Literal["pre_post_agreement"]
     eval_batch_size: PositiveInt
+    max_new_tokens: PositiveInt = 512  # free-text probe sets: the generation cap (published 512)
 
 
 class EditSiteSpec(BaseModel):

@@ -1,0 +1,96 @@
+"""UnKE (EDITORS.md §3.2, §4.3): the shipped records, free-text probe sets and their aggregation,
+the unstructured protocol end to end, and long KV-cached generation through codebook editors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import build_editor, read_rows, run_cli, run_dirs
+from editbench.data.records import EditCase, EditRequest, Probe, ProbeSet
+from editbench.data.unke import SHIPPED, UnKE
+from editbench.errors import EditbenchError
+
+
+def test_shipped_sources():
+    d = UnKE()
+    recs = d.records()
+    raw = [json.loads(x) for x in SHIPPED["unkebench"].read_text().splitlines()]
+    assert len(recs) == 1002 and d.info["with_sub"] == d.info["with_para"] == 1002
+    c, r = recs[0], raw[0]
+    assert (c.request.prompt, c.request.target) == (r["question"], r["answer"])
+    assert {n: ps.scorer for n, ps in c.probes.items()} == {"orig": "freetext", "para": "freetext",
+                                                            "sub": "freetext_rouge"}
+    assert c.probes["para"].probes[0] == Probe(r["para_question"], r["answer"])
+    assert [(p.prompt, p.answer) for p in c.probes["sub"].probes] == list(zip(r["sub_question"], r["sub_answer"]))
+    contest = UnKE(source="contest")
+    assert len(contest.records()) == 200 and contest.info["with_sub"] == 10  # only 10 carry sub-answers
+    assert contest.info["with_para"] == 100  # test set b has no paraphrases
+    assert UnKE.overall is None
+
+
+def test_bad_records_and_sources(tmp_path):
+    rec = json.loads(SHIPPED["unkebench"].read_text().splitlines()[0])
+    rec["sub_answer"] = rec["sub_answer"][:-1]
+    p = tmp_path / "u.jsonl"
+    p.write_text(json.dumps(rec) + "\n")
+    with pytest.raises(EditbenchError, match="sub_question and sub_answer must be lists .* of equal length"):
+        UnKE(path=str(p)).records()
+    rec["sub_answer"] = rec["sub_question"] = None
+    rec["answer"] = " "
+    p.write_text(json.dumps(rec) + "\n")
+    with pytest.raises(EditbenchError, match="field 'answer' is missing or empty"):
+        UnKE(path=str(p)).records()
+    with pytest.raises(EditbenchError, match="data.source='v3' is not one of"):
+        UnKE(source="v3")
+
+
+def test_free_text_sets_average_within_a_case_first(tiny_model, monkeypatch):
+    """Per metric: mean over a case's probes, then over cases (EDITORS.md §3.2, Sub)."""
+    from editbench import textmetrics
+    from editbench.evaluate import Evaluator
+
+    given = iter([{"rouge1_r": 1.0}, {"rouge1_r": 0.0}, {"rouge1_r": 0.0},  # case a: 3 probes
+                  {"rouge1_r": 0.5}])                                       # case b: 1 probe
+
+    def fake(hyps, refs, encoder_path=None, embeddings=True):
+        return [next(given) for _ in hyps]
+
+    monkeypatch.setattr(textmetrics, "score_pairs", fake)
+    sub = lambda n: ProbeSet("freetext_rouge", tuple(Probe(f"q{i}?", f"a{i}") for i in range(n)))  # noqa: E731
+    cases = [EditCase(EditRequest("a", "q", "a"), {"sub": sub(3)}), EditCase(EditRequest("b", "q", "a"), {"sub": sub(1)})]
+    ev = Evaluator(tiny_model, "greedy", batch_size=8, max_new_tokens=4)
+    monkeypatch.setattr(ev, "_batched", lambda seqs, fn: [[5, 6, 7, 8]] * len(seqs))  # any 4 tokens
+    s = ev.evaluate(tiny_model.model, cases, [{}, {}], None, None)
+    assert s.metrics["sub_rouge1_r"] == pytest.approx((1 / 3 + 0.5) / 2)
+    assert s.names == ["sub_rouge1_r"] and "op" not in s.metrics
+
+
+def test_unstructured_protocol_end_to_end(tmp_path):
+    proc = run_cli("model=tiny_llama", "data=unke", "protocol=unstructured_v1", "editor=grace", "n_edits=3",
+                   "protocol.max_new_tokens=12", "protocol.checkpoints=[3]", f"out_dir={tmp_path / 'out'}",
+                   cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (run,) = run_dirs(tmp_path / "out")
+    row = read_rows(run)[-1]
+    assert row["protocol"] == "unstructured_v1" and row["max_new_tokens"] == 12
+    names = row["metric_names"]
+    for split in ("orig", "para"):
+        assert [n for n in names if n.startswith(split + "_")] == [
+            f"{split}_{m}" for m in ("sacrebleu", "bleu1_horen", "rouge1_r", "rouge2_r", "rougeL_r", "rouge1_f",
+                                     "rouge2_f", "rougeL_f", "minilm_cosine", "bertscore_f")]
+    assert [n for n in names if n.startswith("sub_")] == [f"sub_rouge{k}_{x}" for x in "rf" for k in ("1", "2", "L")]
+    assert "op" not in names and all(0 <= row[n] <= 1 + 1e-6 for n in names)
+
+
+@pytest.mark.parametrize("name", ["grace", "horen"])
+def test_long_cached_generation_equals_uncached_through_codebook_editors(name, zsre_records):
+    """Codebook editors inject at the query's last prompt token on the prefill pass only: a long
+    KV-cached answer equals the uncached one token for token."""
+    m, ed, _ = build_editor(name)
+    for c in zsre_records[:3]:
+        ed.edit([c.request])
+    prompts = [m.encode_prompt(c.request.prompt) for c in zsre_records[:6]]
+    cached = m.greedy(ed.module(), prompts, [48] * len(prompts))
+    assert cached == m.greedy(ed.module(), prompts, [48] * len(prompts), use_cache=False)
+    assert all(len(g) == 48 for g in cached)
