@@ -218,7 +218,7 @@ def test_alphaedit_updates_stay_in_the_null_space_and_accumulate_keys(zsre_recor
     r = zsre_records[0].request
     ed.edit([r])
     for s, w0, P in zip(ed.sites, W0, ed.P):
-        dW = ed.deltas.delta[f"{s.layer}.{s.module}"].double()  # d_out x d_in, as added to the weight
+        dW = ed.deltas.delta[f"{s.layer}.{s.module}.weight"].double()  # d_out x d_in, as added to the weight
         torch.testing.assert_close(m.module_at(s).weight.detach(), w0 + dW.float())
         assert dW.abs().max() > 0
         I = torch.eye(P.shape[0], dtype=P.dtype)  # keys in the protected space see no change
@@ -280,7 +280,7 @@ def test_ultraedit_keys_gradients_and_ridge_update_match_a_plain_hf_backward(zsr
         z = norms[(K.shape[1], G.shape[1])].normalise(torch.cat([K, G], -1))
         V = -1e-6 * z[:, :K.shape[1]].square().sum(-1, keepdim=True) * z[:, K.shape[1]:]
         shift = torch.linalg.solve(K.T @ K + torch.eye(K.shape[1], dtype=K.dtype), K.T @ V)
-        dW = ed.deltas.delta[f"{s.layer}.{s.module}"]
+        dW = ed.deltas.delta[f"{s.layer}.{s.module}.weight"]
         torch.testing.assert_close(m.module_at(s).weight.detach(), W0[(s.layer, s.module)] + dW)
         torch.testing.assert_close(dW.double(), shift.T, rtol=1e-4, atol=1e-6 * float(shift.abs().max()))
         assert dW.abs().max() > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from conftest import build_editor, read_rows, run_cli, run_dirs
 from editbench.data.records import EditCase, EditRequest, Probe, ProbeSet
@@ -94,3 +95,50 @@ def test_long_cached_generation_equals_uncached_through_codebook_editors(name, z
     cached = m.greedy(ed.module(), prompts, [48] * len(prompts))
     assert cached == m.greedy(ed.module(), prompts, [48] * len(prompts), use_cache=False)
     assert all(len(g) == 48 for g in cached)
+
+
+# ----------------------------------------------------------------------------- the UnKE editor
+def test_run_block_equals_the_block_inside_a_full_forward(tiny_model, zsre_records):
+    m = tiny_model
+    b = m.batch([m.encode_example(c.request.prompt, c.request.target) for c in zsre_records[:3]])
+    h_in, h_out = m.prefix(b, layer=1).h, m.prefix(b, layer=2).h
+    real = b.attention_mask.bool()
+    torch.testing.assert_close(m.run_block(1, h_in, b)[real], h_out[real], rtol=1e-5, atol=1e-6)
+
+
+def test_unke_writes_z_star_into_the_block_and_keeps_preservation_outputs(zsre_records):
+    m, ed, cases = build_editor("unke", "editor.optim_num_step=200", "editor.lr=1e-3")
+    r = cases[0].request
+    ids, n_prompt = m.encode_example(r.prompt, r.target)
+    q = m.batch([(ids[:n_prompt], n_prompt)])
+    X_q = m.prefix(q, layer=1).h
+    with torch.no_grad():
+        before = m.run_block(1, X_q, q)
+    captured = {}
+    import editbench.editors.unke as unke_mod
+    real = unke_mod.optimise_delta
+
+    def spy(*a, **k):
+        captured["res"] = real(*a, **k)
+        return captured["res"]
+
+    unke_mod.optimise_delta = spy
+    try:
+        ed.edit([r])
+    finally:
+        unke_mod.optimise_delta = real
+    with torch.no_grad():
+        after = m.run_block(1, X_q, q)
+    z_star = before[0, -1] + captured["res"].delta
+    # the question's last position moved most of the way to z*; the other positions stayed close
+    assert (after[0, -1] - z_star).norm() < 0.5 * (before[0, -1] - z_star).norm()
+    assert (after[0, :-1] - before[0, :-1]).norm() < (after[0, -1] - before[0, -1]).norm()
+    assert set(ed.deltas.delta) == {f"1.{n}" for n, _ in m.blocks[1].named_parameters()}
+    assert ed.report()["preservation"] == "aux" and ed.report()["preservation_pool"] > 20
+
+
+def test_unke_refuses_bad_preservation_settings():
+    with pytest.raises(EditbenchError, match="editor.preservation='alpaca' is not 'aux' or 'hub:<dataset>'"):
+        build_editor("unke", "editor.preservation=alpaca")
+    with pytest.raises(EditbenchError, match="needs 50000 preservation examples but has"):
+        build_editor("unke", "editor.ex_data_num=50000", n_cases=2)

@@ -404,6 +404,30 @@ class EditableModel(PromptFormat):
             last.mlp = mlp
         return out.last_hidden_state
 
+    def run_block(self, layer: int, h: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
+        """Block `layer` alone on the hidden states `h` entering it (every position of `batch`),
+        with the model's own mask and rotary embeddings; differentiable in the block's parameters."""
+        inner = self.model.model
+        full = inner.layers
+        captured = {}
+
+        def grab(_module, args):
+            captured["h"] = args[0]
+            raise _StopForward
+
+        inner.layers = nn.ModuleList([full[layer]])
+        handle = inner.norm.register_forward_pre_hook(grab)
+        try:
+            with self.bind(Pass("unedited", batch.prompt_mask)):
+                inner(inputs_embeds=h, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                      use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+            inner.layers = full
+        return captured["h"]
+
     def target_loss(self, pre: "EditableModel.Prefix", state: dict | None = None) -> torch.Tensor:
         """Mean next-token cross-entropy over the target tokens, scoring only those positions, in
         a training pass (`state`: what the editor's wrapper reads during it, e.g. the value being

@@ -17,31 +17,40 @@ from editbench.models import EditableModel, EditSite, Pass, PromptFormat
 
 
 class WeightDeltas:
-    """The in-place changes of the weights an editor rewrites, kept as W = W0 + D with D the
+    """The in-place changes of the parameters an editor rewrites, kept as W = W0 + D with D the
     accumulated delta: `state_dict` holds D only (never a copy of an unedited weight) and a reload
-    sets W0 + D, bit-identical to the weight the uninterrupted editor computed."""
+    sets W0 + D, bit-identical to the weight the uninterrupted editor computed. Keys are
+    `<layer>.<path in the block>` (the weight of each site's module, or any named parameter)."""
 
-    def __init__(self, model: EditableModel, sites: Sequence[EditSite]):
-        self.modules = {_key(s): model.module_at(s) for s in sites}
-        self.base = {k: m.weight.detach().clone() for k, m in self.modules.items()}
+    def __init__(self, model: EditableModel, sites: Sequence[EditSite] = (), params: dict | None = None):
+        self.params = {_key(s): model.module_at(s).weight for s in sites}
+        self.params.update(params or {})
+        self.base = {k: p.detach().clone() for k, p in self.params.items()}
         self.delta: dict[str, torch.Tensor] = {}
 
+    @classmethod
+    def of_block(cls, model: EditableModel, layer: int) -> "WeightDeltas":
+        """Every parameter of decoder block `layer` (weights, norms, biases)."""
+        return cls(model, params={f"{layer}.{n}": p for n, p in model.blocks[layer].named_parameters()})
+
     def add(self, site: EditSite, update: torch.Tensor) -> None:
-        """W += update (update shaped like the weight)."""
-        k = _key(site)
+        """W += update for the weight of the module at `site`."""
+        self.add_key(_key(site), update)
+
+    def add_key(self, k: str, update: torch.Tensor) -> None:
         d = self.delta.get(k)
         self.delta[k] = update.to(self.base[k].dtype) if d is None else d + update.to(d.dtype)
         self._apply(k)
 
     def _apply(self, k: str) -> None:
         with torch.no_grad():
-            self.modules[k].weight.copy_(self.base[k] + self.delta[k])
+            self.params[k].copy_(self.base[k] + self.delta[k])
 
     def state_dict(self) -> dict:
         return {k: d.detach().cpu().clone() for k, d in self.delta.items()}
 
     def load_state_dict(self, sd: dict) -> None:
-        unknown = set(sd) - set(self.modules)
+        unknown = set(sd) - set(self.params)
         if unknown:
             raise EditbenchError(f"checkpoint holds weight deltas for {sorted(unknown)}, which this editor's config "
                                  f"does not edit — resume with the layers the run started with")
@@ -55,7 +64,7 @@ class WeightDeltas:
 
 
 def _key(site: EditSite) -> str:
-    return f"{site.layer}.{site.module}"
+    return f"{site.layer}.{site.module}.weight"
 
 
 def check_layers(model: EditableModel, layers: Sequence[int], editor: str, what: str = "layers") -> list[int]:
