@@ -108,7 +108,7 @@ def test_statistics_corpus_errors(tmp_path, corpus_file):
 
 # ----------------------------------------------------------------------------- config errors
 @pytest.mark.parametrize("overrides,expect", [
-    (["editor=rome", "editor.layer=7"], "editor.layer=[7] names layer(s) [7] outside model tiny_llama (0..3)"),
+    (["editor=rome", "editor.layer=7"], "editor.layer=7 names layer(s) [7] outside model tiny_llama (0..3)"),
     (["editor=rome", "editor.layer=null"], "editor=rome has no layer for model tiny_llama — add "
                                            "conf/editor_model/rome_tiny_llama.yaml"),
     (["editor=alphaedit", "editor.layers=[1,4]"], "names layer(s) [4] outside model"),

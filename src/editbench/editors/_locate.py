@@ -67,15 +67,19 @@ def _key(site: EditSite) -> str:
     return f"{site.layer}.{site.module}.weight"
 
 
-def check_layers(model: EditableModel, layers: Sequence[int], editor: str, what: str = "layers") -> list[int]:
+def check_layers(model: EditableModel, layers: Sequence[int], editor: str, what: str = "layers",
+                 shown=None) -> list[int]:
+    """`layers` as ints, or a one-line error naming the pair file to fix (`shown`: the value as
+    configured, when it is not the list itself)."""
     n = len(model.blocks)
     if not layers:
         raise EditbenchError(f"editor={editor} has no {what} for model {model.name} — add "
                              f"conf/editor_model/{editor}_{model.name}.yaml (see {editor}_llama3_8b.yaml)")
     bad = [int(x) for x in layers if not 0 <= int(x) < n]
     if bad:
-        raise EditbenchError(f"editor.{what}={list(layers)} names layer(s) {bad} outside model {model.name} "
-                             f"(0..{n - 1}) — fix conf/editor_model/{editor}_{model.name}.yaml")
+        value = list(layers) if shown is None else shown
+        raise EditbenchError(f"editor.{what}={value} names layer(s) {bad} outside model {model.name} (0..{n - 1}) — "
+                             f"fix conf/editor_model/{editor}_{model.name}.yaml")
     return [int(x) for x in layers]
 
 

@@ -43,7 +43,7 @@ class ROME(Editor):
                          mom2_max_condition=mom2_max_condition, template_seeds=list(template_seeds),
                          template_lengths=list(template_lengths), templates_per_seed=templates_per_seed,
                          template_top_k=template_top_k)
-        (L,) = check_layers(model, [] if layer is None else [layer], "rome", "layer")
+        (L,) = check_layers(model, [] if layer is None else [layer], "rome", "layer", layer)
         self.site = EditSite(L, rewrite_module)
         nn_linear(model, self.site)
         self.deltas = WeightDeltas(model, [self.site])

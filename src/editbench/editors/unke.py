@@ -37,7 +37,7 @@ class UnKE(Editor):
                          v_weight_decay=v_weight_decay, clamp_norm_factor=clamp_norm_factor, lr=lr,
                          optim_num_step=optim_num_step, ex_data_num=ex_data_num, weight_decay=weight_decay,
                          preservation=preservation)
-        (self.layer,) = check_layers(model, [] if layer is None else [layer], "unke", "layer")
+        (self.layer,) = check_layers(model, [] if layer is None else [layer], "unke", "layer", layer)
         if self.layer + 1 >= len(model.blocks):
             raise EditbenchError(f"editor.layer={self.layer} is model {model.name}'s last block — UnKE needs a block "
                                  f"below it (fix conf/editor_model/unke_{model.name}.yaml)")
