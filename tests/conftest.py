@@ -166,3 +166,16 @@ def prefill_logits(m, ed, prompts):
         out = ed.module()(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                           position_ids=batch.position_ids, use_cache=False).logits
     return out[batch.attention_mask.bool()]
+
+
+def spy(monkeypatch, module, name: str) -> dict:
+    """Wrap `module.<name>` for one test; the returned dict holds its last result under "result"."""
+    seen: dict = {}
+    real = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        seen["result"] = real(*args, **kwargs)
+        return seen["result"]
+
+    monkeypatch.setattr(module, name, wrapper)
+    return seen

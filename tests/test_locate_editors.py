@@ -17,7 +17,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import CACHE_DIR, build_editor, compose_config, probe  # noqa: E402
+from conftest import CACHE_DIR, build_editor, compose_config, spy  # noqa: E402
 
 from editbench.errors import EditbenchError  # noqa: E402
 from editbench.models import EditSite, load_model  # noqa: E402
@@ -146,7 +146,7 @@ def test_subject_last_token_on_smollm2():
 
 
 # ----------------------------------------------------------------------------- ROME
-def test_rome_update_is_rank_one_along_inverse_covariance_key_and_writes_delta(zsre_records):
+def test_rome_update_is_rank_one_along_inverse_covariance_key_and_writes_delta(zsre_records, monkeypatch):
     from editbench.editors import _locate
 
     m, ed, _ = build_editor("rome")
@@ -157,19 +157,9 @@ def test_rome_update_is_rank_one_along_inverse_covariance_key_and_writes_delta(z
     k_star = _locate.at_lookup(m.site_io(batch, site)[0], look).mean(0).double()
     b0, l0 = _locate.prompt_rows(m, ["{}"], r.prompt, r.subject)
     y_before = _locate.at_lookup(m.site_io(b0, site)[1], l0)[0]
-    captured = {}
-    real = _locate.optimise_delta
-
-    def spy(*a, **k):
-        captured["res"] = real(*a, **k)
-        return captured["res"]
-
     import editbench.editors.rome as rome_mod
-    rome_mod.optimise_delta = spy
-    try:
-        ed.edit([r])
-    finally:
-        rome_mod.optimise_delta = real
+    captured = spy(monkeypatch, rome_mod, "optimise_delta")
+    ed.edit([r])
     dW = (m.module_at(site).weight.detach() - W0).double()
     s = torch.linalg.svdvals(dW)
     assert s[1] < 1e-6 * s[0]  # rank one
@@ -178,7 +168,7 @@ def test_rome_update_is_rank_one_along_inverse_covariance_key_and_writes_delta(z
     row = torch.linalg.svd(dW).Vh[0]
     assert abs(abs(float(row @ u)) - 1) < 1e-5  # along C^-1 k*
     y_after = _locate.at_lookup(m.site_io(b0, site)[1], l0)[0]
-    torch.testing.assert_close(y_after - y_before, captured["res"].delta, rtol=1e-4, atol=1e-5)  # o + δ = v*
+    torch.testing.assert_close(y_after - y_before, captured["result"].delta, rtol=1e-4, atol=1e-5)  # o + δ = v*
 
 
 def test_evaluator_does_not_reuse_unedited_states_above_a_weight_edit(zsre_records):

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import build_editor, read_rows, run_cli, run_dirs
+from conftest import build_editor, read_rows, run_cli, run_dirs, spy
 from editbench.data.records import EditCase, EditRequest, Probe, ProbeSet
 from editbench.data.unke import SHIPPED, UnKE
 from editbench.errors import EditbenchError
@@ -106,7 +106,7 @@ def test_run_block_equals_the_block_inside_a_full_forward(tiny_model, zsre_recor
     torch.testing.assert_close(m.run_block(1, h_in, b)[real], h_out[real], rtol=1e-5, atol=1e-6)
 
 
-def test_unke_writes_z_star_into_the_block_and_keeps_preservation_outputs(zsre_records):
+def test_unke_writes_z_star_into_the_block_and_keeps_preservation_outputs(zsre_records, monkeypatch):
     m, ed, cases = build_editor("unke", "editor.optim_num_step=200", "editor.lr=1e-3")
     r = cases[0].request
     ids, n_prompt = m.encode_example(r.prompt, r.target)
@@ -114,22 +114,12 @@ def test_unke_writes_z_star_into_the_block_and_keeps_preservation_outputs(zsre_r
     X_q = m.prefix(q, layer=1).h
     with torch.no_grad():
         before = m.run_block(1, X_q, q)
-    captured = {}
     import editbench.editors.unke as unke_mod
-    real = unke_mod.optimise_delta
-
-    def spy(*a, **k):
-        captured["res"] = real(*a, **k)
-        return captured["res"]
-
-    unke_mod.optimise_delta = spy
-    try:
-        ed.edit([r])
-    finally:
-        unke_mod.optimise_delta = real
+    captured = spy(monkeypatch, unke_mod, "optimise_delta")
+    ed.edit([r])
     with torch.no_grad():
         after = m.run_block(1, X_q, q)
-    z_star = before[0, -1] + captured["res"].delta
+    z_star = before[0, -1] + captured["result"].delta
     # the question's last position moved most of the way to z*; the other positions stayed close
     assert (after[0, -1] - z_star).norm() < 0.5 * (before[0, -1] - z_star).norm()
     assert (after[0, :-1] - before[0, :-1]).norm() < (after[0, -1] - before[0, -1]).norm()
