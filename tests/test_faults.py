@@ -356,6 +356,19 @@ def test_a_second_signal_stops_at_once():
     assert signal.getsignal(signal.SIGTERM) != stop._handle  # handlers restored
 
 
+def test_an_immediate_stop_leaves_a_stopped_summary(tmp_path):
+    """After a second signal (no safe point reached) summary.json no longer says "running"."""
+    from editbench.checkpoint import RunStore
+
+    store = RunStore(tmp_path)
+    store.write_summary({"status": "running", "run_id": "r", "n_edits": 100, "done": 10, "segments": []})
+    store.mark_stopped(10)
+    assert read_summary(tmp_path) == {"status": "stopped", "run_id": "r", "n_edits": 100, "done": 10, "segments": []}
+    store.write_summary({"status": "complete", "done": 100})
+    store.mark_stopped(100)
+    assert read_summary(tmp_path)["status"] == "complete"
+
+
 def test_sigterm_stops_cleanly_and_resumes_exactly(cli_reference, tmp_path):
     _stop_with(signal.SIGTERM, tmp_path, cli_reference)
 

@@ -149,6 +149,17 @@ class RunStore:
     def write_summary(self, summary: dict) -> None:
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
+    def mark_stopped(self, done: int) -> None:
+        """After an immediate stop: a summary that still says "running" says "stopped" at `done`
+        (the newest complete checkpoint), so no reader takes the run for a live one."""
+        path = self.dir / "summary.json"
+        try:
+            summary = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        if summary.get("status") == "running":
+            self.write_summary({**summary, "status": "stopped", "done": done})
+
     def write_records(self, step: int, records: list[dict]) -> None:
         """One gzipped JSON line per scored probe at checkpoint `step` (written atomically)."""
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()

@@ -222,7 +222,9 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, ...] =
         try:
             return _run(cfg, run_dir, list(overrides), stop)
         except KeyboardInterrupt:  # a second signal, or one before the handlers were in place
-            done = (RunStore(run_dir).latest_meta() or {}).get("cursor", 0)
+            store = RunStore(run_dir)
+            done = (store.latest_meta() or {}).get("cursor", 0)
+            store.mark_stopped(done)
             raise RunStopped(stop.signum or signal.SIGINT, done, int(cfg.n_edits)) from None
 
 
