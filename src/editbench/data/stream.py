@@ -14,7 +14,7 @@ from editbench.errors import EditbenchError
 class RecordStream:
     #: the shipped records (a JSONL file next to the adapter)
     packaged: Path
-    #: aux sources every adapter understands (subclasses may add their own)
+    #: aux sources this adapter accepts (a subclass lists the ones that make sense for it)
     AUX_SOURCES: tuple[str, ...] = ("outside_stream", "own_loc")
 
     def __init__(self, name: str, path: str | None, hub: str | None, revision: str | None, split: str,
@@ -73,10 +73,25 @@ class RecordStream:
             stream evaluates (records share questions, so this goes by text, not by record), each
             once, in a seeded order;
         own_loc: the stream's own locality probes, in stream order — what the WISE reference
-            does (it trains on the locality prompt it then evaluates); for reproducing it only."""
+            does (it trains on the locality prompt it then evaluates); for reproducing it only;
+        zsre_nq: the NQ questions of the shipped ZsRE pool, for datasets whose own locality
+            questions are all evaluated (or that have none), likewise without the stream's prompts."""
         if self.aux_source == "own_loc":
             return [(p.prompt, p.answer) for c in stream for p in c.probes["loc"].probes]
+        if self.aux_source == "zsre_nq":
+            from editbench.data.zsre import ZsRE  # zsre imports this module
+
+            return outside(ZsRE().records(), stream, f"aux-{self.order_seed}")
         return outside(self.records(), stream, f"aux-{self.order_seed}")
+
+
+def text_field(dataset: str, rec: dict, key: str, value, i: int, where: str) -> str:
+    """`value` (record `rec`'s field `key`, already unwrapped) if it is a non-empty string, else a
+    one-line error naming the record and the field."""
+    if not isinstance(value, str) or not value.strip():
+        raise EditbenchError(f"{dataset} record {i} (id={rec.get('id', '?')}) in {where}: field '{key}' is missing or "
+                             f"empty — fix the record or drop it from the file")
+    return value
 
 
 def outside(records: list[EditCase], stream: list[EditCase], seed: str) -> list[tuple[str, str]]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 from editbench.data.records import EditCase, EditRequest, Probe, ProbeSet
-from editbench.data.stream import RecordStream, outside
+from editbench.data.stream import RecordStream, text_field
 from editbench.errors import EditbenchError
 from editbench.validate import NonNegativeInt
 
@@ -27,11 +27,7 @@ SHIPPED = {"unkebench": Path(__file__).with_name("unkebench_v2.jsonl"),
 
 
 def _field(rec: dict, key: str, i: int, where: str) -> str:
-    v = rec.get(key)
-    if not isinstance(v, str) or not v.strip():
-        raise EditbenchError(f"unke record {i} (id={rec.get('id', '?')}) in {where}: field '{key}' is missing or empty "
-                             f"— fix the record or drop it from the file")
-    return v
+    return text_field("unke", rec, key, rec.get(key), i, where)
 
 
 class UnKE(RecordStream):
@@ -66,8 +62,3 @@ class UnKE(RecordStream):
         self.info = {"source": self.where, "records_total": len(self.raw), "usable": len(out), "with_para": n_para,
                      "with_sub": n_sub}
         return out
-
-    def aux(self, stream: list[EditCase]) -> list[tuple[str, str]]:
-        from editbench.data.zsre import ZsRE
-
-        return outside(ZsRE().records(), stream, f"aux-{self.order_seed}")

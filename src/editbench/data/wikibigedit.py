@@ -16,23 +16,18 @@ from pathlib import Path
 from typing import Literal
 
 from editbench.data.records import EditCase, EditRequest, Probe, ProbeSet
-from editbench.data.stream import RecordStream, outside
-from editbench.errors import EditbenchError
+from editbench.data.stream import RecordStream, text_field
 from editbench.metrics import OP
 from editbench.validate import NonNegativeInt
 
 PACKAGED = Path(__file__).with_name("wikibigedit_first1000.jsonl")
-REQUIRED = ("update", "ans", "rephrase", "personas", "loc", "loc_ans")
 
 
 def _field(rec: dict, key: str, i: int, where: str) -> str:
     v = rec.get(key)
     if isinstance(v, list) and len(v) == 1:  # HoReN wraps some fields in one-element lists
         v = v[0]
-    if not isinstance(v, str) or not v.strip():
-        raise EditbenchError(f"wikibigedit record {i} (id={rec.get('id', '?')}) in {where}: field '{key}' is missing "
-                             f"or empty — fix the record or drop it from the file")
-    return v
+    return text_field("wikibigedit", rec, key, v, i, where)
 
 
 class WikiBigEdit(RecordStream):
@@ -61,10 +56,3 @@ class WikiBigEdit(RecordStream):
             out.append(EditCase(EditRequest(str(r.get("id", i)), prompt, target, r.get("subject") or ""), sets))
         self.info = {"source": self.where, "records_total": len(self.raw), "usable": len(out), "with_mhop": n_mhop}
         return out
-
-    def aux(self, stream: list[EditCase]) -> list[tuple[str, str]]:
-        if self.aux_source == "zsre_nq":
-            from editbench.data.zsre import ZsRE
-
-            return outside(ZsRE().records(), stream, f"aux-{self.order_seed}")
-        return super().aux(stream)

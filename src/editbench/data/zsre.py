@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from editbench.data.records import EditCase, EditRequest, Probe, ProbeSet
-from editbench.data.stream import RecordStream
+from editbench.data.stream import RecordStream, text_field
 from editbench.errors import EditbenchError
 from editbench.metrics import OP
 from editbench.validate import NonNegativeInt
@@ -29,10 +29,7 @@ def _text(rec: dict, key: str, i: int, where: str) -> str:
     v = rec.get(key)
     if isinstance(v, list) and v and key == "answers":
         v = v[0]
-    if not isinstance(v, str) or not v.strip():
-        raise EditbenchError(f"zsre record {i} (id={rec.get('id', '?')}) in {where}: field '{key}' is missing or "
-                             f"empty — fix the record or drop it from the file")
-    return v
+    return text_field("zsre", rec, key, v, i, where)
 
 
 def make_case(case_id: str, prompt: str, target: str, rephrase: str, loc_prompt: str, loc_answer: str,
