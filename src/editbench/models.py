@@ -278,7 +278,8 @@ class EditableModel(PromptFormat):
         start: int
         layer: int  # the first block `suffix_hidden` runs
 
-    def _run_to_layer(self, layer: int, input_ids, attention_mask, position_ids, **kw) -> torch.Tensor:
+    def _run_to_layer(self, layer: int, input_ids, attention_mask, position_ids, detach: bool = True,
+                      **kw) -> torch.Tensor:
         captured = {}
 
         def grab(_module, args, kwargs):
@@ -294,7 +295,7 @@ class EditableModel(PromptFormat):
             pass
         finally:
             handle.remove()
-        return captured["h"].detach()
+        return captured["h"].detach() if detach else captured["h"]
 
     @torch.no_grad()
     def greedy(self, module, prompts: list[list[int]], n_new: list[int], unedited: bool = False,
@@ -409,24 +410,13 @@ class EditableModel(PromptFormat):
         with the model's own mask and rotary embeddings; differentiable in the block's parameters."""
         inner = self.model.model
         full = inner.layers
-        captured = {}
-
-        def grab(_module, args):
-            captured["h"] = args[0]
-            raise _StopForward
-
-        inner.layers = nn.ModuleList([full[layer]])
-        handle = inner.norm.register_forward_pre_hook(grab)
+        inner.layers = nn.ModuleList([full[layer]])  # the one block; its output is the final norm's input
         try:
             with self.bind(Pass("unedited", batch.prompt_mask)):
-                inner(inputs_embeds=h, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                      use_cache=False)
-        except _StopForward:
-            pass
+                return self._run_to_layer(1, None, batch.attention_mask, batch.position_ids, detach=False,
+                                          inputs_embeds=h, use_cache=False)
         finally:
-            handle.remove()
             inner.layers = full
-        return captured["h"]
 
     def target_loss(self, pre: "EditableModel.Prefix", state: dict | None = None) -> torch.Tensor:
         """Mean next-token cross-entropy over the target tokens, scoring only those positions, in

@@ -253,8 +253,8 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str], stop: StopSignals
     cache = StateCache(Path(cfg.cache_dir).expanduser() / "states" /
                        f"{cfg.model.name}-{cache_key(OmegaConf.to_container(cfg.model, resolve=True), proto.scoring)}.sqlite",
                        max_gb=float(cfg.cache_max_gb))
-    evaluator = Evaluator(model, proto.scoring, proto.eval_batch_size, cache,
-                          max_new_tokens=int(proto.get("max_new_tokens", 512)))
+    max_new_tokens = int(proto.get("max_new_tokens", 512))  # the free-text generation cap
+    evaluator = Evaluator(model, proto.scoring, proto.eval_batch_size, cache, max_new_tokens=max_new_tokens)
     t0 = time.perf_counter()
     refs = evaluator.reference(cases)  # the unedited model's outputs, before any editor touches it
     print(f"[editbench] unedited reference outputs: {sum(len(v) for r in refs for v in r.values())} probes "
@@ -273,7 +273,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str], stop: StopSignals
         "schema": SCHEMA, "run_id": f"{Path(run_dir).name}-{chash}", "tag": cfg.tag, "method": editor.method,
         "editor": cfg.editor.name, "model": cfg.model.name, "data": cfg.data.name, "protocol": proto.name,
         "protocol_version": int(proto.version), "scoring": proto.scoring,
-        "max_new_tokens": int(proto.get("max_new_tokens", 512)), "seed": int(cfg.seed), "n_edits": n_edits,
+        "max_new_tokens": max_new_tokens, "seed": int(cfg.seed), "n_edits": n_edits,
         "hparams": {k: v for k, v in OmegaConf.to_container(cfg.editor, resolve=True).items()
                     if k not in ("_target_", "name")},
         "edit_layer": model.site.layer, "edit_module": model.site.module, "chat_template": model.chat_template,

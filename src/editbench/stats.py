@@ -121,11 +121,10 @@ def second_moments(model: EditableModel, sites: Sequence[EditSite], corpus: Corp
     weights = weights_fingerprints(model, max(s.layer for s in sites))
     paths = {(s.layer, s.module): _cache_path(cache_dir, model, s, corpus, max_length, weights[s.layer])
              for s in sites}
-    C, tokens, cached = {}, None, True
+    C, tokens = {}, None
     missing = [s for s in sites if not paths[(s.layer, s.module)].is_file()]
     t0 = time.perf_counter()
     if missing:
-        cached = False
         sums, tokens = _accumulate(model, missing, corpus, max_length, batch_tokens)
         for s in missing:
             key = (s.layer, s.module)
@@ -135,12 +134,14 @@ def second_moments(model: EditableModel, sites: Sequence[EditSite], corpus: Corp
             tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
             torch.save(blob, tmp)
             os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+            C[key] = blob["C"]
     for s in sites:
-        blob = torch.load(paths[(s.layer, s.module)], map_location="cpu", weights_only=True)
-        C[(s.layer, s.module)] = blob["C"]
-        tokens = int(blob["tokens"])
+        key = (s.layer, s.module)
+        if key not in C:  # computed by an earlier run
+            blob = torch.load(paths[key], map_location="cpu", weights_only=True)
+            C[key], tokens = blob["C"], int(blob["tokens"])
     info = {"corpus": corpus.name, "texts": len(corpus.texts), "tokens": tokens, "max_length": max_length,
-            "cached": cached, "seconds": round(time.perf_counter() - t0, 3)}
+            "cached": not missing, "seconds": round(time.perf_counter() - t0, 3)}
     return Moments(C, info)
 
 
