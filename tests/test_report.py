@@ -112,15 +112,16 @@ def test_baselines_spot_checks():
 def test_baselines_structure():
     df = report.load_baselines(BASELINES)
     assert df.groupby("table").size().to_dict() == {
-        "1": 72, "2": 36, "4": 15, "6": 6, "8": 8, "9": 9, "10": 6, "11": 6}
-    assert not df.duplicated(["table", "model", "method", "data", "N"]).any()
+        "1": 72, "2": 36, "4": 15, "6": 6, "7": 6, "8": 8, "9": 9, "10": 6, "11": 6}
+    assert not df.duplicated(["table", "model", "method", "data", "N", "column"]).any()
     assert df.loc[df["table"].isin(["1", "2", "4", "9", "10", "11"]), "N_inferred"].all()
-    assert not df.loc[df["table"].isin(["6", "8"]), "N_inferred"].any()
+    assert not df.loc[df["table"].isin(["6", "7", "8"]), "N_inferred"].any()
     assert set(df["model"]) <= {"", "llama3_8b", "llama31_8b", "qwen25_7b", "sea_lion_32b",
                                 "deepseek_r1_llama_8b", "gpt_oss_20b"}
     assert set(df["method"]) <= {"ROME", "GRACE", "WISE", "AlphaEdit", "UltraEdit", "HoReN",
-                                 "GRACE+Norm", "HoReN w/o norm", "HoReN-LoRA", "REPAIR"}
-    values = df[list(report.PAPER_METRICS)].stack().dropna()
+                                 "GRACE+Norm", "HoReN w/o norm", "HoReN-LoRA", "REPAIR", "UnKE"}
+    metrics = [c for c in df.columns if c not in report.BASELINE_TEXT + ["N", "N_inferred"]]
+    values = df[metrics].stack().dropna()
     assert ((values >= 0) & (values <= 1)).all()
     assert df["source"].str.contains("EDITORS.md").all()
     # Tables 9-11 repeat Table 1's LLaMA-3.1 HoReN rows, once per table.

@@ -17,6 +17,7 @@ Written under ``--out``:
   tables/<data>__<model>__<protocol>-v<version>__<scoring>.{md,tex}       each metric per N
   tables/<same stem>__cost.{md,tex}                                      edit time, memory, params
   tables/calibration__<stem>__<method>.{md,tex}                          one row per sweep setting
+  tables/paper_table{6,7,8}__<model>__....{md,tex}                        the paper's layouts (paper_tables.py)
   figures/op_vs_n__<stem>.{png,pdf}, metrics_vs_n__..., cost_vs_n__...   N-scaling plots
   figures/calibration__<stem>__<method>.{png,pdf}, pareto__...            sweeps (tag calibration)
   index.md                                                                what was written + gaps
@@ -56,13 +57,15 @@ OVERALL = "op"  # the overall score: its own figure (op_vs_n), not a metrics_vs_
 # Columns a row must have to be placed in a table cell.
 REQUIRED = ("method", "model", "data", "protocol", "protocol_version", "scoring", "seed", "N")
 # One group = one measured quantity; its rows differ only by seed.
-GROUP_KEYS = ["tag", "method", "model", "data", "protocol", "protocol_version", "scoring", "chat_template", "N",
-              "hparams_key"]
+GROUP_KEYS = ["tag", "method", "model", "data", "protocol", "protocol_version", "scoring", "chat_template",
+              "max_new_tokens", "N", "hparams_key"]
 # One table (and one set of N-scaling figures) per value of these: a chat-templated model sees other
-# inputs, so its rows never share a table with raw-prompt rows.
-TABLE_KEYS = ["data", "model", "protocol", "protocol_version", "scoring", "chat_template"]
+# inputs, and a free-text answer cut at 128 tokens scores differently from one cut at 512, so such
+# rows never share a table.
+TABLE_KEYS = ["data", "model", "protocol", "protocol_version", "scoring", "chat_template", "max_new_tokens"]
+MAX_NEW_TOKENS = 512  # the protocol's default generation cap: rows written before the field existed
 # Numeric row fields that identify a row rather than measure something.
-NOT_AVERAGED = {"schema", "seed", "N", "protocol_version", "n_edits", "edit_layer"}
+NOT_AVERAGED = {"schema", "seed", "N", "protocol_version", "n_edits", "edit_layer", "max_new_tokens"}
 COSTS = ("edit_s_mean", "edit_s_total", "eval_s", "peak_mem_gb", "resident_mem_gb", "mem_growth_gb",
          "editor_params")
 UNKNOWN_DEVICE = "unknown"  # mem_device of rows written before the field existed
@@ -179,6 +182,7 @@ def _parse_row(line: str) -> dict:
         row[key] = int(row[key])
     row["tag"] = row.get("tag") or "main"
     row["chat_template"] = bool(row.get("chat_template", False))
+    row["max_new_tokens"] = int(row.get("max_new_tokens") or MAX_NEW_TOKENS)
     row["metric_names"] = _parse_metric_names(row)
     row["hparams"] = hparams
     row["hparams_key"] = json.dumps({k: v for k, v in hparams.items() if k != "seed"},
@@ -270,21 +274,30 @@ def _ordered_labels(agg: pd.DataFrame) -> list[tuple[str, str]]:
 
 # ------------------------------------------------------------------------------------- baselines
 
+BASELINE_TEXT = ["table", "model", "method", "data", "column", "source", "note"]
+
+
 def load_baselines(path) -> pd.DataFrame:
-    """Published numbers: ``path`` is a CSV file or a directory of them (missing -> empty)."""
+    """Published numbers: ``path`` is a CSV file or a directory of them (missing -> empty).
+
+    Every column that is not one of :data:`BASELINE_TEXT`, ``N`` or ``N_inferred`` is a metric
+    (named as the result rows name it, e.g. ``orig_rougeL_r``); the paper's four are always
+    present.  ``column`` is the paper's own column label where its N is unknown (Table 7's pairs).
+    """
     path = Path(path)
     files = sorted(path.glob("*.csv")) if path.is_dir() else [path] if path.is_file() else []
-    columns = ["table", "model", "method", "data", "N", "N_inferred", *PAPER_METRICS, "source", "note"]
-    if not files:
-        return pd.DataFrame(columns=columns)
-    text = ["table", "model", "method", "data", "source", "note"]
-    df = pd.concat([pd.read_csv(f, dtype={c: str for c in text}) for f in files], ignore_index=True)
-    df[text] = df[text].fillna("")
-    df["N"] = pd.to_numeric(df["N"], errors="coerce").astype("Int64")
-    df["N_inferred"] = df["N_inferred"].astype(str).str.lower().eq("true")
-    for metric in PAPER_METRICS:
-        df[metric] = pd.to_numeric(df[metric], errors="coerce")
-    return df[columns]
+    frames = [pd.read_csv(f, dtype={c: str for c in BASELINE_TEXT}) for f in files]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    for column in BASELINE_TEXT:
+        df[column] = df[column].fillna("") if column in df else ""
+    df["N"] = pd.to_numeric(df["N"], errors="coerce").astype("Int64") if "N" in df else pd.Series(dtype="Int64")
+    df["N_inferred"] = df["N_inferred"].astype(str).str.lower().eq("true") if "N_inferred" in df else False
+    fixed = set(BASELINE_TEXT) | {"N", "N_inferred"}
+    metrics = list(PAPER_METRICS) + [c for c in df.columns if c not in fixed and c not in PAPER_METRICS]
+    for metric in metrics:
+        df[metric] = pd.to_numeric(df[metric], errors="coerce") if metric in df else np.nan
+    return df[[c for c in BASELINE_TEXT if c not in ("source", "note")] + ["N", "N_inferred", *metrics,
+                                                                          "source", "note"]]
 
 
 def _published(baselines, model, method, data, Ns) -> list[tuple[str, dict]]:
@@ -332,7 +345,7 @@ class Table:
     rows: list[list[str]]                # display text; first cell is the row label
     bold: set[tuple[int, int]] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
-    kind: str = "metrics"                # "metrics", "calibration" (both go to the README) or "cost"
+    kind: str = "metrics"                # "metrics", "paper", "calibration" (all go to the README) or "cost"
 
     @property
     def columns(self) -> list[str]:
@@ -751,12 +764,15 @@ def _stem(*parts) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", "__".join(str(p) for p in parts))
 
 
-def _table_stem(data, model, protocol, version, scoring, chat_template=False) -> str:
-    return _stem(data, model, f"{protocol}-v{version}", scoring, *(["chat"] if chat_template else []))
+def _table_stem(data, model, protocol, version, scoring, chat_template=False, max_new_tokens=MAX_NEW_TOKENS) -> str:
+    return _stem(data, model, f"{protocol}-v{version}", scoring, *(["chat"] if chat_template else []),
+                 *([f"gen{max_new_tokens}"] if max_new_tokens != MAX_NEW_TOKENS else []))
 
 
-def _title(data, model, protocol, version, scoring, chat_template=False) -> str:
-    return f"{data} · {model}{' (chat template)' if chat_template else ''} · {protocol} (v{version}) · {scoring} scoring"
+def _title(data, model, protocol, version, scoring, chat_template=False, max_new_tokens=MAX_NEW_TOKENS) -> str:
+    cap = f" · answers cut at {max_new_tokens} tokens" if max_new_tokens != MAX_NEW_TOKENS else ""
+    return (f"{data} · {model}{' (chat template)' if chat_template else ''} · {protocol} (v{version}) · "
+            f"{scoring} scoring{cap}")
 
 
 def _save(fig: Figure, folder: Path, stem: str) -> list[Path]:
@@ -803,6 +819,10 @@ def _render_rows(rows, out_dir: Path, baselines, source) -> tuple[dict, list[Tab
                                 "metrics_vs_n": plot_metrics_vs_n(group, baselines, title)})
         write_table(cost_table(group, f"{stem}__cost", f"Cost — {title}"))
         save_figures(stem, {"cost_vs_n": plot_cost_vs_n(group, f"Cost — {title}")})
+
+    from editbench.paper_tables import paper_tables  # imports this module's Table and formatting
+    for table in paper_tables(main, baselines):
+        write_table(table)
 
     calibration = agg[agg["tag"] == "calibration"]
     for key, group in calibration.groupby(TABLE_KEYS + ["method"], sort=True):
@@ -858,8 +878,8 @@ def _index_text(rows, agg, baselines, written, out_dir: Path, source) -> str:
         lines.append("None." if len(baselines) else "No baselines loaded.")
     unstated = int(((baselines["model"] == "") | baselines["N"].isna()).sum())
     if unstated:
-        lines += ["", f"{unstated} published row(s) state no model or N (Tables 6, 8) "
-                  "and are never matched."]
+        lines += ["", f"{unstated} published row(s) state no model or N (Tables 6, 7, 8): no "
+                  "generic table matches them; they are printed in the paper_table6/7/8 layouts."]
     return "\n".join(lines) + "\n"
 
 
@@ -871,7 +891,7 @@ def readme_block(tables: list[Table]) -> str:
     metric_tables = [table for table in tables if table.kind == "metrics"]
     if not metric_tables:
         return README_EMPTY + "\n"
-    shown = metric_tables + [table for table in tables if table.kind == "calibration"]
+    shown = metric_tables + [table for table in tables if table.kind in ("paper", "calibration")]
     return "\n".join(f"**{table.title}**\n\n{_markdown_body(table)}" for table in shown)
 
 

@@ -1,0 +1,210 @@
+"""The HoReN paper's own table layouts (its Tables 6, 7 and 8), built from aggregated results.
+
+:mod:`editbench.report` writes one generic table per (data, model, protocol, scoring): methods x N x
+metrics.  The paper prints three tables in other shapes; this module builds those shapes from the
+same aggregate (:func:`editbench.report.aggregate`, main rows only) and the same published numbers
+(:func:`editbench.report.load_baselines`):
+
+* **Table 6** (WikiBigEdit): one row per number of edits N; a column block per method with
+  Rel / Gen / Loc and the portability accuracies (personas, multi-hop) that never enter OP.
+* **Table 7** (UnKE): one row per split x metric; a column block per N with one column per method,
+  then the paper's three UnKE / HoReN column pairs (their N was lost in extraction).  The paper's
+  "BLEU" is its unigram variant (``bleu1_horen``) and its "BERTScore" the cosine of mean-pooled
+  MiniLM embeddings (``minilm_cosine``); sacreBLEU and bert-score's F1 are shown on their own rows.
+* **Table 8**: Rel / Gen on WikiBigEdit and ZsRE for GRACE, WISE, REPAIR and HoReN, each baseline
+  written "value (+gap to HoReN)" as the paper prints it, at the largest N at which HoReN was
+  measured on both datasets (the paper does not state its N).
+
+The paper states no model for any of the three, so their published numbers appear in every
+model's table, labelled with the table they come from.
+"""
+from __future__ import annotations
+
+import pandas as pd
+
+from editbench.report import (DIGITS, REFERENCE_METHODS, TABLE_KEYS, Table, _fmt, _fmt_published,
+                              _method_rank, _ordered_labels, _table_stem, _title)
+
+# Table 7 rows: (split title, probe set, [(row title, metric)]).
+SPLIT_METRICS = [("BLEU (paper's unigram)", "bleu1_horen"), ("sacreBLEU", "sacrebleu"),
+                 ("ROUGE-1 (recall)", "rouge1_r"), ("ROUGE-2 (recall)", "rouge2_r"),
+                 ("ROUGE-L (recall)", "rougeL_r"), ("BERTScore (paper's: MiniLM cosine)", "minilm_cosine"),
+                 ("BERTScore F1 (bert-score)", "bertscore_f")]
+TABLE7_ROWS = [("Original", "orig", SPLIT_METRICS), ("Paraphrase", "para", SPLIT_METRICS),
+               ("Sub-question", "sub", [m for m in SPLIT_METRICS if m[1].startswith("rouge")])]
+TABLE8_METHODS = ("GRACE", "WISE", "REPAIR", "HoReN")
+TABLE8_DATA = (("wikibigedit", "WikiBigEdit"), ("zsre", "ZsRE"))
+HEADLINE = "HoReN"
+PUBLISHED_NOTE = ("Published cells: HoReN paper via shared/reference/EDITORS.md §5 (baselines/); the "
+                  "paper states no model for this table, so they come from its own (larger) models.")
+
+
+def paper_tables(main: pd.DataFrame, baselines: pd.DataFrame) -> list[Table]:
+    """Tables 6, 7 and 8 for every (model, protocol, scoring, ...) that has the rows they need."""
+    keys = [k for k in TABLE_KEYS if k != "data"]
+    tables = []
+    for key, group in main.groupby(keys, sort=True):
+        setting = dict(zip(keys, key))
+        for build in (table6, table7, table8):
+            table = build(group, baselines, setting)
+            if table is not None:
+                tables.append(table)
+    return tables
+
+
+def _name(number: int, setting: dict) -> str:
+    return _table_stem(f"paper_table{number}", *setting.values())  # setting: TABLE_KEYS after data
+
+
+def _title_for(number: int, data: str, setting: dict, what: str) -> str:
+    return f"Paper Table {number} layout ({what}) — {_title(data, *setting.values())}"
+
+
+def _published(baselines: pd.DataFrame, table: str, data: str) -> pd.DataFrame:
+    return baselines[(baselines["table"] == table) & (baselines["data"] == data)]
+
+
+def _cell(agg_rows: pd.DataFrame, metric: str) -> float | None:
+    if metric not in agg_rows or not len(agg_rows) or pd.isna(agg_rows[metric].iloc[0]):
+        return None
+    return float(agg_rows[metric].iloc[0])
+
+
+def _joined(values, digits=DIGITS) -> str:
+    return " / ".join("—" if v is None else f"{v:.{digits}f}" for v in values)
+
+
+# ------------------------------------------------------------------------------------- Table 6
+
+def table6(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table | None:
+    """WikiBigEdit: rows = N; per method Rel / Gen / Loc and personas / multi-hop accuracy."""
+    rows_wbe = group[group["data"] == "wikibigedit"]
+    if not len(rows_wbe):
+        return None
+    published = _published(baselines, "6", "wikibigedit")
+    labels = [label for _, label in _ordered_labels(rows_wbe)]
+    pub_methods = list(dict.fromkeys(published["method"]))
+    Ns = sorted({int(n) for n in rows_wbe["N"]} | {int(n) for n in published["N"].dropna()})
+    header = [("", ["#edits"])]
+    header += [(label, ["Rel / Gen / Loc", "Personas / MHop (n)"]) for label in labels]
+    header += [(f"{method} (published, T6)", ["Rel / Gen / Loc"]) for method in pub_methods]
+    rows = []
+    for n in Ns:
+        row = [str(n)]
+        for label in labels:
+            cell = rows_wbe[(rows_wbe["label"] == label) & (rows_wbe["N"] == n)]
+            if not len(cell):
+                row += ["—", "—"]
+                continue
+            row.append(_joined([_cell(cell, m) for m in ("rel", "gen", "loc")]))
+            n_mhop = _cell(cell, "n_mhop")
+            portability = _joined([_cell(cell, m) for m in ("personas", "mhop")])
+            row.append(portability + (f" ({n_mhop:.0f})" if n_mhop is not None else ""))
+        for method in pub_methods:
+            pub = published[(published["method"] == method) & (published["N"] == n)]
+            row.append(" / ".join(_fmt_published(pub[m].iloc[0]) for m in ("rel", "gen", "loc")) if len(pub) else "")
+        rows.append(row)
+    notes = ["Cells: mean over seeds (the generic wikibigedit table has the ± std); Personas and MHop "
+             "are portability accuracies outside OP; (n) = cases with a multi-hop question.",
+             PUBLISHED_NOTE]
+    return Table(_name(6, setting), _title_for(6, "wikibigedit", setting, "WikiBigEdit, Rel / Gen / Loc"),
+                 header, rows, set(), notes, kind="paper")
+
+
+# ------------------------------------------------------------------------------------- Table 7
+
+def table7(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table | None:
+    """UnKE: rows = split x metric; per N one column per method; then the paper's pairs."""
+    rows_unke = group[group["data"] == "unke"]
+    names = [f"{probe_set}_{metric}" for _, probe_set, metrics in TABLE7_ROWS for _, metric in metrics]
+    if not any(name in rows_unke and rows_unke[name].notna().any() for name in names):
+        return None  # no measured row has a Table 7 metric
+    published = _published(baselines, "7", "unke")
+    labels = [(method, label) for method, label in _ordered_labels(rows_unke)]
+    Ns = sorted(int(n) for n in rows_unke["N"].unique())
+    at = {n: [(m, l) for m, l in labels if len(rows_unke[(rows_unke["label"] == l) & (rows_unke["N"] == n)])]
+          for n in Ns}
+    columns = list(dict.fromkeys(published["column"]))
+    header = [("", ["Split", "Metric"])] + [(f"N={n}", [label for _, label in at[n]]) for n in Ns]
+    header += [(f"published T7, {column}",
+                list(published[published["column"] == column]["method"])) for column in columns]
+    rows, bold = [], set()
+    for split, probe_set, metrics in TABLE7_ROWS:
+        for title, metric in metrics:
+            name = f"{probe_set}_{metric}"
+            if name not in rows_unke and name not in published:
+                continue
+            row, position = [split, title], 2
+            for n in Ns:
+                values = []
+                for method, label in at[n]:
+                    cell = rows_unke[(rows_unke["label"] == label) & (rows_unke["N"] == n)]
+                    value = _cell(cell, name)
+                    row.append("—" if value is None else _fmt(value))
+                    values.append(None if method in REFERENCE_METHODS or value is None else round(value, DIGITS))
+                top = max((v for v in values if v is not None), default=None)
+                bold |= {(len(rows), position + j) for j, v in enumerate(values) if top is not None and v == top}
+                position += len(values)
+            for column in columns:
+                for _, pub in published[published["column"] == column].iterrows():
+                    value = pub.get(name)
+                    row.append("" if value is None or pd.isna(value) else _fmt_published(value))
+            rows.append(row)
+            split = ""  # the split's name on its first row only
+    notes = ["Cells: mean over seeds of each case's score (sub-questions: averaged within a case first); "
+             "bold = best measured editor per N (Unedited excluded). BLEU and BERTScore are the paper's "
+             "variants (`bleu1_horen`, `minilm_cosine`); sacreBLEU and bert-score F1 are the library "
+             "metrics of the same names.",
+             PUBLISHED_NOTE + " The paper's three UnKE / HoReN pairs most likely grow in N (EDITORS.md §5)."]
+    return Table(_name(7, setting), _title_for(7, "unke", setting, "UnKE, free-text answers"),
+                 header, rows, bold, notes, kind="paper")
+
+
+# ------------------------------------------------------------------------------------- Table 8
+
+def table8(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table | None:
+    """Rel / Gen on WikiBigEdit and ZsRE, baselines as "value (+gap to HoReN)", at the largest N
+    at which HoReN was measured on both (None without such an N)."""
+    headline = group[group["method"] == HEADLINE]
+    per_data = [set(headline[headline["data"] == data]["N"].astype(int)) for data, _ in TABLE8_DATA]
+    common = set.intersection(*per_data)
+    if not common:
+        return None
+    n = max(common)
+    rows_n = group[(group["N"] == n) & group["method"].isin(TABLE8_METHODS)
+                   & group["data"].isin([d for d, _ in TABLE8_DATA])]
+    ref = {(data, m): _cell(rows_n[(rows_n["label"] == HEADLINE) & (rows_n["data"] == data)], m)
+           for data, _ in TABLE8_DATA for m in ("rel", "gen")}
+    published = baselines[baselines["table"] == "8"]
+    pub_ref = {(r["data"], m): r[m] for _, r in published[published["method"] == HEADLINE].iterrows()
+               for m in ("rel", "gen")}
+    header = [("", ["Method"])] + [(title, ["Rel", "Gen"]) for _, title in TABLE8_DATA]
+    measured = _ordered_labels(rows_n)
+    methods = sorted({m for m, _ in measured} | set(published["method"]), key=_method_rank)
+    rows = []
+    for method in methods:
+        for label in [label for m, label in measured if m == method]:
+            row = [label]
+            for data, _ in TABLE8_DATA:
+                for m in ("rel", "gen"):
+                    value = _cell(rows_n[(rows_n["label"] == label) & (rows_n["data"] == data)], m)
+                    gap = "" if method == HEADLINE or value is None else f" ({ref[(data, m)] - value:+.{DIGITS}f})"
+                    row.append("—" if value is None else _fmt(value) + gap)
+            rows.append(row)
+        pub = published[published["method"] == method]
+        if len(pub):
+            row = [f"{method} (published, T8)"]
+            for data, _ in TABLE8_DATA:
+                for m in ("rel", "gen"):
+                    hit = pub[pub["data"] == data]
+                    value = None if not len(hit) or pd.isna(hit[m].iloc[0]) else float(hit[m].iloc[0])
+                    ref_value = pub_ref.get((data, m))
+                    gap = ("" if method == HEADLINE or value is None or ref_value is None
+                           else f" ({ref_value - value:+.2f})")
+                    row.append("" if value is None else _fmt_published(value) + gap)
+            rows.append(row)
+    notes = [f"Measured at N = {n}, the largest N at which {HEADLINE} was measured on both datasets; "
+             f"(±x) = {HEADLINE} minus the method, as the paper prints it; — = not measured at this N.",
+             PUBLISHED_NOTE + " Its N is not stated either."]
+    return Table(_name(8, setting), _title_for(8, "wikibigedit + zsre", setting, f"Rel / Gen, gap to {HEADLINE}"),
+                 header, rows, set(), notes, kind="paper")
