@@ -120,7 +120,7 @@ def table7(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
     if not any(name in rows_unke and rows_unke[name].notna().any() for name in names):
         return None  # no measured row has a Table 7 metric
     published = _published(baselines, "7", "unke")
-    labels = [(method, label) for method, label in _ordered_labels(rows_unke)]
+    labels = _ordered_labels(rows_unke)
     Ns = sorted(int(n) for n in rows_unke["N"].unique())
     at = {n: [(m, l) for m, l in labels if len(rows_unke[(rows_unke["label"] == l) & (rows_unke["N"] == n)])]
           for n in Ns}

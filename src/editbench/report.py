@@ -50,6 +50,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from editbench.validate import Protocol
+
 # The paper's metrics: what a row without ``metric_names`` has, and the columns of baselines/*.csv.
 PAPER_METRICS = ("rel", "gen", "loc", "op")
 METRIC_NAMES = {"rel": "Rel", "gen": "Gen", "loc": "Loc", "op": "OP"}  # other names shown as-is
@@ -63,7 +65,8 @@ GROUP_KEYS = ["tag", "method", "model", "data", "protocol", "protocol_version", 
 # inputs, and a free-text answer cut at 128 tokens scores differently from one cut at 512, so such
 # rows never share a table.
 TABLE_KEYS = ["data", "model", "protocol", "protocol_version", "scoring", "chat_template", "max_new_tokens"]
-MAX_NEW_TOKENS = 512  # the protocol's default generation cap: rows written before the field existed
+# The protocol's default generation cap (its schema's default): rows written before the field existed.
+MAX_NEW_TOKENS: int = Protocol.model_fields["max_new_tokens"].default
 # Numeric row fields that identify a row rather than measure something.
 NOT_AVERAGED = {"schema", "seed", "N", "protocol_version", "n_edits", "edit_layer", "max_new_tokens"}
 COSTS = ("edit_s_mean", "edit_s_total", "eval_s", "peak_mem_gb", "resident_mem_gb", "mem_growth_gb",

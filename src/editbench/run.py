@@ -32,7 +32,7 @@ from editbench.errors import EditbenchError
 from editbench.cache import StateCache
 from editbench.evaluate import Evaluator, cache_key
 from editbench.models import load_model, load_prompt_format
-from editbench.validate import check_config, check_environment, check_target
+from editbench.validate import Protocol, check_config, check_environment, check_target
 
 SCHEMA = 1
 RUNTIME_KEYS = ("resume", "out_dir", "logger", "tag", "threads", "cache_dir", "cache_max_gb")  # do not change what a run computes
@@ -253,7 +253,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str], stop: StopSignals
     cache = StateCache(Path(cfg.cache_dir).expanduser() / "states" /
                        f"{cfg.model.name}-{cache_key(OmegaConf.to_container(cfg.model, resolve=True), proto.scoring)}.sqlite",
                        max_gb=float(cfg.cache_max_gb))
-    max_new_tokens = int(proto.get("max_new_tokens", 512))  # the free-text generation cap
+    max_new_tokens = int(proto.get("max_new_tokens", Protocol.model_fields["max_new_tokens"].default))  # free-text cap
     evaluator = Evaluator(model, proto.scoring, proto.eval_batch_size, cache, max_new_tokens=max_new_tokens)
     t0 = time.perf_counter()
     refs = evaluator.reference(cases)  # the unedited model's outputs, before any editor touches it
