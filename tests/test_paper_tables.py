@@ -156,3 +156,14 @@ def test_readme_block_includes_paper_tables(tmp_path):
     paper = paper_tables.paper_tables(agg, report.load_baselines(BASELINES))
     block = report.readme_block([generic, *paper])
     assert "Paper Table 6 layout" in block and "0.992 / 0.767 / 0.682" in block
+
+
+def test_readme_links_a_metric_table_too_wide_to_read_and_inlines_narrow_ones():
+    names = [f"m{i}" for i in range(report.README_MAX_COLUMNS)]
+    wide = report.Table("unke__wide", "wide", [("", ["Method"]), ("N=10", names)], [["HoReN", *["0.5"] * len(names)]])
+    narrow = report.Table("zsre__narrow", "narrow", [("", ["Method"]), ("N=10", ["Rel"])], [["HoReN", "0.917"]])
+    block = report.readme_block([wide, narrow], "reports/tables")
+    assert f"{len(wide.columns)} columns" in block
+    assert "[reports/tables/unke__wide.md](reports/tables/unke__wide.md)" in block
+    assert "| HoReN | 0.5 |" not in block  # not inlined
+    assert "| HoReN | 0.917 |" in block

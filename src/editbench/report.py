@@ -83,6 +83,7 @@ MEMORY_AXES = {
 NEUTRAL_MEMORY = ("memory (GB)", [("peak_mem_gb", " peak", "-"), ("resident_mem_gb", " resident", "--")])
 README_BEGIN, README_END = "<!-- table:begin -->", "<!-- table:end -->"
 README_EMPTY = "No results yet: run `make figures` after a run."
+README_MAX_COLUMNS = 40  # a wider metric table (free-text metrics x checkpoints) is linked, not inlined
 DIGITS = 3  # decimals of measured cells; ties for "best" are judged at this precision
 HINT = "run an experiment first (python -m editbench ...)"
 
@@ -888,14 +889,24 @@ def _index_text(rows, agg, baselines, written, out_dir: Path, source) -> str:
 
 # ---------------------------------------------------------------------------------------- README
 
-def readme_block(tables: list[Table]) -> str:
+def readme_block(tables: list[Table], tables_dir: str = "reports/tables") -> str:
     """What goes between the README markers: each metric table's Markdown under its bold title,
-    or a one-line note when there is none."""
+    or a one-line note when there is none. A metric table wider than `README_MAX_COLUMNS` columns
+    (UnKE's 26 free-text metrics per checkpoint) is named with a link to its file under
+    `tables_dir` instead; its paper layout, when there is one, is inlined."""
     metric_tables = [table for table in tables if table.kind == "metrics"]
     if not metric_tables:
         return README_EMPTY + "\n"
     shown = metric_tables + [table for table in tables if table.kind in ("paper", "calibration")]
-    return "\n".join(f"**{table.title}**\n\n{_markdown_body(table)}" for table in shown)
+
+    def body(table: Table) -> str:
+        if table.kind == "metrics" and len(table.columns) > README_MAX_COLUMNS:
+            return (f"{len(table.columns)} columns, too wide to read here: "
+                    f"[{tables_dir}/{table.name}.md]({tables_dir}/{table.name}.md) "
+                    f"([tex]({tables_dir}/{table.name}.tex)).\n")
+        return _markdown_body(table)
+
+    return "\n".join(f"**{table.title}**\n\n{body(table)}" for table in shown)
 
 
 def _readme_span(lines: list[str], path) -> tuple[int, int]:
@@ -924,13 +935,15 @@ def check_readme(path) -> None:
     _readme_span(_readme_lines(path), path)
 
 
-def write_readme(path, tables: list[Table]) -> None:
+def write_readme(path, tables: list[Table], tables_dir="reports/tables") -> None:
     """Replace the lines between the markers in ``path`` by :func:`readme_block`, atomically
-    (temp file + ``os.replace``, file mode kept); a missing marker raises and writes nothing."""
+    (temp file + ``os.replace``, file mode kept); a missing marker raises and writes nothing.
+    ``tables_dir``: where the tables were written, for the links to wide tables."""
     path = Path(path)
     lines = _readme_lines(path)
     begin, end = _readme_span(lines, path)
-    text = "".join(lines[:begin + 1] + [readme_block(tables)] + lines[end:])
+    link = Path(os.path.relpath(Path(tables_dir).resolve(), path.parent.resolve())).as_posix()
+    text = "".join(lines[:begin + 1] + [readme_block(tables, link)] + lines[end:])
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
@@ -981,7 +994,7 @@ def main(argv=None) -> int:
         out = Path(args.out)
         written, tables = _render_rows(rows, out, load_baselines(args.baselines), args.results)
         if args.readme:
-            write_readme(args.readme, tables)
+            write_readme(args.readme, tables, out / "tables")
     except ReportError as err:
         print(f"editbench.report: {err}", file=sys.stderr)
         return 2
