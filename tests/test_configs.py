@@ -131,6 +131,22 @@ def test_horen_tau_rho_come_from_the_pair_file(overrides, threshold, rho):
     assert "threshold" not in compose_config(["editor=grace", *overrides[:1]], tiny=False).editor
 
 
+@pytest.mark.parametrize("experiment,editor,published", [
+    ("wise_published", "wise", {"act_margin": [5.0, 20.0, 10.0], "act_ratio": 0.88}),
+    ("ultraedit_published", "ultraedit", {"lr": 1.0e-6}),
+    ("alphaedit_published", "alphaedit", {"v_lr": 0.1, "v_weight_decay": 0.5, "clamp_norm_factor": 0.75, "l2": 10.0}),
+])
+def test_published_experiments_override_the_models_calibrated_values(experiment, editor, published):
+    """SmolLM2's calibrated values live in its pair file; `experiment=<editor>_published` puts the
+    paper's values back (the published row of every calibrated editor stays reachable)."""
+    calibrated = compose_config([f"editor={editor}", "model=smollm2_135m"], tiny=False).editor
+    restored = compose_config([f"experiment={experiment}", "model=smollm2_135m"], tiny=False).editor
+    assert restored.name == editor
+    assert {k: restored[k] for k in published} == published
+    assert {k: calibrated[k] for k in published} != published
+    assert restored.get("layers") == calibrated.get("layers")  # the model's layers stay
+
+
 @pytest.mark.parametrize("name", entries("editor"))
 def test_editor_defaults_live_in_yaml_only(name):
     """Every hyper-parameter is a named constructor parameter without a default, and the YAML
