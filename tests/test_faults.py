@@ -115,6 +115,7 @@ CATALOGUE = {
     "unknown_resume": (["resume=maybe"], ["resume='maybe'", "'auto'"]),
     "zero_threads": (["threads=0"], ["threads=0"]),
     "negative_cache_cap": (["cache_max_gb=-1"], ["cache_max_gb=-1"]),
+    "negative_save_interval": (["save_every_min=-5"], ["save_every_min=-5"]),
     "pooling_ratio_zero": (["editor.pooling_ratio=0"], ["editor.pooling_ratio=0", "greater than 0"]),
     "unknown_choice": (["editor=grace", "editor.eps_expand=wide"], ["editor.eps_expand='wide'", "coverage"]),
     "logger_mode": (["logger=wandb", "logger.mode=sometimes"], ["logger.mode='sometimes'", "offline"]),

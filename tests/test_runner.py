@@ -270,6 +270,33 @@ def test_interrupted_then_resumed_equals_uninterrupted(editor, ft_run, tmp_path,
     assert a["cursor"] == b["cursor"] == 8 and len(a["edit_s"]) == len(b["edit_s"]) == 8
 
 
+def test_timed_checkpoints_bound_the_loss_of_a_kill_and_resume_exactly(ft_run, tmp_path, interrupt_at):
+    """save_every_min also checkpoints between grid points (here after every edit): a kill during
+    the 7th edit loses only that edit, the resumed run equals the uninterrupted one bit for bit,
+    and the timed checkpoints add no metrics row (only grid checkpoints are evaluated)."""
+    over = [*FT, "save_every_min=1e-9"]
+    d = tmp_path / "run"
+    stream_ids = [r.id for r in ZsRE().stream(8)]
+    interrupt_at(7)
+    with pytest.raises(SimulatedKill):
+        do_run(over, d)
+    assert sorted(p.name for p in (d / "ckpt").iterdir()) == ["step_000005", "step_000006"]  # the newest two
+    assert [r["N"] for r in read_rows(d)] == [4]
+    assert read_summary(d)["done"] == 6
+
+    calls = interrupt_at(None)
+    do_run(over, d)
+    assert calls == stream_ids[6:]
+    rows = read_rows(d)
+    assert metrics_of(rows) == metrics_of(read_rows(ft_run))
+    assert rows[0]["config_hash"] == read_rows(ft_run)[0]["config_hash"]  # a runtime key
+    a, b = (torch.load(x / "ckpt" / "step_000008" / "state.pt", weights_only=False) for x in (ft_run, d))
+    assert_same(a["editor"], b["editor"], "editor")
+    assert_same(a["rng"]["torch"], b["rng"]["torch"], "rng")
+    assert a["rng"]["python"] == b["rng"]["python"]
+    assert len(b["edit_s"]) == 8
+
+
 def test_cold_and_warm_state_cache_give_the_same_rows(ft_run, tmp_path):
     """Unedited-model states in cache_dir are shared by runs (computed in other batches, padded
     differently): a run that starts with an empty cache and one that finds it full agree exactly."""

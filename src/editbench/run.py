@@ -35,7 +35,7 @@ from editbench.models import load_model, load_prompt_format
 from editbench.validate import Protocol, check_config, check_environment, check_target
 
 SCHEMA = 1
-RUNTIME_KEYS = ("resume", "out_dir", "logger", "tag", "threads", "cache_dir", "cache_max_gb")  # do not change what a run computes
+RUNTIME_KEYS = ("resume", "out_dir", "logger", "tag", "threads", "cache_dir", "cache_max_gb", "save_every_min")  # do not change what a run computes
 
 
 def checkpoint_grid(grid, n_edits: int) -> list[int]:
@@ -315,6 +315,8 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str], stop: StopSignals
     for row in rows:
         logger.log(row)
     bar = tqdm(total=n_edits, initial=cursor, desc=f"{editor.method} edits", dynamic_ncols=True)
+    save_every_s = float(cfg.get("save_every_min") or 0) * 60  # 0: checkpoints at the grid only
+    last_save = time.monotonic()
     try:
         while cursor < n_edits:
             if stop.signum is not None:  # a safe point: between edits, every checkpoint written
@@ -330,6 +332,11 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str], stop: StopSignals
                 editor.edit([c.request for c in batch])  # requests only: editors never see the probes
             cursor = end
             bar.update(len(batch))
+            if cursor not in grid and save_every_s and time.monotonic() - last_save >= save_every_s:
+                with disk_errors(run_dir, lambda: cursor):  # a kill now loses at most save_every_min of edits
+                    checkpoint()
+                    summary("running")
+                last_save = time.monotonic()
             if cursor in grid:
                 t0 = time.perf_counter()
                 idx = eval_indices(cursor, proto.retention, cursor)
@@ -346,6 +353,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str], stop: StopSignals
                     store.write_records(cursor, scores.records)
                     store.write_rows(rows)
                     summary("running")
+                last_save = time.monotonic()
                 logger.log(row)
                 shown = " ".join(f"{k}={row[k]:.3f}" for k in row["metric_names"])
                 bar.write(f"[editbench] N={cursor}: {shown} ({row['edit_s_mean'] * 1e3:.0f} ms/edit, eval {row['eval_s']:.1f}s)")

@@ -96,6 +96,7 @@ TOP_LEVEL = {  # key -> annotation; the groups are checked by their own schema o
     "n_edits": PositiveInt, "seed": NonNegativeInt, "resume": Literal["auto", "never", "force"], "tag": str,
     "out_dir": Annotated[str, Field(min_length=1)], "threads": PositiveInt | None,
     "cache_dir": Annotated[str, Field(min_length=1)], "cache_max_gb": NonNegativeFloat,
+    "save_every_min": NonNegativeFloat,
 }
 GROUPS = ("editor", "model", "data", "protocol", "logger")
 
