@@ -72,40 +72,60 @@ def test_distillation_teacher_is_the_groups_first_edit():
     assert ed.extra_loss(other[keep], short).item() == pytest.approx((lam * T * T * kl.sum(-1).mean()).item(), rel=1e-5)
     ed.edit([cases[1].request])
     assert ed.teacher[0] is t_logits  # the group's first edit stays the teacher
-    ed.edit([cases[2].request])  # a new group: a new teacher
-    assert ed.teacher[0] is not t_logits and ed.group == [cases[2].request]
+    carried = list(ed.pending)  # the group's failures (the tiny model reproduces few targets)
+    ed.edit([cases[2].request])  # a new group: a new teacher (its first trained edit)
+    assert ed.teacher[0] is not t_logits and ed.group == [*carried, (cases[2].request, 0)]
 
 
 def test_closed_loop_reinitialises_the_memory_that_captured_the_group(monkeypatch):
     m, ed, cases = build(*SMALL)
-    for c in cases[:2]:
-        ed.edit([c.request])  # group 1 saved as memory 0 (routing index 1)
-    ed.edit([cases[2].request])
     checks, trained = [], []
-    verdicts = iter([([False, True], [1, 0]), ([False, True], [0, 0]), ([True, True], [0, 0])])
-    monkeypatch.setattr(ed, "check", lambda reqs: checks.append(list(reqs)) or next(verdicts))
+    verdicts = iter([([True, True], [0, 0]), ([False, True], [1, 0]), ([True, False, True], [0, 0, 0]),
+                     ([True] * 3, [0] * 3)])
+    monkeypatch.setattr(ed, "check", lambda reqs: next(verdicts) if not checks.append(list(reqs)) else None)
+    for c in cases[:2]:
+        ed.edit([c.request])  # group 1 reproduced, saved as memory 0 (routing index 1)
+    ed.edit([cases[2].request])
+    checks.clear()
     real_train = ed.train_edit
     monkeypatch.setattr(ed, "train_edit", lambda r: trained.append(r) or real_train(r))
     before = dict(ed.feedback)
-    ed.edit([cases[3].request])
-    group = [cases[2].request, cases[3].request]
-    assert checks == [group, group, group]  # rounds until the group is reproduced
-    # round 1: the failed edit was routed to memory 0 -> re-initialised; it is re-queued
-    assert trained == [cases[3].request, cases[2].request, cases[2].request]
-    grew = {k: ed.feedback[k] - before[k] for k in ("groups", "rounds", "retrained", "reinitialised")}
-    assert grew == {"groups": 1, "rounds": 2, "retrained": 2, "reinitialised": 1}
-    assert ed.feedback["last_accuracy"] == 1.0
-    # memory 0 then merged with group 2's shard: the re-initialised one adds nothing (weight 0)
+    ed.edit([cases[3].request])  # group 2 ends: its first edit failed, routed to memory 0
+    assert checks == [[cases[2].request, cases[3].request]] and trained == [cases[3].request]
+    assert ed.pending == [(cases[2].request, 1)]  # re-queued once, not yet trained again
+    grew = {k: ed.feedback[k] - before[k] for k in ("groups", "failed_groups", "retrained", "reinitialised")}
+    assert grew == {"groups": 1, "failed_groups": 1, "retrained": 0, "reinitialised": 1}
+    assert ed.feedback["last_accuracy"] == 0.5
+    # memory 0 (re-initialised) then merged with group 2's shard: it adds nothing (weight 0)
     assert len(ed.memories) == 1 and ed.memories[0]["merged"]
     assert math.isfinite(ed.memories[0]["min_a"])
+    assert ed.report()["feedback"]["pending"] == 1
+
+    ed.edit([cases[4].request])  # group 3 opens: the failed edit is trained first, and is its teacher
+    assert trained == [cases[3].request, cases[2].request, cases[4].request]
+    assert ed.group == [(cases[2].request, 1), (cases[4].request, 0)] and ed.pending == []
+    assert ed.feedback["retrained"] - before["retrained"] == 1
+    ed.edit([cases[5].request])  # group 3 ends: checked with the re-queued edit in it
+    assert checks[1] == [cases[2].request, cases[4].request, cases[5].request]
+    assert ed.pending == [(cases[4].request, 1)]
+    ed.edit([cases[6].request])
+    ed.edit([cases[7].request])
+    assert checks[2] == [cases[4].request, cases[6].request, cases[7].request] and ed.pending == []
+    assert ed.feedback["last_accuracy"] == 1.0
 
 
-def test_closed_loop_stops_after_max_iterations(monkeypatch):
-    m, ed, cases = build(*SMALL)
-    monkeypatch.setattr(ed, "check", lambda reqs: ([False] * len(reqs), [0] * len(reqs)))
-    for c in cases[:2]:
+def test_requeued_edits_are_dropped_after_max_iterations(monkeypatch):
+    m, ed, cases = build(*SMALL)  # max_iterations 2
+    monkeypatch.setattr(ed, "check", lambda reqs: ([r.id == cases[0].request.id for r in reqs], [0] * len(reqs)))
+    for c in cases[:8]:  # 4 groups of 2 new edits; only cases[0] is ever reproduced
         ed.edit([c.request])
-    assert ed.feedback["rounds"] == 2 and ed.feedback["retrained"] == 4 and ed.feedback["reinitialised"] == 0
+    fb = ed.feedback
+    # group 1 re-queues 1; group 2 (1, 2, 3) re-queues 1 (2nd time), 2, 3; group 3 (1-5) drops 1,
+    # re-queues 2, 3 (2nd time), 4, 5; group 4 (2-7) drops 2, 3, re-queues 4, 5 (2nd time), 6, 7
+    assert fb["groups"] == 4 and fb["failed_groups"] == 4 and fb["dropped"] == 3
+    assert fb["retrained"] == 1 + 3 + 4
+    assert all(r.id != cases[1].request.id for r, _ in ed.pending)
+    assert sorted(n for _, n in ed.pending) == [1, 1, 2, 2]
 
 
 def test_check_is_exact_greedy_reproduction():

@@ -263,13 +263,17 @@ class SideMemoryEditor(Editor):
         hp = self.hparams
         if self.edit_count % hp["save_freq"] == 0:  # a new knowledge shard: a fresh gradient mask
             self.start_shard()
-        self.train_edit(request)
+        self.add_edit(request)
         self.edit_count += 1
         if self.edit_count % hp["save_freq"] == 0:
             self.end_shard()
             self.save_shard()
         if self.edit_count % hp["merge_freq"] == 0:
             self.merge()
+
+    def add_edit(self, request) -> None:
+        """Train one edit of the stream into the open shard (a subclass may record it first)."""
+        self.train_edit(request)
 
     def start_shard(self) -> None:
         self.mask = torch.rand(self.W.shape, generator=self.gen).lt(self.hparams["mask_ratio"]).to(self.W.device)

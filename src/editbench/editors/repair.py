@@ -4,12 +4,14 @@
   edit trains as in WISE and its final answer-position logits become the teacher; every later
   edit of the group adds `kd_weight * T^2 * mean KL(softmax(teacher / T) || softmax(student / T))`
   over the answer positions both have, aligned by (template row, answer-token index).
-- **Closed-loop error feedback**: when a shard's last edit is trained (before the shard is saved),
-  every edit of the group is re-checked by greedy decoding of |target| tokens through the router
-  (an error unless the ids equal the target's exactly). While the group's accuracy is below
-  `error_threshold` and at most `max_iterations` rounds: the saved memory that most failed edits
-  were routed to is re-initialised (it had captured this group's prompts), and the failed edits
-  are re-queued: trained again into the open shard.
+- **Closed-loop error feedback**: when a group's last edit is trained (before its shard is
+  saved), every edit of the group is re-checked by greedy decoding of |target| tokens through the
+  router (an error unless the ids equal the target's exactly). When the group's accuracy is below
+  `error_threshold`, the saved memory that most failed edits were routed to is re-initialised (it
+  had captured this group's prompts) and the failed edits are re-queued into the next group: they
+  are trained first into its new shard (the reference puts the error samples at the front of the
+  next batch) and checked again at its end. An edit is re-queued at most `max_iterations` times;
+  then it is dropped (counted). Re-queued edits left when the stream ends stay untrained (counted).
 - **Loss-weighted TIES** (a reconstruction; the public code merges with equal weights): memory i
   of a merge group gets weight softmax(-L_i / `loss_temperature`), L_i = the mean final training
   loss of its edits.
@@ -18,8 +20,10 @@ Implementation choices (README "Implementation choices", REPAIR row): re-initial
 resets it to W with an infinite routing bar (it never fires again; the reference draws
 Xavier-uniform weights and resets its tracker, which has the same effect on routing); the open
 shard is never re-initialised (it holds the group's correct edits; the reference's re-init only
-reaches saved memories too); distillation compares answer positions (the reference aligns the
-padded full sequences by index, prompt tokens of different questions included).
+reaches saved memories too); the re-queued edits are trained in the next group's first `edit()`
+call (a group trains its `save_freq` new edits plus the previous group's failures), so every call
+ends at a checkpointable point; distillation compares answer positions (the reference aligns the padded full sequences
+by index, prompt tokens of different questions included).
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ import torch
 from pydantic import Field
 from torch.nn import functional as F
 
+from editbench.data import EditRequest
 from editbench.editors._side_memory import SideMemoryEditor, Trained
 from editbench.validate import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
@@ -55,16 +60,27 @@ class REPAIR(SideMemoryEditor):
                          distill=distill, kd_temperature=kd_temperature, kd_weight=kd_weight,
                          max_iterations=max_iterations, error_threshold=error_threshold,
                          loss_temperature=loss_temperature, check_batch_size=check_batch_size)
-        self.group: list = []  # the open shard's edit requests
+        self.group: list[tuple[EditRequest, int]] = []  # the open shard's edits: (request, times re-queued)
+        self.pending: list[tuple[EditRequest, int]] = []  # failed edits re-queued into the next group
         self.teacher: tuple[torch.Tensor, list[int]] | None = None  # the group's first edit: (logits, counts)
-        self.feedback = {"groups": 0, "rounds": 0, "retrained": 0, "reinitialised": 0, "last_accuracy": None}
+        self.feedback = {"groups": 0, "failed_groups": 0, "retrained": 0, "reinitialised": 0, "dropped": 0,
+                         "last_accuracy": None}
 
-    # ------------------------------------------------------------------ distillation
-    def edit(self, requests) -> None:
-        if self.edit_count % self.hparams["save_freq"] == 0:
-            self.group, self.teacher = [], None
-        self.group.extend(requests)
-        super().edit(requests)
+    # ------------------------------------------------------------------ groups and distillation
+    def start_shard(self) -> None:
+        """A new group: a fresh mask, no teacher, and the previous group's failed edits trained
+        first (the first of them becomes the teacher)."""
+        super().start_shard()
+        self.group, self.teacher = [], None
+        carried, self.pending = self.pending, []
+        for request, requeued in carried:
+            self.group.append((request, requeued))
+            self.train_edit(request)
+            self.feedback["retrained"] += 1
+
+    def add_edit(self, request) -> None:
+        self.group.append((request, 0))
+        self.train_edit(request)
 
     def train_edit(self, request) -> Trained:
         trained = super().train_edit(request)
@@ -107,22 +123,24 @@ class REPAIR(SideMemoryEditor):
     def end_shard(self) -> None:
         hp = self.hparams
         self.feedback["groups"] += 1
-        for round_ in range(hp["max_iterations"] + 1):
-            ok, routes = self.check(self.group)
-            accuracy = sum(ok) / len(ok)
-            self.feedback["last_accuracy"] = accuracy
-            if accuracy >= hp["error_threshold"] or round_ == hp["max_iterations"]:
-                return
-            self.feedback["rounds"] += 1
-            failed = [i for i, good in enumerate(ok) if not good]
-            stolen = Counter(routes[i] for i in failed if routes[i] >= 1)  # saved memories (0 = the open shard)
-            if stolen:
-                worst = max(stolen, key=lambda i: (stolen[i], i))
-                self.memories[worst - 1].update(weight=self.W.clone(), min_a=math.inf, loss=math.inf)
-                self.feedback["reinitialised"] += 1
-            for i in failed:  # re-queued into the open shard
-                self.train_edit(self.group[i])
-                self.feedback["retrained"] += 1
+        ok, routes = self.check([r for r, _ in self.group])
+        accuracy = sum(ok) / len(ok)
+        self.feedback["last_accuracy"] = accuracy
+        if accuracy >= hp["error_threshold"]:
+            return
+        self.feedback["failed_groups"] += 1
+        failed = [i for i, good in enumerate(ok) if not good]
+        stolen = Counter(routes[i] for i in failed if routes[i] >= 1)  # saved memories (0 = the open shard)
+        if stolen:
+            worst = max(stolen, key=lambda i: (stolen[i], i))
+            self.memories[worst - 1].update(weight=self.W.clone(), min_a=math.inf, loss=math.inf)
+            self.feedback["reinitialised"] += 1
+        for i in failed:  # re-queued into the next group, at most max_iterations times per edit
+            request, requeued = self.group[i]
+            if requeued < hp["max_iterations"]:
+                self.pending.append((request, requeued + 1))
+            else:
+                self.feedback["dropped"] += 1
 
     # ------------------------------------------------------------------ merging
     def merge_coefficients(self, group: list[dict]) -> list[float] | None:
@@ -134,18 +152,18 @@ class REPAIR(SideMemoryEditor):
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
         sd = super().state_dict()
-        sd["group"] = [dataclasses.asdict(r) for r in self.group]
+        sd["group"] = [(dataclasses.asdict(r), n) for r, n in self.group]
+        sd["pending"] = [(dataclasses.asdict(r), n) for r, n in self.pending]
         sd["teacher"] = None if self.teacher is None else (self.teacher[0].cpu().clone(), list(self.teacher[1]))
         sd["feedback"] = dict(self.feedback)
         return sd
 
     def load_state_dict(self, sd: dict) -> None:
-        from editbench.data import EditRequest
-
         super().load_state_dict(sd)
-        self.group = [EditRequest(**r) for r in sd["group"]]
+        self.group = [(EditRequest(**r), n) for r, n in sd["group"]]
+        self.pending = [(EditRequest(**r), n) for r, n in sd["pending"]]
         self.teacher = None if sd["teacher"] is None else (sd["teacher"][0].to(self.W.device), list(sd["teacher"][1]))
         self.feedback = dict(sd["feedback"])
 
     def report(self) -> dict:
-        return {**super().report(), "feedback": dict(self.feedback)}
+        return {**super().report(), "feedback": {**self.feedback, "pending": len(self.pending)}}
