@@ -138,13 +138,16 @@ def test_check_is_exact_greedy_reproduction():
         assert good == (out == ids[k:])
 
 
-def test_resume_across_a_group_boundary_with_the_loop_and_a_merge():
+@pytest.mark.parametrize("split", [3, 4])  # inside a group (re-queued edits trained), right after a group end
+def test_resume_across_a_group_boundary_with_the_loop_and_a_merge(split):
     m, ed, cases = build(*SMALL)
-    for c in cases[:3]:
+    for c in cases[:split]:
         ed.edit([c.request])
+    if split == 4:
+        assert ed.pending, "the tiny model should fail some edits, so the state carries re-queued ones"
     buf = io.BytesIO()
     torch.save(ed.state_dict(), buf)
-    for c in cases[3:6]:  # group end + loop + merge at 4, group end + loop at 6
+    for c in cases[split:6]:  # group end + loop + merge at 4, group end + loop at 6
         ed.edit([c.request])
     prompts = [c.request.prompt for c in cases[:6]]
     want = logits(m, ed, prompts)
@@ -152,7 +155,8 @@ def test_resume_across_a_group_boundary_with_the_loop_and_a_merge():
     m2, ed2, _ = build(*SMALL)
     buf.seek(0)
     ed2.load_state_dict(torch.load(buf, weights_only=False))
-    for c in cases[3:6]:
+    for c in cases[split:6]:
         ed2.edit([c.request])
     torch.testing.assert_close(logits(m2, ed2, prompts), want, rtol=0, atol=0)
     assert ed2.feedback == ed.feedback and ed.feedback["groups"] == 3
+    assert ed2.pending == ed.pending and ed2.group == ed.group
