@@ -114,18 +114,19 @@ def test_closed_loop_reinitialises_the_memory_that_captured_the_group(monkeypatc
     assert ed.feedback["last_accuracy"] == 1.0
 
 
-def test_requeued_edits_are_dropped_after_max_iterations(monkeypatch):
+def test_requeued_edits_are_capped_per_group_and_per_edit(monkeypatch):
     m, ed, cases = build(*SMALL)  # max_iterations 2
     monkeypatch.setattr(ed, "check", lambda reqs: ([r.id == cases[0].request.id for r in reqs], [0] * len(reqs)))
     for c in cases[:8]:  # 4 groups of 2 new edits; only cases[0] is ever reproduced
         ed.edit([c.request])
     fb = ed.feedback
-    # group 1 re-queues 1; group 2 (1, 2, 3) re-queues 1 (2nd time), 2, 3; group 3 (1-5) drops 1,
-    # re-queues 2, 3 (2nd time), 4, 5; group 4 (2-7) drops 2, 3, re-queues 4, 5 (2nd time), 6, 7
-    assert fb["groups"] == 4 and fb["failed_groups"] == 4 and fb["dropped"] == 3
-    assert fb["retrained"] == 1 + 3 + 4
-    assert all(r.id != cases[1].request.id for r, _ in ed.pending)
-    assert sorted(n for _, n in ed.pending) == [1, 1, 2, 2]
+    # at most save_freq = 2 re-queued per group, each at most twice:
+    # group 1 (0, 1) re-queues 1; group 2 (1, 2, 3) re-queues 1 (2nd time) and 2, drops 3 (full);
+    # group 3 (1, 2, 4, 5) drops 1 (twice re-queued), re-queues 2 (2nd time) and 4, drops 5 (full);
+    # group 4 (2, 4, 6, 7) drops 2, re-queues 4 (2nd time) and 6, drops 7
+    assert fb["groups"] == 4 and fb["failed_groups"] == 4 and fb["dropped"] == 5
+    assert fb["retrained"] == 1 + 2 + 2
+    assert [(r.id, n) for r, n in ed.pending] == [(cases[4].request.id, 2), (cases[6].request.id, 1)]
 
 
 def test_check_is_exact_greedy_reproduction():

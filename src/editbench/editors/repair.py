@@ -10,8 +10,11 @@
   `error_threshold`, the saved memory that most failed edits were routed to is re-initialised (it
   had captured this group's prompts) and the failed edits are re-queued into the next group: they
   are trained first into its new shard (the reference puts the error samples at the front of the
-  next batch) and checked again at its end. An edit is re-queued at most `max_iterations` times;
-  then it is dropped (counted). Re-queued edits left when the stream ends stay untrained (counted).
+  next batch) and checked again at its end. At most `save_freq` failed edits are re-queued per
+  group, in group order (the reference's next batch holds at most one batch of error samples and
+  drops the rest), and an edit at most `max_iterations` times; the others are dropped (counted).
+  So a group trains at most 2 x `save_freq` edits. Re-queued edits left when the stream ends stay
+  untrained (counted).
 - **Loss-weighted TIES** (a reconstruction; the public code merges with equal weights): memory i
   of a merge group gets weight softmax(-L_i / `loss_temperature`), L_i = the mean final training
   loss of its edits.
@@ -21,8 +24,7 @@ resets it to W with an infinite routing bar (it never fires again; the reference
 Xavier-uniform weights and resets its tracker, which has the same effect on routing); the open
 shard is never re-initialised (it holds the group's correct edits; the reference's re-init only
 reaches saved memories too); the re-queued edits are trained in the next group's first `edit()`
-call (a group trains its `save_freq` new edits plus the previous group's failures), so every call
-ends at a checkpointable point; distillation compares answer positions (the reference aligns the padded full sequences
+call, so every call ends at a checkpointable point; distillation compares answer positions (the reference aligns the padded full sequences
 by index, prompt tokens of different questions included).
 """
 from __future__ import annotations
@@ -135,9 +137,9 @@ class REPAIR(SideMemoryEditor):
             worst = max(stolen, key=lambda i: (stolen[i], i))
             self.memories[worst - 1].update(weight=self.W.clone(), min_a=math.inf, loss=math.inf)
             self.feedback["reinitialised"] += 1
-        for i in failed:  # re-queued into the next group, at most max_iterations times per edit
+        for i in failed:  # re-queued into the next group: at most one group's worth, each at most max_iterations times
             request, requeued = self.group[i]
-            if requeued < hp["max_iterations"]:
+            if requeued < hp["max_iterations"] and len(self.pending) < hp["save_freq"]:
                 self.pending.append((request, requeued + 1))
             else:
                 self.feedback["dropped"] += 1
