@@ -7,6 +7,9 @@ Targets (checked here, never in unit tests):
     + backward of the model;
   * WISE at the published step count (70 SGD steps on 12 rows) at least 10x faster than the
     reference implementation's ~120 s per edit on SmolLM2 with one core, i.e. <= 12 s per edit;
+    and, measured on this machine in the same conditions, against a reference-style step (the
+    reference's work: the 12 rows through the whole model, logits at every position, backward to
+    W'), timed over a few steps and scaled to 70;
   * REPAIR's per-edit time is printed (no target);
   * ROME, AlphaEdit and UltraEdit: the one-off setup (second-moment statistics, from the user's
     cache_dir when present) reported apart from the per-edit time, and the per-edit time must not
@@ -57,6 +60,48 @@ def bench(editor: str, overrides: list[str], n_edits: int, cache_dir: Path | Non
             "setup_s": setup_s, "info": ed.report(), **costs.row()}
 
 
+def reference_style_edit_s(request, steps: int = 4, n_iter: int = 70) -> float:
+    """Seconds per edit of the reference WISE's work on this machine: every step runs the 12 rows
+    (the same batch editbench trains on) through the whole model with W' in place of the site
+    weight, computes logits at every position and back-propagates to W' (SGD step, mask, clamp).
+    `steps` steps are timed after one warm-up and scaled to `n_iter`."""
+    with initialize_config_module("editbench.conf", version_base="1.3"):
+        cfg = compose("config", overrides=["editor=wise"])
+    model = load_model(cfg.model)
+    data = instantiate_group(cfg.data)
+    cases = data.stream(2)
+    ed = instantiate_group(cfg.editor, model=model)
+    ed.setup(SetupContext(cache_dir=Path(tempfile.mkdtemp()), seed=0, aux=data.aux(cases)))
+    batch = ed._rows(request)
+    site = ed.model.site_module().base  # the plain down_proj under editbench's wrapper
+    W = site.weight.detach()
+    side = torch.nn.Parameter(W.clone())
+    mask = torch.rand(W.shape) < 0.2
+    opt = torch.optim.SGD([side], lr=1.0, weight_decay=1e-5)
+    hook = site.register_forward_hook(lambda mod, args, out: args[0] @ side.t())
+    from editbench.models import Pass
+
+    times = []
+    try:
+        for i in range(steps + 1):
+            t0 = time.perf_counter()
+            with model.bind(Pass("unedited", batch.prompt_mask)):
+                logits = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
+                                                     batch.labels[:, 1:].flatten(), ignore_index=-100)
+            opt.zero_grad()
+            loss.backward()
+            side.grad *= mask
+            opt.step()
+            with torch.no_grad():
+                side.copy_(torch.maximum(torch.minimum(side, W + 1.0), W - 1.0))
+            if i:
+                times.append(time.perf_counter() - t0)
+    finally:
+        hook.remove()
+    return n_iter * sum(times) / len(times)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--edits", type=int, default=10)
@@ -75,9 +120,14 @@ def main() -> int:
     if "wise" in groups:
         w = bench("wise", ["editor.n_iter=70"], args.wise_edits)
         speedup = WISE_REFERENCE_S * 1e3 / w["ms_per_edit"]
-        wise_ok = speedup >= 10
+        with initialize_config_module("editbench.conf", version_base="1.3"):
+            req = instantiate_group(compose("config").data).stream(1)[0].request
+        ref_s = reference_style_edit_s(req)
+        here = ref_s * 1e3 / w["ms_per_edit"]
+        wise_ok = speedup >= 10 and here >= 10
         print(f"  wise: {w['ms_per_edit']:8.1f} ms/edit (70 steps, 12 rows) = {speedup:.1f}x the reference's "
-              f"{WISE_REFERENCE_S:.0f} s -> {'PASS' if wise_ok else 'FAIL'} (target >= 10x)")
+              f"{WISE_REFERENCE_S:.0f} s; {here:.1f}x a reference-style edit timed here ({ref_s:.1f} s: whole "
+              f"model, all logits) -> {'PASS' if wise_ok else 'FAIL'} (target >= 10x both)")
     if "repair" in groups:
         r = bench("repair", [], args.wise_edits)
         print(f"repair: {r['ms_per_edit']:8.1f} ms/edit (its published 30 steps; the closed loop runs at group "
