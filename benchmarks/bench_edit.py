@@ -60,16 +60,18 @@ def bench(editor: str, overrides: list[str], n_edits: int, cache_dir: Path | Non
             "setup_s": setup_s, "info": ed.report(), **costs.row()}
 
 
-def reference_style_edit_s(request, steps: int = 4, n_iter: int = 70, below_once: bool = False) -> float:
+def reference_style_edit_s(request, steps: int = 4, n_iter: int = 70) -> tuple[float, float]:
     """Seconds per edit of the reference WISE's work on this machine: every step runs the 12 rows
     (the same batch editbench trains on) through the whole model with W' in place of the site
     weight, computes logits at every position and back-propagates to W' (SGD step, mask, clamp).
     `steps` steps are timed after one warm-up and scaled to `n_iter`.
 
-    `below_once`: the same step with the frozen blocks below the site run once per edit (the site's
-    input and the state after its block computed before the steps; each step runs the site
+    Returns (whole model, frozen blocks below run once): the second is the same step with the
+    site's input and the state after its block computed once per edit (each step runs the site
     matmul, the blocks above and the logits at every position) — what not recomputing the frozen
     blocks alone saves, the bound on the speed-up from that means."""
+    from editbench.models import EditableModel, Pass
+
     with initialize_config_module("editbench.conf", version_base="1.3"):
         cfg = compose("config", overrides=["editor=wise"])
     model = load_model(cfg.model)
@@ -80,30 +82,32 @@ def reference_style_edit_s(request, steps: int = 4, n_iter: int = 70, below_once
     batch = ed._rows(request)
     site = ed.model.site_module().base  # the plain down_proj under editbench's wrapper
     W = site.weight.detach()
-    side = torch.nn.Parameter(W.clone())
-    mask = torch.rand(W.shape) < 0.2
-    opt = torch.optim.SGD([side], lr=1.0, weight_decay=1e-5)
-    hook = site.register_forward_hook(lambda mod, args, out: args[0] @ side.t())
-    from editbench.models import EditableModel, Pass
+    above = model.site.layer + 1
+    x, y0 = model.site_io(batch)
+    pre = model.prefix(batch, layer=above)
 
-    if below_once:
-        hook.remove()
-        above = model.site.layer + 1
-        x, y0 = model.site_io(batch)
-        pre = model.prefix(batch, layer=above)
+    def whole_model(side):  # W' enters through a hook on the site
+        hook = site.register_forward_hook(lambda mod, args, out: args[0] @ side.t())
+        try:
+            with model.bind(Pass("unedited", batch.prompt_mask)):
+                return model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        finally:
+            hook.remove()
 
-    times = []
-    try:
+    def below_once(side):
+        h = pre.h + (x @ side.t() - y0)
+        hidden = model.suffix_hidden(EditableModel.Prefix(h, pre.batch, None, 0, above),
+                                     Pass("unedited", batch.prompt_mask))
+        return model.model.lm_head(hidden)
+
+    def per_edit_s(logits_of) -> float:
+        side = torch.nn.Parameter(W.clone())
+        mask = torch.rand(W.shape) < 0.2
+        opt = torch.optim.SGD([side], lr=1.0, weight_decay=1e-5)
+        times = []
         for i in range(steps + 1):
             t0 = time.perf_counter()
-            if below_once:
-                h = pre.h + (x @ side.t() - y0)
-                hidden = model.suffix_hidden(EditableModel.Prefix(h, pre.batch, None, 0, above),
-                                             Pass("unedited", batch.prompt_mask))
-                logits = model.model.lm_head(hidden)
-            else:
-                with model.bind(Pass("unedited", batch.prompt_mask)):
-                    logits = model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+            logits = logits_of(side)
             loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(),
                                                      batch.labels[:, 1:].flatten(), ignore_index=-100)
             opt.zero_grad()
@@ -114,9 +118,9 @@ def reference_style_edit_s(request, steps: int = 4, n_iter: int = 70, below_once
                 side.copy_(torch.maximum(torch.minimum(side, W + 1.0), W - 1.0))
             if i:
                 times.append(time.perf_counter() - t0)
-    finally:
-        hook.remove()
-    return n_iter * sum(times) / len(times)
+        return n_iter * sum(times) / len(times)
+
+    return per_edit_s(whole_model), per_edit_s(below_once)
 
 
 def main() -> int:
@@ -139,8 +143,7 @@ def main() -> int:
         speedup = WISE_REFERENCE_S * 1e3 / w["ms_per_edit"]
         with initialize_config_module("editbench.conf", version_base="1.3"):
             req = instantiate_group(compose("config").data).stream(1)[0].request
-        ref_s = reference_style_edit_s(req)
-        once_s = reference_style_edit_s(req, below_once=True)
+        ref_s, once_s = reference_style_edit_s(req)
         here = ref_s * 1e3 / w["ms_per_edit"]
         wise_ok = speedup >= 10 and here >= 10
         print(f"  wise: {w['ms_per_edit']:8.1f} ms/edit (70 steps, 12 rows) = {speedup:.1f}x the reference's "
