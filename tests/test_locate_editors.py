@@ -275,3 +275,31 @@ def test_ultraedit_keys_gradients_and_ridge_update_match_a_plain_hf_backward(zsr
         torch.testing.assert_close(dW.double(), shift.T, rtol=1e-4, atol=1e-6 * float(shift.abs().max()))
         assert dW.abs().max() > 0
     assert ed.norms[(64, 128)].n == 2 * len(ids)  # both modules' rows, every real token (token: mask)
+
+
+# ----------------------------------------------------------------------------- locality control
+def _control_script():
+    import importlib.util
+    path = Path(__file__).parents[1] / "scripts" / "weight_edit_locality.py"
+    spec = importlib.util.spec_from_file_location("weight_edit_locality", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_locality_control_matches_the_update_norm_per_weight():
+    """scripts/weight_edit_locality.py: the random control has, per edited weight, the editor's own
+    ‖ΔW‖ (and 10x it); responses are measured on both prompt sets; a weight-preserving editor is
+    refused with a one-line reason."""
+    script = _control_script()
+    rep = script.main(["editor=ultraedit", "model=tiny_llama", "editor.lr=1e-3", "n_edits=3"])
+    assert rep["skip"] == 9000 and rep["n_edits"] == 3 and 0 <= rep["held_right_after"] <= 3
+    assert set(rep["rel_dW"]) == {"1.mlp.gate_proj", "2.mlp.up_proj"} and min(rep["rel_dW"].values()) > 0
+    for k, v in rep["rel_dW"].items():
+        assert rep["control"]["1x"]["rel_dW"][k] == pytest.approx(v, abs=2e-5)
+        assert rep["control"]["10x"]["rel_dW"][k] == pytest.approx(10 * v, rel=1e-3, abs=2e-5)
+        for r in (rep, rep["control"]["1x"]):
+            assert r["response_edit_prompts"][k] > 0 and r["response_loc_prompts"][k] > 0
+    assert 0 <= rep["control"]["10x"]["loc"] <= 1
+    with pytest.raises(SystemExit, match="changed no weight"):
+        script.main(["editor=grace", "model=tiny_llama", "n_edits=1"])
