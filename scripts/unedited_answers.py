@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import collections
 import sys
-from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
 from editbench.__main__ import register_resolvers
-from editbench.cache import StateCache
-from editbench.evaluate import Evaluator, cache_key
+from editbench.evaluate import Evaluator, state_cache
 from editbench.models import load_model
 from editbench.run import instantiate_group
 
@@ -47,8 +44,7 @@ def main(argv: list[str]) -> None:
     torch.set_num_threads(int(cfg.threads or 1))
     cases = instantiate_group(cfg.data).stream(n)
     model = load_model(cfg.model)
-    cache = StateCache(Path(cfg.cache_dir).expanduser() / "states" /
-                       f"{cfg.model.name}-{cache_key(OmegaConf.to_container(cfg.model, resolve=True), 'greedy')}.sqlite")
+    cache = state_cache(cfg, "greedy")
     ev = Evaluator(model, "greedy", int(cfg.protocol.eval_batch_size), cache)
     loc = [out for refs in ev.reference(cases) for out in refs["loc"]]
     prompts = [model.encode_prompt(c.request.prompt) for c in cases]

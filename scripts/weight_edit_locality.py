@@ -22,12 +22,10 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
 from editbench.__main__ import register_resolvers
-from editbench.cache import StateCache
 from editbench.editors.base import SetupContext
-from editbench.evaluate import Evaluator, cache_key
+from editbench.evaluate import Evaluator, state_cache
 from editbench.models import Pass, load_model
 from editbench.run import instantiate_group, seed_everything
 
@@ -35,11 +33,12 @@ from editbench.run import instantiate_group, seed_everything
 def responses(model, weights: dict, before: dict, prompts: list[str]) -> dict[str, float]:
     """Per weight: mean over the prompts' tokens of ‖(W − W0) x‖ / ‖W0 x‖ at its input x."""
     sums = {k: [0.0, 0] for k in weights}
+    deltas = {k: w.weight.detach() - before[k] for k, w in weights.items()}
 
     def hook(k):
         def f(_mod, args, _out):
             x = args[0].detach().reshape(-1, args[0].shape[-1]).to(before[k].dtype)
-            r = (x @ (weights[k].weight.detach() - before[k]).T).norm(dim=-1) / (x @ before[k].T).norm(dim=-1)
+            r = (x @ deltas[k].T).norm(dim=-1) / (x @ before[k].T).norm(dim=-1)
             sums[k][0] += float(r.sum())
             sums[k][1] += r.numel()
         return f
@@ -79,8 +78,7 @@ def main(argv: list[str]) -> dict:
     editor.setup(SetupContext(cache_dir=Path(cfg.cache_dir).expanduser(), seed=0, aux=data.aux(cases)))
     weights = {f"{s.layer}.{s.module}": model.module_at(s) for s in editor.touches()}
     before = {k: mod.weight.detach().clone() for k, mod in weights.items()}
-    cache = StateCache(Path(cfg.cache_dir).expanduser() / "states" /
-                       f"{cfg.model.name}-{cache_key(OmegaConf.to_container(cfg.model, resolve=True), 'greedy')}.sqlite")
+    cache = state_cache(cfg, "greedy")
     ev = Evaluator(model, "greedy", int(cfg.protocol.eval_batch_size), cache)
     refs = ev.reference(cases)
     edit_prompts = [c.request.prompt for c in cases]
@@ -91,17 +89,18 @@ def main(argv: list[str]) -> dict:
         editor.edit([c.request])
         held.append(ev.evaluate(model.model, [c], [ref]).metrics["rel"])
     final = ev.evaluate(model.model, cases, refs).metrics
+    rel_dW = rel_norms(weights, before)
+    if not any(rel_dW.values()):
+        raise SystemExit(f"editor={cfg.editor.name} changed no weight in {n} edits — this control is for the "
+                         f"weight-modifying editors (rome, alphaedit, ultraedit, unke, ft)")
     report = {
         "editor": cfg.editor.name, "model": cfg.model.name, "data": cfg.data.name, "skip": cfg.data.skip, "n_edits": n,
         "held_right_after": sum(h == 1.0 for h in held), "rel_right_after_mean": round(sum(held) / n, 3),
         "final": {k: round(final[k], 3) for k in ("rel", "gen", "loc")},
-        "rel_dW": rel_norms(weights, before),
+        "rel_dW": rel_dW,
         "response_edit_prompts": responses(model, weights, before, edit_prompts),
         "response_loc_prompts": responses(model, weights, before, loc_prompts),
     }
-    if not any(report["rel_dW"].values()):
-        raise SystemExit(f"editor={cfg.editor.name} changed no weight in {n} edits — this control is for the "
-                         f"weight-modifying editors (rome, alphaedit, ultraedit, unke, ft)")
     edited = {k: w.weight.detach().clone() for k, w in weights.items()}
     report["control"] = {}
     for scale in (1, 10):

@@ -54,6 +54,16 @@ def cache_key(model_cfg: dict, scoring: str) -> str:
     return hashlib.sha1(repr(ident).encode()).hexdigest()[:16]
 
 
+def state_cache(cfg, scoring: str) -> StateCache:
+    """The unedited-state cache a run config uses: `<cache_dir>/states/<model>-<cache_key>.sqlite`,
+    capped at `cache_max_gb` (shared by every run and script on the same model and scoring)."""
+    from omegaconf import OmegaConf
+
+    key = cache_key(OmegaConf.to_container(cfg.model, resolve=True), scoring)
+    return StateCache(Path(cfg.cache_dir).expanduser() / "states" / f"{cfg.model.name}-{key}.sqlite",
+                      max_gb=float(cfg.cache_max_gb))
+
+
 class Evaluator:
     #: probe-set scorer name -> method; a probe set names its scorer (`ProbeSet.scorer`)
     SCORERS = {"accuracy": "_score_accuracy", "locality": "_score_locality", "freetext": "_score_freetext",

@@ -29,8 +29,7 @@ from editbench import __version__
 from editbench.checkpoint import RunLock, RunStore, rng_state, set_rng_state
 from editbench.editors.base import SetupContext
 from editbench.errors import EditbenchError
-from editbench.cache import StateCache
-from editbench.evaluate import Evaluator, cache_key
+from editbench.evaluate import Evaluator, state_cache
 from editbench.models import load_model, load_prompt_format
 from editbench.validate import Protocol, check_config, check_environment, check_target
 
@@ -250,9 +249,7 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str], stop: StopSignals
     check_lengths(cases, text, context, cfg.model.name)
     model = load_model(cfg.model, text)
     proto = cfg.protocol
-    cache = StateCache(Path(cfg.cache_dir).expanduser() / "states" /
-                       f"{cfg.model.name}-{cache_key(OmegaConf.to_container(cfg.model, resolve=True), proto.scoring)}.sqlite",
-                       max_gb=float(cfg.cache_max_gb))
+    cache = state_cache(cfg, proto.scoring)
     max_new_tokens = int(proto.get("max_new_tokens", Protocol.model_fields["max_new_tokens"].default))  # free-text cap
     evaluator = Evaluator(model, proto.scoring, proto.eval_batch_size, cache, max_new_tokens=max_new_tokens)
     t0 = time.perf_counter()
