@@ -82,6 +82,17 @@ def test_statistics_cache_key_names_sample_count_corpus_and_length(model, corpus
     assert len(list((tmp_path / "stats").glob("*.pt"))) == 4
 
 
+def test_statistics_cache_key_names_the_method_version(model, corpus_file, tmp_path, monkeypatch):
+    """A change to how C is computed bumps METHOD_VERSION; the old cache file is then not read."""
+    from editbench import stats
+
+    site, corpus = [EditSite(0, "mlp.down_proj")], stats.load_corpus(str(corpus_file), 8)
+    stats.second_moments(model, site, corpus, tmp_path, max_length=64)
+    monkeypatch.setattr(stats, "METHOD_VERSION", stats.METHOD_VERSION + 1)
+    assert stats.second_moments(model, site, corpus, tmp_path, max_length=64).info["cached"] is False
+    assert len(list((tmp_path / "stats").glob("*.pt"))) == 2
+
+
 def test_interrupted_statistics_leave_no_complete_looking_file(model, corpus_file, tmp_path, monkeypatch):
     from editbench import stats
 

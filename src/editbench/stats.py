@@ -2,10 +2,10 @@
 
 `C` is the uncentred second moment of the inputs of a linear module (an MLP `down_proj`) over every
 real token of a general-text corpus, each text truncated to `max_length` tokens. It is computed
-once per (model weights, site, corpus, sample count, max length, library versions): all sites one
-editor needs in one pass over the corpus, with a progress bar, then cached under
-`<cache_dir>/stats/` with a file name naming the model, layer, module, corpus and sample count and
-a hash of everything else. A cache file is written to a temporary name and renamed, so an
+once per (model weights, site, corpus, sample count, max length, library versions, version of the
+method): all sites one editor needs in one pass over the corpus, with a progress bar, then cached
+under `<cache_dir>/stats/` with a file name naming the model, layer, module, corpus and sample
+count and a hash of everything else. A cache file is written to a temporary name and renamed, so an
 interrupted computation never leaves a file that looks complete; later runs and resumed runs load it.
 
 Corpora: `wikitext2` (shipped with editbench: `data/text/wikitext2_paragraphs.md`), a path to a
@@ -27,6 +27,11 @@ from tqdm.auto import tqdm
 
 from editbench.errors import EditbenchError
 from editbench.models import EditableModel, EditSite, Pass, _StopForward
+
+# The version of how `C` is computed (which tokens count, truncation, accumulation precision). It is
+# part of every cache key: bump it with any change to `_accumulate` or what it calls, so a cache
+# file written by the old code is never read as the new code's result.
+METHOD_VERSION = 1
 
 SHIPPED = {"wikitext2": Path(__file__).parent / "data" / "text" / "wikitext2_paragraphs.jsonl"}
 
@@ -99,7 +104,7 @@ def _cache_path(cache_dir: Path, model: EditableModel, site: EditSite, corpus: C
     import transformers
 
     ident = (weights, site.layer, site.module, corpus.fingerprint, len(corpus.texts), max_length,
-             torch.__version__, transformers.__version__)
+             torch.__version__, transformers.__version__, METHOD_VERSION)
     digest = hashlib.sha1(repr(ident).encode()).hexdigest()[:16]
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in corpus.name)[-40:]
     return (Path(cache_dir) / "stats" /
