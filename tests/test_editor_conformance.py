@@ -49,6 +49,19 @@ def roundtrip(sd: dict) -> dict:
     return torch.load(buf, weights_only=False)
 
 
+def same(a, b) -> bool:
+    """Deep, bitwise equality of two state dicts (tensors, containers, plain values)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float) and a != a:
+        return b != b  # NaN (e.g. a codebook's unlabelled row)
+    return a == b
+
+
 def trainable(model) -> list[str]:
     return [n for n, p in model.model.named_parameters() if p.requires_grad]
 
@@ -96,11 +109,14 @@ def test_editor_conformance(name, records, probe_prompts):
 
     # resume equivalence: restore after 2 edits, apply the 3rd -> the same as never stopping
     model3, editor3 = build(name, seed=7)
-    editor3.load_state_dict(mid_state)
+    loaded = roundtrip(mid_state)
+    editor3.load_state_dict(loaded)
     torch.testing.assert_close(logits(model3, editor3, probe_prompts), mid_logits, rtol=0, atol=0)
     torch.manual_seed(1234)
     editor3.edit([records[2].request])
     torch.testing.assert_close(logits(model3, editor3, probe_prompts), end_logits, rtol=0, atol=0)
+    # the editor owns copies of what it loaded: editing never writes into the state it was given
+    assert same(loaded, mid_state), f"{name}: edit() after load_state_dict changed the loaded state dict"
 
     # the evaluator runs on the editor's module: KV-cached greedy decoding (plain, and the exact
     # shortcut when the editor declares the blocks below the site frozen) and teacher forcing

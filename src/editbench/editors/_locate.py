@@ -56,7 +56,7 @@ class WeightDeltas:
                                  f"does not edit — resume with the layers the run started with")
         self.delta = {}
         for k, d in sd.items():
-            self.delta[k] = d.to(self.base[k])
+            self.delta[k] = d.to(self.base[k], copy=True)
             self._apply(k)
 
     def num_params(self) -> int:

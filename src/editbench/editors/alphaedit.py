@@ -115,7 +115,7 @@ class AlphaEdit(Editor):
 
     def load_state_dict(self, sd: dict) -> None:
         self.deltas.load_state_dict(sd["deltas"])
-        self.Cp = [c.to(self.model.device, torch.float32) for c in sd["Cp"]]
+        self.Cp = [c.to(self.model.device, torch.float32, copy=True) for c in sd["Cp"]]  # += below: own copies
         self.templates = list(sd["templates"])
 
     def report(self) -> dict:

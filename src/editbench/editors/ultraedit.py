@@ -59,7 +59,7 @@ class RunningMoments:
 
     def load_state_dict(self, sd: dict) -> None:
         self.n = int(sd["n"])
-        self.mean, self.m2 = sd["mean"].to(self.mean), sd["m2"].to(self.m2)
+        self.mean, self.m2 = sd["mean"].to(self.mean, copy=True), sd["m2"].to(self.m2, copy=True)  # updated in place
 
 
 class UltraEdit(Editor):
