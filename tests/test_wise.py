@@ -213,3 +213,53 @@ def test_last_block_mlp_on_the_read_positions_only_is_exact(model):
     torch.testing.assert_close(fast[nxt], full[nxt], rtol=1e-6, atol=1e-6)
     assert not torch.equal(fast, full)  # the other positions were skipped
     assert type(m.model.model.layers[-1].mlp).__name__ != "_OnlyAt"  # restored
+
+
+def _routing_script():
+    import importlib.util
+    path = Path(__file__).parents[1] / "scripts" / "side_memory_routing.py"
+    spec = importlib.util.spec_from_file_location("side_memory_routing", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_routing_diagnostic_reads_the_router_of_a_result_checkpoint(tmp_path):
+    """scripts/side_memory_routing.py on a finished tiny WISE run: one decision per scored probe,
+    taken by the editor's own router — every probe fires when the bar is ~0, none when it is
+    enormous, and the score / bar ratios say the same; a codebook run is refused in one line."""
+    import gzip
+    import json
+
+    from omegaconf import OmegaConf
+
+    from editbench.run import run
+
+    script = _routing_script()
+    overrides = ["editor=wise", "n_edits=3", "editor.n_iter=4", "protocol.checkpoints=[]"]
+    d = tmp_path / "run"
+    run(compose_config(overrides, out_dir=tmp_path), d, overrides=overrides)
+    with gzip.open(d / "records" / "step_000003.jsonl.gz", "rt") as f:
+        counts = {}
+        for line in f:
+            s = json.loads(line)["set"]
+            counts[s] = counts.get(s, 0) + 1
+    rep = script.main([str(d)])
+    assert rep["step"] == 3 and rep["editor"] == "wise"
+    assert {k: v["n"] for k, v in rep["sets"].items()} == counts
+    for v in rep["sets"].values():
+        assert v["score_routed"]["n"] + v["score_unrouted"]["n"] == v["n"] == sum(v["memories"].values())
+    cfg_path = d / ".hydra" / "config.yaml"
+    for ratio, all_fire in ((1e-12, True), (1e12, False)):
+        cfg = OmegaConf.load(cfg_path)
+        cfg.editor.act_ratio = ratio
+        OmegaConf.save(cfg, cfg_path)
+        rep = script.main([str(d)])
+        for v in rep["sets"].values():
+            assert v["routed"] == (v["n"] if all_fire else 0)
+            assert (v["best_over_bar"]["q10"] >= 1) if all_fire else (v["best_over_bar"]["q90"] < 1)
+    cfg = OmegaConf.load(cfg_path)
+    cfg.editor = compose_config(["editor=grace"]).editor
+    OmegaConf.save(cfg, cfg_path)
+    with pytest.raises(SystemExit, match="has no side memory"):
+        script.main([str(d)])
