@@ -34,7 +34,7 @@ METRIC_FIELDS = ("N", "rel", "gen", "loc", "op", "n_eval")
 SCHEMA_KEYS = {
     "N", "rel", "gen", "loc", "op", "n_eval", "edit_s_mean", "edit_s_total", "eval_s", "peak_mem_gb",
     "resident_mem_gb", "editor_params", "protocol_version", "scoring", "config_hash", "git_hash", "versions",
-    "hparams", "method", "schema", "run_id", "tag", "editor", "model", "data", "protocol", "seed", "n_edits",
+    "hardware", "hparams", "method", "schema", "run_id", "tag", "editor", "model", "data", "protocol", "seed", "n_edits",
     "edit_layer", "edit_module", "chat_template", "data_info", "time", "metric_names", "mem_device",
     "mem_growth_gb",
 }
@@ -174,6 +174,8 @@ def test_end_to_end_result_files(ft_run):
         assert r["editor_params"] == 128 * 64  # the layer-2 down_proj weight
         assert (r["edit_layer"], r["edit_module"]) == (2, "mlp.down_proj")
         assert len(r["config_hash"]) == 12 and set(r["versions"]) >= {"editbench", "torch", "transformers", "python"}
+        assert r["hardware"]["cpu"] and r["hardware"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert r["hardware"]["gpu"] is None
         assert r["edit_s_total"] > 0 and r["edit_s_mean"] > 0 and r["eval_s"] > 0
         # CPU: the resident set and its growth over the model before the editor; no fake "peak"
         assert r["mem_device"] == "cpu" and r["peak_mem_gb"] is None and r["resident_mem_gb"] > 0

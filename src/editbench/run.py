@@ -77,6 +77,19 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
+def hardware(device: torch.device) -> dict:
+    """What the numbers were computed on: floating-point kernels differ by CPU instruction set and
+    GPU, so a bit-exact re-run needs the same `cpu_capability` (and GPU), not only the versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "gpu": gpu}
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -277,7 +290,8 @@ def _run(cfg: DictConfig, run_dir: Path, overrides: list[str], stop: StopSignals
         "touched": [f"{s.layer}.{s.module}" for s in touched],
         "model_revision": getattr(model.model.config, "_commit_hash", None),  # the hub commit actually loaded
         "data_info": {"order_seed": data.order_seed, "skip": data.skip},
-        "config_hash": chash, "git_hash": git_hash(), "code_version": code, "versions": versions(), "setup_s": setup_s,
+        "config_hash": chash, "git_hash": git_hash(), "code_version": code, "versions": versions(),
+        "hardware": hardware(model.device), "setup_s": setup_s,
     }
     rows, cursor, segments = [], 0, []
     if cfg.resume == "never":
