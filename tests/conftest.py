@@ -103,6 +103,17 @@ def probe(case, name: str, i: int = 0):
     return case.probes[name].probes[i]
 
 
+def load_script(name: str):
+    """The module of `scripts/<name>.py` (scripts are not part of the package)."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 # ----------------------------------------------------------------------------- subprocess helpers
 def cli_env() -> dict:
     env = dict(os.environ)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import CACHE_DIR, build_editor, compose_config, spy  # noqa: E402
+from conftest import CACHE_DIR, build_editor, compose_config, load_script, spy  # noqa: E402
 
 from editbench.errors import EditbenchError  # noqa: E402
 from editbench.models import EditSite, load_model  # noqa: E402
@@ -289,20 +289,11 @@ def test_ultraedit_keys_gradients_and_ridge_update_match_a_plain_hf_backward(zsr
 
 
 # ----------------------------------------------------------------------------- locality control
-def _control_script():
-    import importlib.util
-    path = Path(__file__).parents[1] / "scripts" / "weight_edit_locality.py"
-    spec = importlib.util.spec_from_file_location("weight_edit_locality", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_locality_control_matches_the_update_norm_per_weight():
     """scripts/weight_edit_locality.py: the random control has, per edited weight, the editor's own
     ‖ΔW‖ (and 10x it); responses are measured on both prompt sets; a weight-preserving editor is
     refused with a one-line reason."""
-    script = _control_script()
+    script = load_script("weight_edit_locality")
     rep = script.main(["editor=ultraedit", "model=tiny_llama", "editor.lr=1e-3", "n_edits=3"])
     assert rep["skip"] == 9000 and rep["n_edits"] == 3 and 0 <= rep["held_right_after"] <= 3
     assert set(rep["rel_dW"]) == {"1.mlp.gate_proj", "2.mlp.up_proj"} and min(rep["rel_dW"].values()) > 0

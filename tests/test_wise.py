@@ -14,7 +14,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import CACHE_DIR, CONF, build_editor, compose_config, prefill_logits  # noqa: E402
+from conftest import CACHE_DIR, CONF, build_editor, compose_config, load_script, prefill_logits  # noqa: E402
 
 from editbench.editors.base import Editor, SetupContext  # noqa: E402
 from editbench.editors._side_memory import ties_merge  # noqa: E402
@@ -215,15 +215,6 @@ def test_last_block_mlp_on_the_read_positions_only_is_exact(model):
     assert type(m.model.model.layers[-1].mlp).__name__ != "_OnlyAt"  # restored
 
 
-def _routing_script():
-    import importlib.util
-    path = Path(__file__).parents[1] / "scripts" / "side_memory_routing.py"
-    spec = importlib.util.spec_from_file_location("side_memory_routing", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_routing_diagnostic_reads_the_router_of_a_result_checkpoint(tmp_path):
     """scripts/side_memory_routing.py on a finished tiny WISE run: one decision per scored probe,
     taken by the editor's own router — every probe fires when the bar is ~0, none when it is
@@ -235,7 +226,7 @@ def test_routing_diagnostic_reads_the_router_of_a_result_checkpoint(tmp_path):
 
     from editbench.run import run
 
-    script = _routing_script()
+    script = load_script("side_memory_routing")
     overrides = ["editor=wise", "n_edits=3", "editor.n_iter=4", "protocol.checkpoints=[]"]
     d = tmp_path / "run"
     run(compose_config(overrides, out_dir=tmp_path), d, overrides=overrides)
