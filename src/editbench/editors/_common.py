@@ -1,5 +1,6 @@
 """Helpers shared by codebook editors (GRACE, HoReN): the edit-site wrapper, a growable codebook,
-prompt-position bookkeeping and the value-training loop. Editors never import each other."""
+the codebook editors' state, prompt-position bookkeeping and the value-training loop. Editors never
+import each other."""
 from __future__ import annotations
 
 import math
@@ -7,6 +8,8 @@ from typing import Callable
 
 import torch
 from torch import nn
+
+from editbench.editors.base import Editor
 
 
 TRAINED = "trained_value"  # Pass.state key: (value parameter, retrieval hit?) during a training pass
@@ -111,6 +114,21 @@ class Codebook:
         self.values[:n] = sd["values"].to(dev)
         self.radii[:n] = sd["radii"].to(dev)
         self.labels, self.ref_labels, self.n = list(map(tuple, sd["labels"])), list(sd["ref_labels"]), n
+
+
+class CodebookEditor(Editor):
+    """An editor whose whole state is a codebook (`self.book`) and its counts of insertion cases
+    (`self.cases`, name -> count); the subclass builds both in its constructor."""
+
+    book: Codebook
+    cases: dict[str, int]
+
+    def state_dict(self) -> dict:
+        return {"book": self.book.state_dict(), "cases": dict(self.cases)}
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.book.load_state_dict(sd["book"])
+        self.cases = dict(sd["cases"])
 
 
 def edit_labels(batch) -> tuple[tuple[int, ...], float]:

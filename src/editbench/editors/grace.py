@@ -14,12 +14,12 @@ from typing import Literal
 
 import torch
 
-from editbench.editors._common import TRAINED, Codebook, SiteWrapper, edit_labels, prompt_positions, train_entry
-from editbench.editors.base import Editor
+from editbench.editors._common import (TRAINED, Codebook, CodebookEditor, SiteWrapper, edit_labels, prompt_positions,
+                                       train_entry)
 from editbench.validate import NonNegativeFloat, PositiveFloat, PositiveInt
 
 
-class GRACE(Editor):
+class GRACE(CodebookEditor):
     label = "GRACE"
 
     def __init__(self, model, eps_init: NonNegativeFloat, eps_expand: Literal["coverage", "moving_average"],
@@ -91,13 +91,6 @@ class GRACE(Editor):
             d, j = self.nearest(key[None])
             train_entry(self, row, bool(int(j[0]) == row and float(d[0]) <= float(self.book.radii[row])), batch,
                         self.hparams["lr"])
-
-    def state_dict(self) -> dict:
-        return {"book": self.book.state_dict(), "cases": dict(self.cases)}
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.book.load_state_dict(sd["book"])
-        self.cases = dict(sd["cases"])
 
     def num_params(self) -> int:
         return self.book.n * (self.book.keys.shape[1] + self.book.values.shape[1] + 1)

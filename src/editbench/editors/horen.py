@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from editbench.editors._common import TRAINED, Codebook, SiteWrapper, edit_labels, prompt_positions, train_entry
-from editbench.editors.base import Editor
+from editbench.editors._common import (TRAINED, Codebook, CodebookEditor, SiteWrapper, edit_labels, prompt_positions,
+                                       train_entry)
 from editbench.validate import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 
-class HoReN(Editor):
+class HoReN(CodebookEditor):
     label = "HoReN"
 
     def __init__(self, model, threshold: float, pooling_ratio: Annotated[float, Field(gt=0, le=1)],
@@ -149,13 +149,6 @@ class HoReN(Editor):
             hp = self.hparams
             train_entry(self, row, hit, batch, hp["lora_lr"] if self.lora else hp["lr"])
 
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict:
-        return {"book": self.book.state_dict(), "cases": dict(self.cases)}
-
-    def load_state_dict(self, sd: dict) -> None:
-        self.book.load_state_dict(sd["book"])
-        self.cases = dict(sd["cases"])
-
+    # ------------------------------------------------------------------ size (state: CodebookEditor)
     def num_params(self) -> int:
         return self.book.n * (self.book.keys.shape[1] + self.book.values.shape[1])
