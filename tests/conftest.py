@@ -179,6 +179,33 @@ def prefill_logits(m, ed, prompts):
     return out[batch.attention_mask.bool()]
 
 
+def resume_matches(name: str, *overrides: str, split: int, end: int):
+    """Edits cases[:split], takes a checkpoint (state_dict through torch.save), edits
+    cases[split:end]; a freshly built editor loads the checkpoint and edits cases[split:end] too.
+    Asserts both give bitwise the same logits on the edited prompts; returns the two editors
+    (uninterrupted, resumed) and the checkpoint's state dict, for the caller's own checks."""
+    import io
+
+    import torch
+
+    m, ed, cases = build_editor(name, *overrides)
+    for c in cases[:split]:
+        ed.edit([c.request])
+    ckpt = ed.state_dict()
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    for c in cases[split:end]:
+        ed.edit([c.request])
+    prompts = [c.request.prompt for c in cases[:end]]
+    m2, ed2, _ = build_editor(name, *overrides)
+    buf.seek(0)
+    ed2.load_state_dict(torch.load(buf, weights_only=False))
+    for c in cases[split:end]:
+        ed2.edit([c.request])
+    torch.testing.assert_close(prefill_logits(m2, ed2, prompts), prefill_logits(m, ed, prompts), rtol=0, atol=0)
+    return ed, ed2, ckpt
+
+
 def spy(monkeypatch, module, name: str) -> dict:
     """Wrap `module.<name>` for one test; the returned dict holds its last result under "result"."""
     seen: dict = {}

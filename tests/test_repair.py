@@ -1,11 +1,11 @@
-"""REPAIR on the tiny models: loss-weighted TIES against a hand-computed case, in-group
-distillation (teacher from the group's first edit, KL at the aligned answer positions), the
-closed loop (which memory is re-initialised, which edits are re-queued, the round limit), and
-resume across a group boundary with the loop and a merge in it."""
+"""REPAIR on the tiny models: the merge weights from the shard losses (the loss-weighted TIES
+itself is tested beside plain TIES, in test_wise.py), in-group distillation (teacher from the
+group's first edit, KL at the aligned answer positions), the closed loop (which memory is
+re-initialised, which edits are re-queued, the round limit), and resume across a group boundary
+with the loop and a merge in it."""
 from __future__ import annotations
 
 import functools
-import io
 import math
 import sys
 from pathlib import Path
@@ -15,9 +15,7 @@ import torch
 from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import build_editor, prefill_logits  # noqa: E402
-
-from editbench.editors._side_memory import ties_merge  # noqa: E402
+from conftest import build_editor, resume_matches  # noqa: E402
 
 # groups of 2, merged per 4; error_threshold 1.0 so the loop acts whenever an edit fails
 SMALL = ["editor.save_freq=2", "editor.merge_freq=4", "editor.n_iter=6", "editor.error_threshold=1.0",
@@ -25,24 +23,6 @@ SMALL = ["editor.save_freq=2", "editor.merge_freq=4", "editor.n_iter=6", "editor
 
 
 build = functools.partial(build_editor, "repair")
-logits = prefill_logits
-
-
-def test_weighted_ties_by_hand():
-    base = torch.zeros(2, 3)
-    a = torch.tensor([[3.0, -1.0, 0.5], [2.0, 0.0, -4.0]])
-    b = torch.tensor([[1.0, 2.0, -0.2], [-3.0, 0.1, -0.9]])
-    # density 0.5 keeps the 3 largest |entries|: a -> [[3,0,0],[2,0,-4]], b -> [[1,2,0],[-3,0,0]]
-    # weights (0.75, 0.25): elected sign of sum w d = [[3, 0.5, 0], [0.75, 0, -3]] -> [[+,+,+],[+,+,-]]
-    # (at [1,0] the weighted sum is +0.75: a's +2 wins, where equal weights elect -)
-    # weighted mean of agreeing non-zeros: [0,0] (0.75*3 + 0.25*1) / 1 = 2.5; [0,1] 0.25*2 / 0.25 = 2;
-    # [1,0] only a agrees: 2; [1,2] only a: -4
-    expect = torch.tensor([[2.5, 2.0, 0.0], [2.0, 0.0, -4.0]])
-    torch.testing.assert_close(ties_merge(base, [a, b], 0.5, [0.75, 0.25]), expect)
-    # equal weights are the reference's plain TIES (peft), whatever their scale
-    torch.testing.assert_close(ties_merge(base, [a, b], 0.5, [0.3, 0.3]), ties_merge(base, [a, b], 0.5))
-    torch.testing.assert_close(ties_merge(base, [a, b], 0.5, [0.6, 0.2]),
-                               ties_merge(base, [a, b], 0.5, [0.75, 0.25]))  # only their ratio matters
 
 
 def test_merge_weights_follow_the_shard_losses():
@@ -141,23 +121,9 @@ def test_check_is_exact_greedy_reproduction():
 
 @pytest.mark.parametrize("split", [3, 4])  # inside a group (re-queued edits trained), right after a group end
 def test_resume_across_a_group_boundary_with_the_loop_and_a_merge(split):
-    m, ed, cases = build(*SMALL)
-    for c in cases[:split]:
-        ed.edit([c.request])
+    # from `split` to 6: group end + loop + merge at 4, group end + loop at 6
+    ed, ed2, ckpt = resume_matches("repair", *SMALL, split=split, end=6)
     if split == 4:
-        assert ed.pending, "the tiny model should fail some edits, so the state carries re-queued ones"
-    buf = io.BytesIO()
-    torch.save(ed.state_dict(), buf)
-    for c in cases[split:6]:  # group end + loop + merge at 4, group end + loop at 6
-        ed.edit([c.request])
-    prompts = [c.request.prompt for c in cases[:6]]
-    want = logits(m, ed, prompts)
-
-    m2, ed2, _ = build(*SMALL)
-    buf.seek(0)
-    ed2.load_state_dict(torch.load(buf, weights_only=False))
-    for c in cases[split:6]:
-        ed2.edit([c.request])
-    torch.testing.assert_close(logits(m2, ed2, prompts), want, rtol=0, atol=0)
+        assert ckpt["pending"], "the tiny model should fail some edits, so the checkpoint carries re-queued ones"
     assert ed2.feedback == ed.feedback and ed.feedback["groups"] == 3
     assert ed2.pending == ed.pending and ed2.group == ed.group

@@ -1,10 +1,10 @@
-"""WISE on the tiny models: TIES against a hand-computed case, the routing rule, memories saved and
-merged on schedule, resume across a save / merge boundary, cached vs uncached decoding with
-memories in place, the aligned edit site, and one-line errors for impossible settings."""
+"""WISE on the tiny models: TIES (plain, and REPAIR's loss-weighted) against hand-computed cases,
+the routing rule, memories saved and merged on schedule, resume across a save / merge boundary,
+cached vs uncached decoding with memories in place, the aligned edit site, and one-line errors for
+impossible settings."""
 from __future__ import annotations
 
 import functools
-import io
 import math
 import sys
 from pathlib import Path
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import CACHE_DIR, CONF, build_editor, compose_config, load_script, prefill_logits  # noqa: E402
+from conftest import CACHE_DIR, CONF, build_editor, compose_config, load_script, resume_matches  # noqa: E402
 
 from editbench.editors.base import Editor, SetupContext  # noqa: E402
 from editbench.editors._side_memory import ties_merge  # noqa: E402
@@ -30,20 +30,36 @@ SMALL = ["editor.save_freq=2", "editor.merge_freq=4", "editor.n_iter=8"]
 
 
 build = functools.partial(build_editor, "wise")
-logits = prefill_logits
+
+
+# two task vectors for the TIES cases (base 0); density 0.5 keeps each one's 3 largest |entries|:
+#   A -> [[3, 0, 0], [2, 0, -4]];  B -> [[1, 2, 0], [-3, 0, 0]]
+TIES_A = torch.tensor([[3.0, -1.0, 0.5], [2.0, 0.0, -4.0]])
+TIES_B = torch.tensor([[1.0, 2.0, -0.2], [-3.0, 0.1, -0.9]])
 
 
 def test_ties_merge_by_hand():
-    base = torch.zeros(2, 3)
-    a = torch.tensor([[3.0, -1.0, 0.5], [2.0, 0.0, -4.0]])
-    b = torch.tensor([[1.0, 2.0, -0.2], [-3.0, 0.1, -0.9]])
-    # density 0.5: each task vector keeps its 3 largest |entries|
-    #   a -> [[3, 0, 0], [2, 0, -4]];  b -> [[1, 2, 0], [-3, 0, 0]]
+    base, a, b = torch.zeros(2, 3), TIES_A, TIES_B
     # elected sign of the sum [[4, 2, 0], [-1, 0, -4]]: [[+, +, +], [-, +, -]]
     # mean of the agreeing non-zero entries: [[(3+1)/2, 2, 0], [-3, 0, -4]]
     expect = torch.tensor([[2.0, 2.0, 0.0], [-3.0, 0.0, -4.0]])
     torch.testing.assert_close(ties_merge(base, [a, b], 0.5), expect)
     torch.testing.assert_close(ties_merge(base + 1, [a + 1, b + 1], 0.5), expect + 1)  # deltas from the base
+
+
+def test_weighted_ties_by_hand():
+    """REPAIR's loss-weighted TIES (unequal coefficients: this module's own lines, not peft's)."""
+    base, a, b = torch.zeros(2, 3), TIES_A, TIES_B
+    # weights (0.75, 0.25): elected sign of sum w d = [[3, 0.5, 0], [0.75, 0, -3]] -> [[+,+,+],[+,+,-]]
+    # (at [1,0] the weighted sum is +0.75: a's +2 wins, where equal weights elect -)
+    # weighted mean of agreeing non-zeros: [0,0] (0.75*3 + 0.25*1) / 1 = 2.5; [0,1] 0.25*2 / 0.25 = 2;
+    # [1,0] only a agrees: 2; [1,2] only a: -4
+    expect = torch.tensor([[2.5, 2.0, 0.0], [2.0, 0.0, -4.0]])
+    torch.testing.assert_close(ties_merge(base, [a, b], 0.5, [0.75, 0.25]), expect)
+    # equal weights are the reference's plain TIES (peft), whatever their scale
+    torch.testing.assert_close(ties_merge(base, [a, b], 0.5, [0.3, 0.3]), ties_merge(base, [a, b], 0.5))
+    torch.testing.assert_close(ties_merge(base, [a, b], 0.5, [0.6, 0.2]),
+                               ties_merge(base, [a, b], 0.5, [0.75, 0.25]))  # only their ratio matters
 
 
 def test_routing_rule():
@@ -87,22 +103,7 @@ def test_memories_are_saved_and_merged_on_schedule():
 
 
 def test_resume_across_a_save_and_merge_boundary():
-    m, ed, cases = build(*SMALL)
-    for c in cases[:3]:
-        ed.edit([c.request])
-    buf = io.BytesIO()
-    torch.save(ed.state_dict(), buf)
-    for c in cases[3:6]:  # crosses the save + merge at 4 and the save at 6
-        ed.edit([c.request])
-    prompts = [c.request.prompt for c in cases[:6]]
-    want = logits(m, ed, prompts)
-
-    m2, ed2, _ = build(*SMALL)
-    buf.seek(0)
-    ed2.load_state_dict(torch.load(buf, weights_only=False))
-    for c in cases[3:6]:
-        ed2.edit([c.request])
-    torch.testing.assert_close(logits(m2, ed2, prompts), want, rtol=0, atol=0)
+    ed, ed2, _ = resume_matches("wise", *SMALL, split=3, end=6)  # crosses the save + merge at 4 and the save at 6
     assert [x["min_a"] for x in ed2.memories] == [x["min_a"] for x in ed.memories]
 
 
