@@ -179,27 +179,34 @@ def prefill_logits(m, ed, prompts):
     return out[batch.attention_mask.bool()]
 
 
+def roundtrip(sd: dict) -> dict:
+    """A state dict through torch.save / torch.load, as checkpoints take it: an independent copy."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
 def resume_matches(name: str, *overrides: str, split: int, end: int):
-    """Edits cases[:split], takes a checkpoint (state_dict through torch.save), edits
+    """Edits cases[:split], takes a checkpoint (state_dict through `roundtrip`), edits
     cases[split:end]; a freshly built editor loads the checkpoint and edits cases[split:end] too.
     Asserts both give bitwise the same logits on the edited prompts; returns the two editors
     (uninterrupted, resumed) and the checkpoint's state dict, for the caller's own checks."""
-    import io
-
     import torch
 
     m, ed, cases = build_editor(name, *overrides)
     for c in cases[:split]:
         ed.edit([c.request])
-    ckpt = ed.state_dict()
-    buf = io.BytesIO()
-    torch.save(ckpt, buf)
+    ckpt = roundtrip(ed.state_dict())
     for c in cases[split:end]:
         ed.edit([c.request])
     prompts = [c.request.prompt for c in cases[:end]]
     m2, ed2, _ = build_editor(name, *overrides)
-    buf.seek(0)
-    ed2.load_state_dict(torch.load(buf, weights_only=False))
+    ed2.load_state_dict(roundtrip(ckpt))
     for c in cases[split:end]:
         ed2.edit([c.request])
     torch.testing.assert_close(prefill_logits(m2, ed2, prompts), prefill_logits(m, ed, prompts), rtol=0, atol=0)

@@ -13,7 +13,6 @@ built exactly as the runner builds it (`run.instantiate_group(cfg.editor, model=
 """
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 from omegaconf import OmegaConf
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import CONF, build_editor, compose_config, prefill_logits  # noqa: E402
+from conftest import CONF, build_editor, compose_config, prefill_logits, roundtrip  # noqa: E402
 
 from conftest import probe  # noqa: E402
 from editbench.evaluate import Evaluator  # noqa: E402
@@ -40,13 +39,6 @@ def build(name: str, *overrides: str, seed: int = 0):
 
 
 logits = prefill_logits
-
-
-def roundtrip(sd: dict) -> dict:
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=False)
 
 
 def same(a, b) -> bool:
