@@ -1,7 +1,7 @@
 """Why does a side-memory editor (WISE, REPAIR) miss an edit: is the probe not routed to a side
 memory, or routed and answered wrongly? A diagnostic for a finished checkpoint of a result run.
 
-    python scripts/side_memory_routing.py RUN_DIR [STEP]
+    python scripts/side_memory_routing.py RUN_DIR [STEP] [--unrelated K]
 
 RUN_DIR is a result run of editor=wise or editor=repair (its `.hydra/config.yaml`, its
 `records/step_<STEP>.jsonl.gz`, and `ckpt/step_<STEP>` for the editor state; STEP defaults to the
@@ -10,10 +10,15 @@ is run once through the edited model and the router's decision at the prefill pa
 each memory's activation score relative to its routing bar (score / (min_a x act_ratio); >= 1
 fires). Reported per probe set (rel, gen, loc): how many probes were routed to any side memory,
 the mean score (from the run's own records) of routed and of unrouted probes, and quantiles of the
-best memory's score / bar. Nothing is trained and nothing in RUN_DIR is written.
+best memory's score / bar. With `--unrelated K`, also the unrelated prompts of the run's `data.aux`
+(e.g. NQ questions): the last K the editor trained on as unrelated rows (`aux_seen`) and the next K
+it has not yet drawn (`aux_unseen`, never trained on) — does the router fire off-topic too? These
+sets have no records, so only their routing is reported. Nothing is trained and nothing in RUN_DIR
+is written.
 """
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
 import sys
@@ -48,9 +53,14 @@ def quantiles(v: list[float]) -> dict[str, float]:
 def main(argv: list[str]) -> dict:
     if not argv:
         raise SystemExit(__doc__)
+    ap = argparse.ArgumentParser(usage=__doc__)
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("step", type=int, nargs="?")
+    ap.add_argument("--unrelated", type=int, default=0, metavar="K")
+    args = ap.parse_args(argv)
     register_resolvers()
-    run_dir = Path(argv[0])
-    step = int(argv[1]) if len(argv) > 1 else newest_step(run_dir)
+    run_dir = args.run_dir
+    step = args.step if args.step is not None else newest_step(run_dir)
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     torch.set_num_threads(int(cfg.threads or 1))
     seed_everything(int(cfg.seed))
@@ -80,22 +90,37 @@ def main(argv: list[str]) -> dict:
         return r
 
     editor.route = recording_route
+
+    def routed(prompt: str) -> tuple[int, float]:
+        ids = torch.tensor([model.encode_prompt(prompt)], device=model.device)
+        with model.bind(Pass("prefill", torch.ones_like(ids, dtype=torch.bool))):
+            editor.module()(input_ids=ids)
+        return seen.pop()
+
+    def tally(name: str, memory: int, ratio: float, score: float | None) -> None:
+        s = out.setdefault(name, {"n": 0, "routed": 0, "memories": {}, "score_routed": [],
+                                  "score_unrouted": [], "best_over_bar": []})
+        s["n"] += 1
+        s["routed"] += memory >= 0
+        s["memories"][str(memory)] = s["memories"].get(str(memory), 0) + 1
+        if score is not None:
+            s["score_routed" if memory >= 0 else "score_unrouted"].append(score)
+        s["best_over_bar"].append(ratio)
+
     by_id = {c.id: c for c in cases}
     out: dict[str, dict] = {}
     with torch.no_grad():
         for rec in records:
             probe = by_id[rec["case"]].probes[rec["set"]].probes[rec["i"]]
-            ids = torch.tensor([model.encode_prompt(probe.prompt)], device=model.device)
-            with model.bind(Pass("prefill", torch.ones_like(ids, dtype=torch.bool))):
-                editor.module()(input_ids=ids)
-            memory, ratio = seen.pop()
-            s = out.setdefault(rec["set"], {"n": 0, "routed": 0, "memories": {}, "score_routed": [],
-                                            "score_unrouted": [], "best_over_bar": []})
-            s["n"] += 1
-            s["routed"] += memory >= 0
-            s["memories"][str(memory)] = s["memories"].get(str(memory), 0) + 1
-            s["score_routed" if memory >= 0 else "score_unrouted"].append(rec["score"])
-            s["best_over_bar"].append(ratio)
+            tally(rec["set"], *routed(probe.prompt), rec["score"])
+        k, used, aux = args.unrelated, editor.aux_used, editor.aux
+        if k and used + k > len(aux):
+            raise SystemExit(f"--unrelated {k}: only {max(len(aux) - used, 0)} of the {len(aux)} unrelated prompts are still "
+                             f"undrawn after {used} — pass a smaller K")
+        for j in range(max(used - k, 0), used):
+            tally("aux_seen", *routed(aux[j % len(aux)][0]), None)
+        for j in range(used, used + k):
+            tally("aux_unseen", *routed(aux[j][0]), None)
     for s in out.values():
         for k in ("score_routed", "score_unrouted"):
             s[k] = {"n": len(s[k]), "mean": round(sum(s[k]) / len(s[k]), 3) if s[k] else None}

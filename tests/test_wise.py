@@ -241,12 +241,22 @@ def test_routing_diagnostic_reads_the_router_of_a_result_checkpoint(tmp_path):
     assert {k: v["n"] for k, v in rep["sets"].items()} == counts
     for v in rep["sets"].values():
         assert v["score_routed"]["n"] + v["score_unrouted"]["n"] == v["n"] == sum(v["memories"].values())
+    # --unrelated K: the last K unrelated rows the editor drew (3 edits drew 3) and the next K undrawn,
+    # routing only (they have no records)
+    rep = script.main([str(d), "--unrelated", "5"])
+    assert {k: v["n"] for k, v in rep["sets"].items()} == {**counts, "aux_seen": 3, "aux_unseen": 5}
+    for name in ("aux_seen", "aux_unseen"):
+        v = rep["sets"][name]
+        assert v["score_routed"]["n"] == v["score_unrouted"]["n"] == 0 and sum(v["memories"].values()) == v["n"]
+    with pytest.raises(SystemExit, match="pass a smaller K"):
+        script.main([str(d), "--unrelated", "1000000"])
     cfg_path = d / ".hydra" / "config.yaml"
     for ratio, all_fire in ((1e-12, True), (1e12, False)):
         cfg = OmegaConf.load(cfg_path)
         cfg.editor.act_ratio = ratio
         OmegaConf.save(cfg, cfg_path)
-        rep = script.main([str(d)])
+        rep = script.main([str(d), "--unrelated", "2"])
+        assert {"aux_seen", "aux_unseen"} <= set(rep["sets"])
         for v in rep["sets"].values():
             assert v["routed"] == (v["n"] if all_fire else 0)
             assert (v["best_over_bar"]["q10"] >= 1) if all_fire else (v["best_over_bar"]["q90"] < 1)
