@@ -74,6 +74,10 @@ def main(argv: list[str]) -> dict:
     editor.setup(SetupContext(cache_dir=Path(cfg.cache_dir).expanduser(), seed=int(cfg.seed), aux=data.aux(cases)))
     state = torch.load(run_dir / "ckpt" / f"step_{step:06d}" / "state.pt", weights_only=False)
     editor.load_state_dict(state["editor"])
+    k, used, aux = args.unrelated, editor.aux_used, editor.aux
+    if k and used + k > len(aux):
+        raise SystemExit(f"--unrelated {k}: only {max(len(aux) - used, 0)} of the {len(aux)} unrelated prompts are still "
+                         f"undrawn after {used} — pass a smaller K")
     with gzip.open(run_dir / "records" / f"step_{step:06d}.jsonl.gz", "rt") as f:
         records = [json.loads(line) for line in f]
 
@@ -113,10 +117,6 @@ def main(argv: list[str]) -> dict:
         for rec in records:
             probe = by_id[rec["case"]].probes[rec["set"]].probes[rec["i"]]
             tally(rec["set"], *routed(probe.prompt), rec["score"])
-        k, used, aux = args.unrelated, editor.aux_used, editor.aux
-        if k and used + k > len(aux):
-            raise SystemExit(f"--unrelated {k}: only {max(len(aux) - used, 0)} of the {len(aux)} unrelated prompts are still "
-                             f"undrawn after {used} — pass a smaller K")
         for j in range(max(used - k, 0), used):
             tally("aux_seen", *routed(aux[j % len(aux)][0]), None)
         for j in range(used, used + k):
