@@ -124,6 +124,23 @@ def test_table8_gap_to_horen_at_largest_common_n(tmp_path):
     assert [r[0] for r in t8.rows].index("GRACE") < [r[0] for r in t8.rows].index("HoReN")
 
 
+def test_table8_labels_settings_across_both_datasets(tmp_path):
+    """One WISE setting on WikiBigEdit and two on ZsRE: the shared setting is one row, not two."""
+    a, b = {"act_ratio": 0.75, "seed": 0}, {"act_ratio": 0.88, "seed": 0}
+    write_run(tmp_path / "hw", "r", [wbe_row("HoReN", 100, 0.9, 0.8, 0.5, 0, 0, 1)])
+    write_run(tmp_path / "hz", "r", [zsre_row("HoReN", 100, 0.95, 0.7)])
+    write_run(tmp_path / "ww", "r", [wbe_row("WISE", 100, 0.4, 0.3, 0.2, 0, 0, 1, hparams=a)])
+    write_run(tmp_path / "wa", "r", [zsre_row("WISE", 100, 0.5, 0.4, hparams=a)])
+    write_run(tmp_path / "wb", "r", [zsre_row("WISE", 100, 0.2, 0.1, hparams=b)])
+    t8 = tables(tmp_path)["paper_table8"]
+    assert [r[0] for r in t8.rows if r[0].startswith("WISE [")] == ["WISE [act_ratio=0.75]", "WISE [act_ratio=0.88]"]
+    assert cells(t8, "WISE [act_ratio=0.75]") == {
+        "Method": "WISE [act_ratio=0.75]", "WikiBigEdit Rel": "0.400 (+0.500)", "WikiBigEdit Gen": "0.300 (+0.500)",
+        "ZsRE Rel": "0.500 (+0.450)", "ZsRE Gen": "0.400 (+0.300)"}
+    assert cells(t8, "WISE [act_ratio=0.88]")["WikiBigEdit Rel"] == "—"
+    assert cells(t8, "HoReN")["ZsRE Rel"] == "0.950"  # one HoReN setting: plain label
+
+
 def test_table8_needs_horen_on_both_datasets(tmp_path):
     write_run(tmp_path / "hz", "r", [zsre_row("HoReN", 100, 0.95, 0.7)])
     write_run(tmp_path / "gw", "r", [wbe_row("GRACE", 100, 0.6, 0.05, 1.0, 0, 0, 1)])

@@ -23,7 +23,7 @@ from __future__ import annotations
 import pandas as pd
 
 from editbench.report import (DIGITS, REFERENCE_METHODS, TABLE_KEYS, Table, _fmt, _fmt_published,
-                              _method_rank, _ordered_labels, _table_stem, _title)
+                              _labels, _method_rank, _ordered_labels, _table_stem, _title)
 
 # Table 7 rows: (split title, probe set, [(row title, metric)]).
 SPLIT_METRICS = [("BLEU (paper's unigram)", "bleu1_horen"), ("sacreBLEU", "sacrebleu"),
@@ -173,6 +173,7 @@ def table8(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
     n = max(common)
     rows_n = group[(group["N"] == n) & group["method"].isin(TABLE8_METHODS)
                    & group["data"].isin([d for d, _ in TABLE8_DATA])]
+    rows_n = rows_n.assign(label=_labels(rows_n, across=("data",)))  # one row per setting, both datasets
     ref = {(data, m): _cell(rows_n[(rows_n["label"] == HEADLINE) & (rows_n["data"] == data)], m)
            for data, _ in TABLE8_DATA for m in ("rel", "gen")}
     published = baselines[baselines["table"] == "8"]

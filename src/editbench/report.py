@@ -251,9 +251,16 @@ def _devices(values) -> str:
     return "/".join(sorted({part for value in values for part in str(value).split("/")}))
 
 
-def _labels(agg: pd.DataFrame) -> pd.Series:
+LABEL_KEYS = ("tag", "method", "model", "data", "protocol", "protocol_version", "scoring", "chat_template")
+
+
+def _labels(agg: pd.DataFrame, across: tuple[str, ...] = ()) -> pd.Series:
+    """The method name, extended with the hyper-parameters that differ between the runs of one
+    method in one table.  A table spans one value of each :data:`LABEL_KEYS` column except those
+    named in ``across`` (e.g. ``("data",)`` for a table with one column block per dataset), so the
+    same setting gets the same label on every dataset such a table shows."""
     labels = agg["method"].astype(str).copy()
-    keys = ["tag", "method", "model", "data", "protocol", "protocol_version", "scoring", "chat_template"]
+    keys = [key for key in LABEL_KEYS if key not in across]
     for _, group in agg.groupby(keys):
         variants = {key: json.loads(key) for key in group["hparams_key"].unique()}
         if len(variants) < 2:
