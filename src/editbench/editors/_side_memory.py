@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import Field
 from torch import nn
 from transformers.activations import ACT2FN
 
@@ -34,7 +36,9 @@ from editbench.editors._common import SiteWrapper
 from editbench.editors.base import Editor, SetupContext
 from editbench.errors import EditbenchError
 from editbench.models import EditableModel, Pass, TokenBatch
+from editbench.validate import NonNegativeFloat
 
+ActMargins = Annotated[list[NonNegativeFloat], Field(min_length=3, max_length=3)]  # [alpha, beta, gamma]
 ROUTE = "side_memory_route"  # Pass.state: per-row memory index chosen at prefill (-1 = the unedited weight)
 
 

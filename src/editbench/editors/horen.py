@@ -13,21 +13,20 @@ Ablation switches: `normalize` (false: raw dot products, no L2), `hopfield_steps
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from editbench.editors._common import (TRAINED, Codebook, CodebookEditor, SiteWrapper, edit_labels, prompt_positions,
                                        train_entry)
-from editbench.validate import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from editbench.validate import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveFraction, PositiveInt
 
 
 class HoReN(CodebookEditor):
     label = "HoReN"
 
-    def __init__(self, model, threshold: float, pooling_ratio: Annotated[float, Field(gt=0, le=1)],
+    def __init__(self, model, threshold: float, pooling_ratio: PositiveFraction,
                  beta: PositiveFloat, alpha: Fraction, hopfield_steps: NonNegativeInt, tol: NonNegativeFloat,
                  normalize: bool, value_adaptor: Literal["vector", "lora"], lr: PositiveFloat, n_iter: PositiveInt,
                  stop_loss: NonNegativeFloat | None, patience: PositiveInt | None, val_init: Literal["cold", "warm"],

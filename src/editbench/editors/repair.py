@@ -32,25 +32,24 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import Counter
-from typing import Annotated
 
 import torch
-from pydantic import Field
 from torch.nn import functional as F
 
 from editbench.data import EditRequest
-from editbench.editors._side_memory import SideMemoryEditor, Trained
-from editbench.validate import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
+from editbench.editors._side_memory import ActMargins, SideMemoryEditor, Trained
+from editbench.validate import (Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveFraction,
+                                PositiveInt)
 
 
 class REPAIR(SideMemoryEditor):
     label = "REPAIR"
 
     def __init__(self, model, lr: PositiveFloat, n_iter: PositiveInt,
-                 mask_ratio: Annotated[float, Field(gt=0, le=1)],
-                 act_margin: Annotated[list[NonNegativeFloat], Field(min_length=3, max_length=3)],
+                 mask_ratio: PositiveFraction,
+                 act_margin: ActMargins,
                  act_ratio: PositiveFloat, norm_constraint: PositiveFloat, weight_decay: NonNegativeFloat,
-                 save_freq: PositiveInt, merge_freq: PositiveInt, density: Annotated[float, Field(gt=0, le=1)],
+                 save_freq: PositiveInt, merge_freq: PositiveInt, density: PositiveFraction,
                  template_seeds: list[str], template_lengths: list[PositiveInt],
                  distill: bool, kd_temperature: PositiveFloat, kd_weight: NonNegativeFloat,
                  max_iterations: NonNegativeInt, error_threshold: Fraction, loss_temperature: PositiveFloat,

@@ -8,22 +8,18 @@ derives it from a separately padded batch), the unrelated row from `data.aux`.
 """
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import Field
-
-from editbench.editors._side_memory import SideMemoryEditor
-from editbench.validate import NonNegativeFloat, PositiveFloat, PositiveInt
+from editbench.editors._side_memory import ActMargins, SideMemoryEditor
+from editbench.validate import NonNegativeFloat, PositiveFloat, PositiveFraction, PositiveInt
 
 
 class WISE(SideMemoryEditor):
     label = "WISE"
 
     def __init__(self, model, lr: PositiveFloat, n_iter: PositiveInt,
-                 mask_ratio: Annotated[float, Field(gt=0, le=1)],
-                 act_margin: Annotated[list[NonNegativeFloat], Field(min_length=3, max_length=3)],
+                 mask_ratio: PositiveFraction,
+                 act_margin: ActMargins,
                  act_ratio: PositiveFloat, norm_constraint: PositiveFloat, weight_decay: NonNegativeFloat,
-                 save_freq: PositiveInt, merge_freq: PositiveInt, density: Annotated[float, Field(gt=0, le=1)],
+                 save_freq: PositiveInt, merge_freq: PositiveInt, density: PositiveFraction,
                  template_seeds: list[str], template_lengths: list[PositiveInt]):
         super().__init__(model, lr=lr, n_iter=n_iter, mask_ratio=mask_ratio, act_margin=list(act_margin),
                          act_ratio=act_ratio, norm_constraint=norm_constraint, weight_decay=weight_decay,
