@@ -141,6 +141,21 @@ def test_table8_labels_settings_across_both_datasets(tmp_path):
     assert cells(t8, "HoReN")["ZsRE Rel"] == "0.950"  # one HoReN setting: plain label
 
 
+def test_table8_gap_to_horen_when_its_setting_differs_between_datasets(tmp_path):
+    """HoReN run with another threshold on each dataset: two labelled HoReN rows, and the gaps are
+    still to HoReN on each dataset (labelling across datasets must not lose the reference)."""
+    write_run(tmp_path / "hw", "r", [wbe_row("HoReN", 100, 0.9, 0.8, 0.5, 0, 0, 1, hparams={"threshold": 0.5})])
+    write_run(tmp_path / "hz", "r", [zsre_row("HoReN", 100, 0.95, 0.7, hparams={"threshold": 0.7})])
+    write_run(tmp_path / "gw", "r", [wbe_row("GRACE", 100, 0.6, 0.05, 1.0, 0, 0, 1)])
+    write_run(tmp_path / "gz", "r", [zsre_row("GRACE", 100, 0.97, 0.0)])
+    t8 = tables(tmp_path)["paper_table8"]
+    assert cells(t8, "HoReN [threshold=0.5]")["WikiBigEdit Rel"] == "0.900"
+    assert cells(t8, "HoReN [threshold=0.7]")["ZsRE Gen"] == "0.700"
+    assert cells(t8, "GRACE") == {"Method": "GRACE", "WikiBigEdit Rel": "0.600 (+0.300)",
+                                  "WikiBigEdit Gen": "0.050 (+0.750)", "ZsRE Rel": "0.970 (-0.020)",
+                                  "ZsRE Gen": "0.000 (+0.700)"}
+
+
 def test_table8_needs_horen_on_both_datasets(tmp_path):
     write_run(tmp_path / "hz", "r", [zsre_row("HoReN", 100, 0.95, 0.7)])
     write_run(tmp_path / "gw", "r", [wbe_row("GRACE", 100, 0.6, 0.05, 1.0, 0, 0, 1)])

@@ -174,8 +174,9 @@ def table8(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
     rows_n = group[(group["N"] == n) & group["method"].isin(TABLE8_METHODS)
                    & group["data"].isin([d for d, _ in TABLE8_DATA])]
     rows_n = rows_n.assign(label=_labels(rows_n, across=("data",)))  # one row per setting, both datasets
-    ref = {(data, m): _cell(rows_n[(rows_n["label"] == HEADLINE) & (rows_n["data"] == data)], m)
-           for data, _ in TABLE8_DATA for m in ("rel", "gen")}
+    headline_n = rows_n[rows_n["method"] == HEADLINE]  # by method: its label may carry a setting
+    ref = {(data, m): _cell(on, m) if len(on := headline_n[headline_n["data"] == data]) == 1 else None
+           for data, _ in TABLE8_DATA for m in ("rel", "gen")}  # several settings on one dataset: no gap
     published = baselines[baselines["table"] == "8"]
     pub_ref = {(r["data"], m): r[m] for _, r in published[published["method"] == HEADLINE].iterrows()
                for m in ("rel", "gen")}
@@ -189,7 +190,8 @@ def table8(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
             for data, _ in TABLE8_DATA:
                 for m in ("rel", "gen"):
                     value = _cell(rows_n[(rows_n["label"] == label) & (rows_n["data"] == data)], m)
-                    gap = "" if method == HEADLINE or value is None else f" ({ref[(data, m)] - value:+.{DIGITS}f})"
+                    gap = ("" if method == HEADLINE or value is None or ref[(data, m)] is None
+                           else f" ({ref[(data, m)] - value:+.{DIGITS}f})")
                     row.append("—" if value is None else _fmt(value) + gap)
             rows.append(row)
         pub = published[published["method"] == method]
