@@ -2,6 +2,7 @@
 errors for bad files."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -79,6 +80,21 @@ def test_records_lacking_locality_are_counted_not_silent(pool):
     assert d.info["skipped_no_answer"] == 0
     assert d.info["usable"] == USABLE_ANSWER
     assert d.info["usable"] + d.info["skipped_no_locality"] + d.info["skipped_no_answer"] == POOL_TOTAL
+
+
+def test_provenance_names_the_shipped_copy_by_package_place_and_any_file_by_content(pool, tmp_path):
+    d, _ = pool  # the shipped copy: not this checkout's absolute path (it differs per machine)
+    assert d.info["source"] == "editbench:data/zsre_pool.jsonl"
+    assert d.info["sha256"] == hashlib.sha256(PACKAGED_POOL.read_bytes()).hexdigest()
+    path = write_jsonl(tmp_path / "z.jsonl", [good(0), good(1)])
+    mine = ZsRE(path=path)
+    mine.records()
+    assert mine.info["source"] == str(path)
+    assert mine.info["sha256"] == hashlib.sha256((tmp_path / "z.jsonl").read_bytes()).hexdigest()
+    write_jsonl(tmp_path / "z.jsonl", [good(0), good(2)])  # same path, other records: another digest
+    other = ZsRE(path=path)
+    other.records()
+    assert other.info["source"] == mine.info["source"] and other.info["sha256"] != mine.info["sha256"]
 
 
 def test_locality_accounting_in_a_small_file(tmp_path):

@@ -2,6 +2,7 @@
 out of OP, the unrelated prompts for editors that train on them, and one-line errors."""
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -20,8 +21,9 @@ def wbe():
 def test_shipped_records_and_probe_sets(wbe):
     d, recs = wbe
     raw = [json.loads(x) for x in PACKAGED.read_text().splitlines()]
-    assert len(recs) == 1000 and d.info == {"source": str(PACKAGED), "records_total": 1000, "usable": 1000,
-                                            "with_mhop": 32}
+    assert len(recs) == 1000 and d.info == {"source": "editbench:data/wikibigedit_first1000.jsonl",
+                                            "sha256": hashlib.sha256(PACKAGED.read_bytes()).hexdigest(),
+                                            "records_total": 1000, "usable": 1000, "with_mhop": 32}
     r0, c0 = raw[0], recs[0]
     assert (c0.id, c0.request.prompt, c0.request.target, c0.request.subject) == \
         ("wbe-00000", r0["update"], r0["ans"], r0["subject"])

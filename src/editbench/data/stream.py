@@ -4,6 +4,7 @@ and the unrelated prompts for editors that train on them. An adapter subclasses 
 and turns raw records into `EditCase`s in `_parse`."""
 from __future__ import annotations
 
+import hashlib
 import random
 from pathlib import Path
 
@@ -26,9 +27,15 @@ class RecordStream:
         if hub:
             self.where = f"{hub}@{revision or 'main'}:{split}"
             self.raw = self._from_hub(hub, revision, split)
+            #: where the records came from, for the result rows (`self.info` starts with it)
+            self.provenance: dict = {"source": self.where}
         else:
             self.where = str(path or self.packaged)
             self.raw = load_json_records(self.where, f"data={name}")
+            # the shipped copy by its place in the package (not this checkout's absolute path), any
+            # file by its content: two runs read the same records exactly when the sha256 agree
+            source = self.where if path else f"editbench:data/{self.packaged.name}"
+            self.provenance = {"source": source, "sha256": hashlib.sha256(Path(self.where).read_bytes()).hexdigest()}
         self.info: dict = {}
         self._records: list[EditCase] | None = None
 

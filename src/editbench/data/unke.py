@@ -59,6 +59,6 @@ class UnKE(RecordStream):
                 sets["sub"] = ProbeSet("freetext_rouge", tuple(Probe(x, y) for x, y in zip(subq, suba)))
                 n_sub += 1
             out.append(EditCase(EditRequest(str(r.get("id", i)), q, a, ""), sets))
-        self.info = {"source": self.where, "records_total": len(self.raw), "usable": len(out), "with_para": n_para,
+        self.info = {**self.provenance, "records_total": len(self.raw), "usable": len(out), "with_para": n_para,
                      "with_sub": n_sub}
         return out

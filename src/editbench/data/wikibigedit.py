@@ -54,5 +54,5 @@ class WikiBigEdit(RecordStream):
                                                            _field(r, "mhop_ans", i, self.where)),))
                 n_mhop += 1
             out.append(EditCase(EditRequest(str(r.get("id", i)), prompt, target, r.get("subject") or ""), sets))
-        self.info = {"source": self.where, "records_total": len(self.raw), "usable": len(out), "with_mhop": n_mhop}
+        self.info = {**self.provenance, "records_total": len(self.raw), "usable": len(out), "with_mhop": n_mhop}
         return out

@@ -68,7 +68,7 @@ class ZsRE(RecordStream):
                 continue
             out.append(make_case(str(r.get("id", i)), prompt, target, rephrase, _text(r, "loc", i, self.where),
                                  _text(r, "loc_ans", i, self.where), r.get("subject") or ""))
-        self.info = {"source": self.where, "records_total": len(self.raw), "skipped_no_locality": no_loc,
+        self.info = {**self.provenance, "records_total": len(self.raw), "skipped_no_locality": no_loc,
                      f"skipped_no_{self.target}": no_target, "usable": len(out)}
         return out
 
