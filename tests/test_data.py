@@ -82,7 +82,7 @@ def test_records_lacking_locality_are_counted_not_silent(pool):
     assert d.info["usable"] + d.info["skipped_no_locality"] + d.info["skipped_no_answer"] == POOL_TOTAL
 
 
-def test_provenance_names_the_shipped_copy_by_package_place_and_any_file_by_content(pool, tmp_path):
+def test_provenance_names_the_shipped_copy_by_package_place_and_any_file_by_content(pool, tmp_path, monkeypatch):
     d, _ = pool  # the shipped copy: not this checkout's absolute path (it differs per machine)
     assert d.info["source"] == "editbench:data/zsre_pool.jsonl"
     assert d.info["sha256"] == hashlib.sha256(PACKAGED_POOL.read_bytes()).hexdigest()
@@ -95,6 +95,10 @@ def test_provenance_names_the_shipped_copy_by_package_place_and_any_file_by_cont
     other = ZsRE(path=path)
     other.records()
     assert other.info["source"] == mine.info["source"] and other.info["sha256"] != mine.info["sha256"]
+    monkeypatch.setenv("HOME", str(tmp_path))  # a ~ path: the digest is of the file the loader read
+    home = ZsRE(path="~/z.jsonl")
+    home.records()
+    assert home.info == {**other.info, "source": "~/z.jsonl"}
 
 
 def test_locality_accounting_in_a_small_file(tmp_path):

@@ -3,6 +3,7 @@ plus named *probe sets* (what the evaluator scores; editors never receive them).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,13 +53,15 @@ class EditCase:
         return self.request.id
 
 
-def load_json_records(path: str | Path, what: str) -> list[dict]:
-    """Read a JSON list or a JSONL file; one-line errors for a missing or unparsable file."""
+def load_json_records(path: str | Path, what: str) -> tuple[list[dict], str]:
+    """Read a JSON list or a JSONL file: its records and the SHA-256 of its bytes (read once, so the
+    digest is of exactly what was parsed); one-line errors for a missing or unparsable file."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise EditbenchError(f"{what}: data file not found: {p} — check data.path (or omit it to use the packaged data)")
     try:
-        text = p.read_text(encoding="utf-8")
+        data = p.read_bytes()
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise EditbenchError(f"{what}: {p} is not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}) — "
                              f"re-encode it as UTF-8, e.g. `iconv -f latin1 -t utf-8`") from None
@@ -80,4 +83,4 @@ def load_json_records(path: str | Path, what: str) -> list[dict]:
                 raise EditbenchError(f"{what}: {p} line {lineno} is not valid JSON ({e.msg}) — fix or remove that line") from None
     if not all(isinstance(r, dict) for r in rows):
         raise EditbenchError(f"{what}: {p} must hold JSON objects, one per record — fix the file")
-    return rows
+    return rows, hashlib.sha256(data).hexdigest()

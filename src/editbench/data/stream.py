@@ -4,7 +4,6 @@ and the unrelated prompts for editors that train on them. An adapter subclasses 
 and turns raw records into `EditCase`s in `_parse`."""
 from __future__ import annotations
 
-import hashlib
 import random
 from pathlib import Path
 
@@ -24,18 +23,19 @@ class RecordStream:
             raise EditbenchError(f"data.aux={aux!r} is not one of {self.AUX_SOURCES} — use {self.AUX_SOURCES[0]} "
                                  f"(default)")
         self.name, self.order_seed, self.skip, self.aux_source = name, order_seed, skip, aux
+        #: where the records came from, for the result rows (`self.info` starts with it): the shipped
+        #: copy by its place in the package (not this checkout's absolute path), a file also by its
+        #: content (two runs read the same records exactly when the sha256 agree)
+        self.provenance: dict
         if hub:
             self.where = f"{hub}@{revision or 'main'}:{split}"
             self.raw = self._from_hub(hub, revision, split)
-            #: where the records came from, for the result rows (`self.info` starts with it)
-            self.provenance: dict = {"source": self.where}
+            self.provenance = {"source": self.where}
         else:
             self.where = str(path or self.packaged)
-            self.raw = load_json_records(self.where, f"data={name}")
-            # the shipped copy by its place in the package (not this checkout's absolute path), any
-            # file by its content: two runs read the same records exactly when the sha256 agree
-            source = self.where if path else f"editbench:data/{self.packaged.name}"
-            self.provenance = {"source": source, "sha256": hashlib.sha256(Path(self.where).read_bytes()).hexdigest()}
+            self.raw, sha256 = load_json_records(self.where, f"data={name}")
+            self.provenance = {"source": self.where if path else f"editbench:data/{self.packaged.name}",
+                               "sha256": sha256}
         self.info: dict = {}
         self._records: list[EditCase] | None = None
 
