@@ -23,41 +23,39 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
 
 from editbench.__main__ import register_resolvers
-from pathlib import Path
-import tempfile
-
-from editbench.editors.base import SetupContext
-from editbench.run import Costs, instantiate_group
-from editbench.models import load_model
+from editbench.build import Run, build
+from editbench.costs import Costs
 
 WISE_REFERENCE_S = 120.0  # the reference WISE per edit on SmolLM2, one core (hardening issue #11)
 
 
-def bench(editor: str, overrides: list[str], n_edits: int, cache_dir: Path | None = None) -> dict:
+def built(editor: str, overrides: list[str], n_cases: int, cache_dir: Path | None = None) -> Run:
+    """The runner's build (`build.build`) of `editor` on the default model and stream, without the
+    unedited references; statistics go to a fresh temporary cache unless `cache_dir` is given."""
     with initialize_config_module("editbench.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[f"editor={editor}", *overrides])
-    model = load_model(cfg.model)
-    data = instantiate_group(cfg.data)
-    cases = data.stream(n_edits + 1)
-    requests = [c.request for c in cases]
-    costs = Costs(model.device)
-    costs.baseline_gb = costs.resident_gb()
-    ed = instantiate_group(cfg.editor, model=model)
-    t0 = time.perf_counter()
-    ed.setup(SetupContext(cache_dir=cache_dir or Path(tempfile.mkdtemp()), seed=0, aux=data.aux(cases)))
-    setup_s = time.perf_counter() - t0
+        cfg = compose("config", overrides=[f"editor={editor}", *overrides,
+                                           f"cache_dir={cache_dir or tempfile.mkdtemp()}"])
+    return build(cfg, n_cases=n_cases, references=False, log=lambda *_: None)
+
+
+def bench(editor: str, overrides: list[str], n_edits: int, cache_dir: Path | None = None) -> dict:
+    run = built(editor, overrides, n_edits + 1, cache_dir)
+    ed, requests = run.editor, [c.request for c in run.cases]
+    costs = Costs(run.model.device, baseline_gb=run.baseline_gb)
     ed.edit(requests[:1])  # warm-up
     for r in requests[1:]:
         with costs:
             ed.edit([r])
     return {"editor": editor, "ms_per_edit": 1e3 * sum(costs.edit_s) / len(costs.edit_s), "edit_s": list(costs.edit_s),
-            "setup_s": setup_s, "info": ed.report(), **costs.row()}
+            "setup_s": run.setup_s, "info": ed.report(), **costs.row()}
 
 
 def reference_style_edit_s(request, steps: int = 4, n_iter: int = 70) -> tuple[float, float]:
@@ -72,13 +70,8 @@ def reference_style_edit_s(request, steps: int = 4, n_iter: int = 70) -> tuple[f
     blocks alone saves, the bound on the speed-up from that means."""
     from editbench.models import EditableModel, Pass
 
-    with initialize_config_module("editbench.conf", version_base="1.3"):
-        cfg = compose("config", overrides=["editor=wise"])
-    model = load_model(cfg.model)
-    data = instantiate_group(cfg.data)
-    cases = data.stream(2)
-    ed = instantiate_group(cfg.editor, model=model)
-    ed.setup(SetupContext(cache_dir=Path(tempfile.mkdtemp()), seed=0, aux=data.aux(cases)))
+    run = built("wise", [], 2)
+    model, ed = run.model, run.editor
     batch = ed._rows(request)
     site = ed.model.site_module().base  # the plain down_proj under editbench's wrapper
     W = site.weight.detach()
@@ -141,9 +134,7 @@ def main() -> int:
     if "wise" in groups:
         w = bench("wise", ["editor.n_iter=70"], args.wise_edits)
         speedup = WISE_REFERENCE_S * 1e3 / w["ms_per_edit"]
-        with initialize_config_module("editbench.conf", version_base="1.3"):
-            req = instantiate_group(compose("config").data).stream(1)[0].request
-        ref_s, once_s = reference_style_edit_s(req)
+        ref_s, once_s = reference_style_edit_s(built("wise", [], 1).cases[0].request)
         here = ref_s * 1e3 / w["ms_per_edit"]
         wise_ok = speedup >= 10 and here >= 10
         print(f"  wise: {w['ms_per_edit']:8.1f} ms/edit (70 steps, 12 rows) = {speedup:.1f}x the reference's "
@@ -183,16 +174,8 @@ def bench_locate(args) -> bool:
     cache = Path(os.environ.get("EDITBENCH_CACHE", "~/.cache/editbench")).expanduser()
     flat_ok = True
     for name in ("rome", "alphaedit", "ultraedit"):
-        with initialize_config_module("editbench.conf", version_base="1.3"):
-            cfg = compose("config", overrides=[f"editor={name}"])
-        model = load_model(cfg.model)
-        data = instantiate_group(cfg.data)
-        cases = data.stream(args.locate_edits + 2)
-        reqs = [c.request for c in cases]
-        ed = instantiate_group(cfg.editor, model=model)
-        t0 = time.perf_counter()
-        ed.setup(SetupContext(cache_dir=cache, seed=0, aux=data.aux(cases)))
-        setup_s = time.perf_counter() - t0
+        run = built(name, [], args.locate_edits + 2, cache)
+        ed, reqs, setup_s = run.editor, [c.request for c in run.cases], run.setup_s
         ed.edit(reqs[:1])  # warm-up
         timed = []
         for i, r in enumerate([reqs[1], *reqs[2:], reqs[1]]):

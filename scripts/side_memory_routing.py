@@ -28,10 +28,9 @@ import torch
 from omegaconf import OmegaConf
 
 from editbench.__main__ import register_resolvers
+from editbench.build import build
 from editbench.editors._side_memory import SideMemoryEditor
-from editbench.editors.base import SetupContext
-from editbench.models import Pass, load_model, load_prompt_format
-from editbench.run import instantiate_group, seed_everything
+from editbench.models import Pass
 
 
 def newest_step(run_dir: Path) -> int:
@@ -63,15 +62,10 @@ def main(argv: list[str]) -> dict:
     step = args.step if args.step is not None else newest_step(run_dir)
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
     torch.set_num_threads(int(cfg.threads or 1))
-    seed_everything(int(cfg.seed))
-    data = instantiate_group(cfg.data)
-    cases = data.stream(int(cfg.n_edits))
-    text, _ = load_prompt_format(cfg.model)
-    model = load_model(cfg.model, text)
-    editor = instantiate_group(cfg.editor, model=model)
+    run = build(cfg, references=False)
+    cases, model, editor = run.cases, run.model, run.editor
     if not isinstance(editor, SideMemoryEditor):
         raise SystemExit(f"editor={cfg.editor.name} has no side memory — this diagnostic is for wise and repair")
-    editor.setup(SetupContext(cache_dir=Path(cfg.cache_dir).expanduser(), seed=int(cfg.seed), aux=data.aux(cases)))
     state = torch.load(run_dir / "ckpt" / f"step_{step:06d}" / "state.pt", weights_only=False)
     editor.load_state_dict(state["editor"])
     k, used, aux = args.unrelated, editor.aux_used, editor.aux

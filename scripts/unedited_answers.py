@@ -16,9 +16,7 @@ import torch
 from hydra import compose, initialize_config_module
 
 from editbench.__main__ import register_resolvers
-from editbench.evaluate import Evaluator, state_cache
-from editbench.models import load_model
-from editbench.run import instantiate_group
+from editbench.build import build
 
 
 def shares(model, outputs: list[list[int]]) -> dict:
@@ -42,11 +40,9 @@ def main(argv: list[str]) -> None:
     with initialize_config_module("editbench.conf", version_base="1.3"):
         cfg = compose("config", overrides=["editor=none", *overrides])
     torch.set_num_threads(int(cfg.threads or 1))
-    cases = instantiate_group(cfg.data).stream(n)
-    model = load_model(cfg.model)
-    cache = state_cache(cfg, "greedy")
-    ev = Evaluator(model, "greedy", int(cfg.protocol.eval_batch_size), cache)
-    loc = [out for refs in ev.reference(cases) for out in refs["loc"]]
+    run = build(cfg, n_cases=n)
+    cases, model, ev = run.cases, run.model, run.evaluator
+    loc = [out for refs in run.refs for out in refs["loc"]]
     prompts = [model.encode_prompt(c.request.prompt) for c in cases]
     n_new = [len(model.encode_answer(model.answer_sep + c.request.target)) for c in cases]
     edit = ev._batched(prompts, lambda idx: ev.greedy(model.model, [prompts[i] for i in idx], [n_new[i] for i in idx]))

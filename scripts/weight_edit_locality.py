@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_module
 
 from editbench.__main__ import register_resolvers
-from editbench.editors.base import SetupContext
-from editbench.evaluate import Evaluator, state_cache
-from editbench.models import Pass, load_model
-from editbench.run import instantiate_group, seed_everything
+from editbench.build import build
+from editbench.models import Pass
 
 
 def responses(model, weights: dict, before: dict, prompts: list[str]) -> dict[str, float]:
@@ -70,17 +67,10 @@ def main(argv: list[str]) -> dict:
     with initialize_config_module("editbench.conf", version_base="1.3"):
         cfg = compose("config", overrides=overrides)
     torch.set_num_threads(int(cfg.threads or 1))
-    seed_everything(0)
-    model = load_model(cfg.model)
-    data = instantiate_group(cfg.data)
-    cases = data.stream(n)
-    editor = instantiate_group(cfg.editor, model=model)
-    editor.setup(SetupContext(cache_dir=Path(cfg.cache_dir).expanduser(), seed=0, aux=data.aux(cases)))
+    run = build(cfg, n_cases=n)
+    model, cases, editor, ev, refs = run.model, run.cases, run.editor, run.evaluator, run.refs
     weights = {f"{s.layer}.{s.module}": model.module_at(s) for s in editor.touches()}
     before = {k: mod.weight.detach().clone() for k, mod in weights.items()}
-    cache = state_cache(cfg, "greedy")
-    ev = Evaluator(model, "greedy", int(cfg.protocol.eval_batch_size), cache)
-    refs = ev.reference(cases)
     edit_prompts = [c.request.prompt for c in cases]
     loc_prompts = [p.prompt for c in cases for p in c.probes["loc"].probes]
 

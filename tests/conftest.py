@@ -148,21 +148,14 @@ def run_dirs(root: Path) -> list[Path]:
 
 
 def build_editor(name: str, *overrides: str, model: str = "tiny_llama", n_cases: int = 8, seed: int = 0):
-    """(model, editor, cases) the way run.py builds them, set up on the unedited model with the
-    run seed 0 and the auxiliary prompts of the default stream's first `n_cases` cases (`seed`
-    seeds everything else, e.g. a fresh model's random init)."""
-    from editbench.editors.base import SetupContext
-    from editbench.models import load_model
-    from editbench.run import instantiate_group, seed_everything
+    """(model, editor, cases) built by the runner's seam (`build.build`) with run seed `seed`: the
+    editor set up on the unedited model with the auxiliary prompts of the stream's first `n_cases`
+    cases (no unedited references: tests that score compute their own)."""
+    from editbench.build import build
 
-    cfg = compose_config([f"editor={name}", f"model={model}", *overrides])
-    seed_everything(seed)
-    m = load_model(cfg.model)
-    ed = instantiate_group(cfg.editor, model=m)
-    data = instantiate_group(cfg.data)
-    cases = data.stream(n_cases)
-    ed.setup(SetupContext(cache_dir=CACHE_DIR, seed=0, aux=data.aux(cases)))
-    return m, ed, cases
+    cfg = compose_config([f"editor={name}", f"model={model}", f"seed={seed}", *overrides])
+    r = build(cfg, n_cases=n_cases, references=False, log=lambda *_: None)
+    return r.model, r.editor, r.cases
 
 
 def prefill_logits(m, ed, prompts):

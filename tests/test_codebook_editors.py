@@ -1,4 +1,4 @@
-"""HoReN's Hopfield step and both codebook editors' insertion rules (EDITORS.md §2.1, §2.2)."""
+"""HoReN's Hopfield step and both codebook editors' insertion rules (docs/editors.md#horen, #grace)."""
 from __future__ import annotations
 
 import pytest
@@ -7,16 +7,13 @@ import torch.nn.functional as F
 
 from editbench.data import EditRequest
 from editbench.editors._common import prompt_positions
-from editbench.models import Pass, load_model
-from editbench.run import instantiate_group, seed_everything
-from conftest import compose_config  # noqa: E402  (pytest puts tests/ on sys.path; one conftest module)
+from editbench.models import Pass
+from conftest import build_editor  # noqa: E402  (pytest puts tests/ on sys.path; one conftest module)
 
 
-def build(name: str, *overrides: str):
-    cfg = compose_config([f"editor={name}", "model=tiny_llama", *overrides])
-    seed_everything(0)
-    model = load_model(cfg.model)
-    return model, instantiate_group(cfg.editor, model=model)
+def build(name: str, *overrides: str, seed: int = 0, model: str = "tiny_llama"):
+    model, editor, _ = build_editor(name, *overrides, model=model, n_cases=1, seed=seed)
+    return model, editor
 
 
 def rec(prompt: str, target: str, i: int = 0) -> EditRequest:
@@ -211,19 +208,20 @@ def test_a_forward_pass_without_a_pass_context_raises(name):
 
 @pytest.mark.parametrize("model", ["tiny_llama", "tiny_qwen2"])
 def test_the_run_seed_reaches_editor_initialisation(model):
-    """Building the tiny model must not re-seed torch: the runner's seed decides the editor's
-    random initialisation (HoReN's dummy key), the model's weights stay those of init_seed."""
+    """The run seed decides the editor's random initialisation (HoReN's dummy key) through the
+    generator of `SetupContext`, not the global RNG; the model's weights stay those of init_seed."""
     def init(seed):
-        cfg = compose_config(["editor=horen", f"model={model}"])
-        seed_everything(seed)
-        m = load_model(cfg.model)
-        return m, instantiate_group(cfg.editor, model=m)
+        return build("horen", model=model, seed=seed)
 
     (m0, a), (m1, b), (m2, c) = init(0), init(99), init(0)
     assert not torch.equal(a.book.K[0], b.book.K[0])
     assert torch.equal(a.book.K[0], c.book.K[0])
     for p, q in zip(m0.model.parameters(), m1.model.parameters()):
         assert torch.equal(p, q)
+    torch.manual_seed(5)
+    before = torch.get_rng_state()
+    a.edit([rec("What is the capital of France?", "Paris")])
+    assert torch.equal(before, torch.get_rng_state())  # editing draws nothing from the global RNG
 
 
 @pytest.mark.parametrize("layer,module", [(0, "mlp.down_proj"), (1, "self_attn.o_proj"), (3, "mlp.up_proj")])

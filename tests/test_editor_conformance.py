@@ -1,7 +1,7 @@
 """Every editor in conf/editor/ honours the protocol in editors/base.py (STYLE G1, G4, G6, G8).
 
 Parametrised over the YAML files, so a new editor is picked up with no change here. Each editor is
-built exactly as the runner builds it (`run.instantiate_group(cfg.editor, model=...)`) on
+built exactly as the runner builds it (`build.build`) on
 `model=tiny_llama`, edits real ZsRE records one at a time, and must:
 * leave no parameter of the model trainable;
 * round-trip `state_dict()` (through torch.save / torch.load, as checkpoints do) into a fresh model

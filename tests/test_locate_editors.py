@@ -1,4 +1,4 @@
-"""ROME, AlphaEdit and UltraEdit (EDITORS.md §2.5-2.7) and the second-moment statistics they use.
+"""ROME, AlphaEdit and UltraEdit (docs/editors.md#rome, #alphaedit, #ultraedit) and the second-moment statistics they use.
 
 Each check is against an independent computation on a tiny random model: C against Σ k kᵀ from
 the adapter's own site inputs; ROME's update against its rank-one form; AlphaEdit's against the
@@ -128,7 +128,7 @@ def test_statistics_corpus_errors(tmp_path, corpus_file):
      "no module 'mlp.nope' in decoder block 1"),
 ])
 def test_bad_layers_are_refused(overrides, expect):
-    from editbench.run import instantiate_group
+    from editbench.build import instantiate_group
 
     cfg = compose_config(overrides)
     with pytest.raises(EditbenchError, match=re.escape(expect)):

@@ -23,7 +23,7 @@ from editbench.errors import EditbenchError  # noqa: E402
 from editbench.evaluate import Evaluator  # noqa: E402
 from editbench.metrics import OP  # noqa: E402
 from editbench.models import Pass, load_model  # noqa: E402
-from editbench.run import instantiate_group  # noqa: E402
+from editbench.build import instantiate_group  # noqa: E402
 from editbench.validate import check_target  # noqa: E402
 
 SMALL = ["editor.save_freq=2", "editor.merge_freq=4", "editor.n_iter=8"]

@@ -1,9 +1,9 @@
 """`python -m editbench [overrides]` / `editbench [overrides]`: Hydra entry point.
 
-`editbench ls [group]` lists what each config group offers; `editbench diff RUN_A RUN_B` shows
-where two runs disagree, record by record. Before Hydra runs, the command line is
-checked by composing it once, so a bad group option or key is one line with a suggestion, not a
-Hydra traceback.
+`editbench --help` is the usage page (`USAGE`); `editbench ls [group]` lists what each config group
+offers, one line each; `editbench diff RUN_A RUN_B` shows where two runs disagree, record by record.
+Before Hydra runs, the command line is checked by composing it once, so a bad group option or key
+is one line with a suggestion, not a Hydra traceback.
 """
 from __future__ import annotations
 
@@ -15,9 +15,50 @@ import hydra
 from omegaconf import OmegaConf
 
 from editbench.errors import EditbenchError
-from editbench.validate import check_config, check_environment, run_dir_suffix
+from editbench.validate import run_dir_suffix
 
 GROUPS = ("editor", "model", "data", "protocol", "editor_model", "logger", "experiment", "hydra/launcher")
+#: hydra/launcher entries that Hydra itself provides (no YAML of ours to read a description from)
+BUILTIN = {("hydra/launcher", "basic"): "Hydra's default: sweep jobs one after another in this process",
+           ("hydra/launcher", "submitit_local"): "Hydra's submitit plugin, local processes (its defaults)",
+           ("hydra/launcher", "submitit_slurm"): "Hydra's submitit plugin, SLURM (its defaults)"}
+
+USAGE = """\
+usage: editbench [KEY=VALUE ...]              one run (Hydra overrides)
+       editbench -m [KEY=A,B ...]             a sweep: one run per combination
+       editbench ls [GROUP]                   what each config group offers, one line per entry
+       editbench diff RUN_DIR_A RUN_DIR_B     where two runs disagree, record by record
+       editbench --cfg job [KEY=VALUE ...]    print the composed config and exit
+       editbench --hydra-help                 Hydra's own flags
+(`python -m editbench` is the same command.)
+
+A run edits a stream of n_edits facts into a model one after another, evaluates Rel / Gen / Loc /
+OP at the protocol's checkpoints, and writes metrics.jsonl, records/ and summary.json into
+<out_dir>/<data>/<model>/<editor>/n<N>_s<seed>[_<overrides>]/. Re-running the same command resumes it.
+
+examples:
+  editbench                                            HoReN, SmolLM2-135M (embedded), 100 ZsRE edits
+  editbench editor=grace n_edits=1000 out_dir=results  another editor, a longer stream
+  editbench editor=rome data=wikibigedit threads=1     another dataset, one CPU thread
+  editbench editor=horen model=qwen25_7b model.path=/models/Qwen2.5-7B-Instruct n_edits=50000
+  editbench -m editor=horen editor.threshold=0.5,0.6,0.7 editor.pooling_ratio=0.5,0.6
+  editbench -m hydra/launcher=slurm hydra.launcher.partition=gpu seed=0,1,2
+  editbench ls editor                                  the editors, one line each
+  python -m editbench.report --results results --out reports   tables and figures (`make figures`)
+
+config groups (`editbench ls GROUP` for their entries):
+  editor        the editing method and all its hyper-parameters (editor.<key>=...)
+  model         the model: loading, dtype, device, chat template, the edit site
+  data          the dataset: source (data.path=, data.hub=), stream order, offset
+  protocol      scoring mode, checkpoint grid, retention sample, evaluation batch size
+  editor_model  values for one editor x model pair, picked automatically (${editor}_${model})
+  logger        an extra sink (wandb, offline by default); result files are always written
+  experiment    bundles of overrides for the paper's runs and ablations
+  hydra/launcher  where sweep jobs run: basic, slurm, local
+top-level keys: n_edits seed resume(auto|never|force) tag out_dir threads cache_dir cache_max_gb save_every_min
+
+Bad input is one line on stderr (`editbench: error: <problem> — <fix>`) and exit status 2.
+The manual: README.md and docs/ in the repository."""
 
 
 def register_resolvers() -> None:
@@ -56,6 +97,8 @@ def _first_of(o) -> str:
 def check_overrides(args: list[str]) -> None:
     """Compose the config for each value of each override; raise EditbenchError on the first problem."""
     from hydra import compose, initialize_config_module
+
+    from editbench.build import validate
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -69,7 +112,7 @@ def check_overrides(args: list[str]) -> None:
         for line in lines:
             try:
                 cfg = compose("config", overrides=line, return_hydra_config=False)
-                container = OmegaConf.to_container(cfg, resolve=True)
+                OmegaConf.to_container(cfg, resolve=True)
             except MissingConfigException as e:
                 group, name = _missing(str(e), line)
                 close = difflib.get_close_matches(name, options(group), n=3, cutoff=0.4)
@@ -82,8 +125,7 @@ def check_overrides(args: list[str]) -> None:
                     raise EditbenchError(_unknown_key(msg.split("'")[1], line)) from None
                 raise EditbenchError(f"bad config override: {msg[:300]} — check the key against "
                                      f"`python -m editbench --cfg job`") from None
-            check_config(container)  # every value, before Hydra creates a run directory
-            check_environment(container)
+            validate(cfg)  # every value, before Hydra creates a run directory
 
 
 def _unknown_key(key: str, line: list[str]) -> str:
@@ -133,13 +175,42 @@ def _missing(msg: str, line: list[str]) -> tuple[str, str]:
     return "config", msg
 
 
+def describe(group: str, name: str) -> str:
+    """The first sentence of the comment that opens an entry's YAML (the user's conf/ first)."""
+    if (group, name) in BUILTIN:
+        return BUILTIN[(group, name)]
+    for root in (Path("conf"), Path(__file__).parent / "conf"):
+        path = root / group / f"{name}.yaml"
+        if path.is_file():
+            words = []
+            for line in path.read_text().splitlines():
+                if not line.startswith("#"):
+                    break
+                if not line.startswith("# @package"):
+                    words.append(line.lstrip("#").strip())
+            text = " ".join(words)
+            first = text.split(". ")[0].rstrip(".")
+            return first if len(first) <= 110 else first[:107].rstrip() + "..."
+    return ""
+
+
 def list_groups(group: str | None) -> None:
+    """`editbench ls`: every group with its entries; `editbench ls GROUP`: one line per entry."""
     if group and group not in GROUPS and group.rstrip("s") in GROUPS:
         group = group.rstrip("s")  # `editbench ls editors` reads naturally too
-    for g in ([group] if group else GROUPS):
-        if g not in GROUPS:
-            raise EditbenchError(f"no config group '{g}' — groups: {', '.join(GROUPS)}")
-        print(f"{g}: {', '.join(options(g))}")
+    if group and group not in GROUPS:
+        close = difflib.get_close_matches(group, GROUPS, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise EditbenchError(f"no config group '{group}' — {hint}groups: {', '.join(GROUPS)}")
+    if group is None:
+        for g in GROUPS:
+            print(f"{g}: {', '.join(options(g))}")
+        print("(`editbench ls GROUP` describes each entry)")
+        return
+    names = options(group)
+    width = max(map(len, names))
+    for name in names:
+        print(f"{name:<{width}}  {describe(group, name)}".rstrip())
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -191,6 +262,9 @@ def main() -> None:
     try:
         if argv[:1] == ["ls"]:
             list_groups(argv[1] if len(argv) > 1 else None)
+            return
+        if argv[:1] in (["--help"], ["-h"], ["help"]):
+            print(USAGE)
             return
         if argv[:1] == ["diff"]:
             from editbench.diff import main as diff_main

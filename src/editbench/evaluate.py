@@ -132,7 +132,7 @@ class Evaluator:
 
     # ------------------------------------------------------------------ scorers
     def _score_accuracy(self, module, probes: list[Probe], ref, fast: int | None) -> list[tuple[float, list[int]]]:
-        """Rel / Gen: token exact match of the answer (EDITORS.md §3.1, Mode G or Mode TF)."""
+        """Rel / Gen: token exact match of the answer (docs/protocol.md#rel-and-gen, greedy or teacher-forced)."""
         pairs = [(p.prompt, p.answer) for p in probes]
         if self.scoring == "teacher_forced":
             preds, labels = self._teacher_forced(module, pairs)
@@ -155,7 +155,7 @@ class Evaluator:
 
     def _score_freetext(self, module, probes: list[Probe], ref, fast: int | None,
                         rouge_only: bool = False) -> list[tuple[dict, list[int]]]:
-        """Free text (EDITORS.md §3.2): greedy generation of up to `max_new_tokens` (stopping at
+        """Free text (docs/protocol.md#free-text-metrics): greedy generation of up to `max_new_tokens` (stopping at
         EOS), decoded without special tokens and stripped, scored against the reference answer
         with every metric of `textmetrics` (`rouge_only`: ROUGE recall and F1)."""
         from editbench import textmetrics
@@ -171,7 +171,7 @@ class Evaluator:
         return list(zip(scores, outs))
 
     def _score_freetext_rouge(self, module, probes: list[Probe], ref, fast: int | None):
-        """Sub-questions: ROUGE only (EDITORS.md §3.2), averaged within the case first."""
+        """Sub-questions: ROUGE only (docs/protocol.md#free-text-metrics), averaged within the case first."""
         return self._score_freetext(module, probes, ref, fast, rouge_only=True)
 
     def _unedited_outputs(self, probes: list[Probe]) -> list[list[int]]:
@@ -191,7 +191,7 @@ class Evaluator:
     # ------------------------------------------------------------------ scoring modes
     def _loc_tail(self, ids: list[int], p: Probe) -> list[int]:
         """Greedy locality compares the last len(tok(answer)) ids of the *full* output sequence,
-        prompt included (EDITORS.md §3.1). The output ends at its first EOS, as HF `generate` (the
+        prompt included (docs/protocol.md#loc). The output ends at its first EOS, as HF `generate` (the
         reference decodes one prompt at a time) stops there: when the output is shorter than the
         answer, or the answer encodes longer without its leading space than the decode length, the
         tail reaches back into the (shared) prompt."""

@@ -1,7 +1,8 @@
 """The runner: stream -> edit -> checkpoint -> evaluate -> log, in one loop.
 
-The runner, not the editors, measures costs (per-edit wall time, peak and resident memory,
-evaluation time) and owns seeds, the pre-edit cache, checkpoints and the result files.
+What a run is made of comes from `build.build` (the one seam); the runner owns what happens to
+it: the edit loop, resume, checkpoints, stop signals, the costs it measures around each edit
+(per-edit wall time, peak and resident memory, evaluation time) and the result files.
 """
 from __future__ import annotations
 
@@ -11,27 +12,24 @@ import hashlib
 import json
 import platform
 import random
-import resource
 import signal
 import subprocess
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from editbench import __version__
+from editbench.build import build, instantiate_group, max_new_tokens, validate
 from editbench.checkpoint import RunLock, RunStore, rng_state, set_rng_state
-from editbench.editors.base import SetupContext
+from editbench.costs import Costs
 from editbench.errors import EditbenchError
-from editbench.evaluate import Evaluator, state_cache
-from editbench.models import load_model, load_prompt_format
-from editbench.validate import Protocol, check_config, check_environment, check_target
 
 SCHEMA = 1
 RUNTIME_KEYS = ("resume", "out_dir", "logger", "tag", "threads", "cache_dir", "cache_max_gb", "save_every_min")  # do not change what a run computes
@@ -90,77 +88,6 @@ def hardware(device: torch.device) -> dict:
     return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "gpu": gpu}
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.cuda.manual_seed_all(seed)
-
-
-def instantiate_group(node: DictConfig, **kwargs):
-    """Build a config-group object (its keys and values checked against the target's signature
-    first); `name` is bookkeeping, not a constructor argument. Our own errors come out unwrapped
-    (Hydra wraps constructor exceptions in InstantiationException)."""
-    from hydra.errors import InstantiationException
-
-    cfg = OmegaConf.to_container(node, resolve=True)
-    check_target(node._key() or "config", cfg, given=tuple(kwargs))
-    cfg.pop("name", None)
-    try:
-        return instantiate(cfg, **kwargs)
-    except InstantiationException as e:
-        if isinstance(e.__cause__, EditbenchError):
-            raise e.__cause__ from None
-        raise EditbenchError(f"cannot build {cfg.get('_target_')}: {' '.join(str(e).split())[:300]} "
-                             f"— check the group's keys and values") from None
-
-
-class Costs:
-    """Per-edit wall time and memory, measured by the runner around `editor.edit`.
-
-    CUDA: the peak of memory allocated during an edit, summed over all visible devices (max over
-    edits), and memory allocated now. CPU: no per-edit peak is measurable without a sampler, so
-    only the resident set now and its growth over `baseline_gb` (the resident set just before the
-    editor was built: model, data, unedited reference outputs) are reported."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.edit_s: list[float] = []
-        self.peak_gb = 0.0
-        self.baseline_gb = 0.0
-
-    def _devices(self) -> range:
-        return range(torch.cuda.device_count())
-
-    def __enter__(self):
-        if self.cuda:
-            for d in self._devices():
-                torch.cuda.synchronize(d)
-                torch.cuda.reset_peak_memory_stats(d)
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        if exc[0] is None:
-            if self.cuda:
-                for d in self._devices():
-                    torch.cuda.synchronize(d)
-                peak = sum(torch.cuda.max_memory_allocated(d) for d in self._devices()) / 2**30
-                self.peak_gb = max(self.peak_gb, peak)
-            self.edit_s.append(time.perf_counter() - self.t0)
-
-    def resident_gb(self) -> float:
-        if self.cuda:
-            return sum(torch.cuda.memory_allocated(d) for d in self._devices()) / 2**30
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * resource.getpagesize() / 2**30
-
-    def row(self) -> dict:
-        resident = self.resident_gb()
-        return {"mem_device": "cuda" if self.cuda else "cpu", "peak_mem_gb": self.peak_gb if self.cuda else None,
-                "resident_mem_gb": resident, "mem_growth_gb": resident - self.baseline_gb}
-
-
 def eval_indices(n: int, retention, at: int) -> list[int]:
     """All edits so far, or a seeded sample of `max_eval` of them (recorded as n_eval)."""
     cap = retention.get("max_eval")
@@ -205,34 +132,16 @@ class StopSignals:
             signal.signal(s, h)
 
 
-def check_lengths(cases, text, context: int, model_name: str) -> None:
-    """Every edit request and probe, with its answer, must fit the model's context length."""
-    if context <= 0:  # the model does not say
-        return
-    items = [(c.id, "edit", c.request.prompt, c.request.target) for c in cases]
-    items += [(c.id, name, p.prompt, p.answer) for c in cases for name, ps in c.probes.items() for p in ps.probes]
-    lengths = text.example_lengths([(p, a) for _, _, p, a in items])
-    worst = max(range(len(items)), key=lengths.__getitem__)
-    if lengths[worst] > context:
-        case_id, what, _, _ = items[worst]
-        raise EditbenchError(f"record {case_id}: its {what} prompt with its answer is {lengths[worst]} tokens, more "
-                             f"than {model_name}'s context length ({context}) — shorten or drop that record in "
-                             f"the data file")
-
-
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Run one edit stream; returns the final metrics row. Resumes from `run_dir` if asked.
 
     Everything is checked before the model loads; nothing is written into `run_dir` until the
     run holds its lock, has passed the resume check and has its model and unedited references."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
-    check_config(container)
-    check_environment(container)
+    validate(cfg)
     run_dir = Path(run_dir)
     with StopSignals() as stop, RunLock(run_dir):
         try:
-            return _run(cfg, run_dir, list(overrides), stop)
+            return Runner(cfg, run_dir, list(overrides), stop).run()
         except KeyboardInterrupt:  # a second signal, or one before the handlers were in place
             store = RunStore(run_dir)
             done = (store.latest_meta() or {}).get("cursor", 0)
@@ -240,140 +149,161 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, ...] =
             raise RunStopped(stop.signum or signal.SIGINT, done, int(cfg.n_edits)) from None
 
 
-def _run(cfg: DictConfig, run_dir: Path, overrides: list[str], stop: StopSignals) -> dict:
-    store = RunStore(run_dir)
-    store.sweep_temporaries()
-    chash, n_edits, code = config_hash(cfg), int(cfg.n_edits), code_version()
-    if cfg.resume in ("auto", "force") and (meta := store.latest_meta()) is not None:  # refuse before loading
-        if meta["config_hash"] != chash:
-            raise EditbenchError(f"{run_dir} holds a run with another config (hash {meta['config_hash']} != {chash}) "
-                                 f"— use a fresh out_dir or resume=never to start over")
+@dataclass
+class Progress:
+    """Where a run stands, besides the editor's state: the next edit (`cursor`), the result rows so
+    far, and the code that ran each stretch of the stream (`segments`)."""
+
+    cursor: int = 0
+    rows: list[dict] = field(default_factory=list)
+    segments: list[dict] = field(default_factory=list)
+
+
+class Runner:
+    """One run in a run directory: the edit loop, its checkpoints and its result files."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, overrides: list[str], stop: StopSignals):
+        self.cfg, self.run_dir, self.overrides, self.stop = cfg, run_dir, overrides, stop
+        self.store = RunStore(run_dir)
+        self.chash, self.n_edits, self.code = config_hash(cfg), int(cfg.n_edits), code_version()
+        self.progress = Progress()
+
+    def refuse_foreign_checkpoint(self) -> None:
+        """Before anything loads: a checkpoint here must be of this config and this code (or forced)."""
+        if self.cfg.resume not in ("auto", "force") or (meta := self.store.latest_meta()) is None:
+            return
+        if meta["config_hash"] != self.chash:
+            raise EditbenchError(f"{self.run_dir} holds a run with another config (hash {meta['config_hash']} != "
+                                 f"{self.chash}) — use a fresh out_dir or resume=never to start over")
         ran = (meta.get("segments") or [{"code": meta.get("code", "unknown")}])[-1]["code"]
-        if ran != code and cfg.resume != "force":
-            raise EditbenchError(f"{run_dir} was computed by code {ran}, this is {code} — resume with that code, "
-                                 f"start over with resume=never, or continue with resume=force (recorded in "
+        if ran != self.code and self.cfg.resume != "force":
+            raise EditbenchError(f"{self.run_dir} was computed by code {ran}, this is {self.code} — resume with that "
+                                 f"code, start over with resume=never, or continue with resume=force (recorded in "
                                  f"summary.json)")
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    seed_everything(cfg.seed)
-    data = instantiate_group(cfg.data)
-    cases = data.stream(n_edits)
-    text, context = load_prompt_format(cfg.model)
-    check_lengths(cases, text, context, cfg.model.name)
-    model = load_model(cfg.model, text)
-    proto = cfg.protocol
-    cache = state_cache(cfg, proto.scoring)
-    max_new_tokens = int(proto.get("max_new_tokens", Protocol.model_fields["max_new_tokens"].default))  # free-text cap
-    evaluator = Evaluator(model, proto.scoring, proto.eval_batch_size, cache, max_new_tokens=max_new_tokens)
-    t0 = time.perf_counter()
-    refs = evaluator.reference(cases)  # the unedited model's outputs, before any editor touches it
-    print(f"[editbench] unedited reference outputs: {sum(len(v) for r in refs for v in r.values())} probes "
-          f"in {time.perf_counter() - t0:.1f}s")
-    costs = Costs(model.device)
-    costs.baseline_gb = costs.resident_gb()  # before the editor exists: its growth is measured from here
-    editor = instantiate_group(cfg.editor, model=model)
-    t0 = time.perf_counter()
-    editor.setup(SetupContext(cache_dir=Path(cfg.cache_dir).expanduser(), seed=int(cfg.seed), aux=data.aux(cases)))
-    setup_s = time.perf_counter() - t0  # on the unedited model, before any edit (again on resume)
-    grid = checkpoint_grid(proto.checkpoints, n_edits)
-    touched = editor.touches()
-    # blocks below the lowest touched layer stay unedited: their output states are cached once
-    reuse_layer = min((s.layer for s in touched), default=model.site.layer)
-    static = {
-        "schema": SCHEMA, "run_id": f"{Path(run_dir).name}-{chash}", "tag": cfg.tag, "method": editor.method,
-        "editor": cfg.editor.name, "model": cfg.model.name, "data": cfg.data.name, "protocol": proto.name,
-        "protocol_version": int(proto.version), "scoring": proto.scoring,
-        "max_new_tokens": max_new_tokens, "seed": int(cfg.seed), "n_edits": n_edits,
-        "hparams": {k: v for k, v in OmegaConf.to_container(cfg.editor, resolve=True).items()
-                    if k not in ("_target_", "name")},
-        "edit_layer": model.site.layer, "edit_module": model.site.module, "chat_template": model.chat_template,
-        "touched": [f"{s.layer}.{s.module}" for s in touched],
-        "model_revision": getattr(model.model.config, "_commit_hash", None),  # the hub commit actually loaded
-        "data_info": {"order_seed": data.order_seed, "skip": data.skip},
-        "config_hash": chash, "git_hash": git_hash(), "code_version": code, "versions": versions(),
-        "hardware": hardware(model.device), "setup_s": setup_s,
-    }
-    rows, cursor, segments = [], 0, []
-    if cfg.resume == "never":
-        store.clear()
-    elif (latest := store.latest()) is not None:
-        state, meta = latest
-        segments = meta.get("segments") or [{"from": 0, "code": meta.get("code", "unknown"), "forced": False}]
-        editor.load_state_dict(state["editor"])
-        set_rng_state(state["rng"])
-        cursor, rows, costs.edit_s, costs.peak_gb = state["cursor"], meta["rows"], state["edit_s"], state["peak_gb"]
-        print(f"[editbench] resuming {run_dir} at edit {cursor} ({len(rows)} checkpoints done)")
-    if not segments or segments[-1]["code"] != code:  # each stretch of the stream records the code that ran it
-        segments.append({"from": cursor, "code": code, "forced": bool(segments)})
-    config = OmegaConf.to_container(cfg, resolve=True)
 
-    def summary(status: str, **extra) -> None:
-        store.write_summary({"status": status, "run_id": static["run_id"], "n_edits": n_edits, "done": cursor,
-                             "segments": segments, **extra})
+    def static_fields(self) -> dict:
+        """What every result row of this run repeats: identity, config, versions, hardware."""
+        cfg, r = self.cfg, self.built
+        proto, model, editor = cfg.protocol, r.model, r.editor
+        return {
+            "schema": SCHEMA, "run_id": f"{self.run_dir.name}-{self.chash}", "tag": cfg.tag, "method": editor.method,
+            "editor": cfg.editor.name, "model": cfg.model.name, "data": cfg.data.name, "protocol": proto.name,
+            "protocol_version": int(proto.version), "scoring": proto.scoring,
+            "max_new_tokens": max_new_tokens(proto), "seed": int(cfg.seed), "n_edits": self.n_edits,
+            "hparams": {k: v for k, v in OmegaConf.to_container(cfg.editor, resolve=True).items()
+                        if k not in ("_target_", "name")},
+            "edit_layer": model.site.layer, "edit_module": model.site.module, "chat_template": model.chat_template,
+            "touched": [f"{s.layer}.{s.module}" for s in editor.touches()],
+            "model_revision": getattr(model.model.config, "_commit_hash", None),  # the hub commit actually loaded
+            "data_info": {"order_seed": r.data.order_seed, "skip": r.data.skip},
+            "config_hash": self.chash, "git_hash": git_hash(), "code_version": self.code, "versions": versions(),
+            "hardware": hardware(model.device), "setup_s": r.setup_s,
+        }
 
-    def checkpoint() -> None:
-        state = {"editor": editor.state_dict(), "cursor": cursor, "rng": rng_state(),
-                 "edit_s": costs.edit_s, "peak_gb": costs.peak_gb}
-        store.save(cursor, state, {"config_hash": chash, "cursor": cursor, "rows": rows, "segments": segments,
-                                   "config": config})
+    def resume(self) -> None:
+        """Start over (resume=never) or continue from the newest complete checkpoint."""
+        p = self.progress
+        if self.cfg.resume == "never":
+            self.store.clear()
+        elif (latest := self.store.latest()) is not None:
+            state, meta = latest
+            p.segments = meta.get("segments") or [{"from": 0, "code": meta.get("code", "unknown"), "forced": False}]
+            set_rng_state(state["rng"])  # first: a checkpoint from before editors kept their own generator reads it
+            self.built.editor.load_state_dict(state["editor"])
+            p.cursor, p.rows = state["cursor"], meta["rows"]
+            self.costs.edit_s, self.costs.peak_gb = state["edit_s"], state["peak_gb"]
+            print(f"[editbench] resuming {self.run_dir} at edit {p.cursor} ({len(p.rows)} checkpoints done)")
+        if not p.segments or p.segments[-1]["code"] != self.code:  # each stretch records the code that ran it
+            p.segments.append({"from": p.cursor, "code": self.code, "forced": bool(p.segments)})
 
-    with disk_errors(run_dir, lambda: cursor):
-        store.write_config(OmegaConf.to_yaml(cfg, resolve=True), overrides)
-        store.write_rows(rows)
-        summary("running")
-    logger = instantiate_group(cfg.logger)
-    logger.start(run_dir, config, chash)
-    for row in rows:
-        logger.log(row)
-    bar = tqdm(total=n_edits, initial=cursor, desc=f"{editor.method} edits", dynamic_ncols=True)
-    save_every_s = float(cfg.get("save_every_min") or 0) * 60  # 0: checkpoints at the grid only
-    last_save = time.monotonic()
-    try:
-        while cursor < n_edits:
-            if stop.signum is not None:  # a safe point: between edits, every checkpoint written
-                with disk_errors(run_dir, lambda: cursor):
-                    if cursor > (store.latest_meta() or {}).get("cursor", 0):
-                        checkpoint()  # the edits since the last grid checkpoint are kept too
-                    summary("stopped")
-                raise RunStopped(stop.signum, cursor, n_edits)
-            # the editor's batch size, cut at the next checkpoint so every checkpoint's N is exact
-            end = min(cursor + editor.batch_size, next(g for g in grid if g > cursor))
-            batch = cases[cursor:end]
-            with costs:
-                editor.edit([c.request for c in batch])  # requests only: editors never see the probes
-            cursor = end
-            bar.update(len(batch))
-            if cursor not in grid and save_every_s and time.monotonic() - last_save >= save_every_s:
-                with disk_errors(run_dir, lambda: cursor):  # a kill now loses at most save_every_min of edits
-                    checkpoint()
-                    summary("running")
-                last_save = time.monotonic()
-            if cursor in grid:
-                t0 = time.perf_counter()
-                idx = eval_indices(cursor, proto.retention, cursor)
-                scores = evaluator.evaluate(editor.module(), [cases[i] for i in idx], [refs[i] for i in idx],
-                                            reuse_layer, overall=data.overall)
-                row = {**static, "N": cursor, **scores.metrics, "metric_names": scores.names,
-                       "edit_s_mean": float(np.sum(costs.edit_s)) / cursor, "edit_s_total": float(np.sum(costs.edit_s)),
-                       "eval_s": time.perf_counter() - t0, **costs.row(), "editor_params": int(editor.num_params()),
-                       "editor_info": editor.report(),
-                       "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-                rows.append(row)
-                with disk_errors(run_dir, lambda: rows[-2]["N"] if len(rows) > 1 else 0):
-                    checkpoint()
-                    store.write_records(cursor, scores.records)
-                    store.write_rows(rows)
-                    summary("running")
-                last_save = time.monotonic()
-                logger.log(row)
-                shown = " ".join(f"{k}={row[k]:.3f}" for k in row["metric_names"])
-                bar.write(f"[editbench] N={cursor}: {shown} ({row['edit_s_mean'] * 1e3:.0f} ms/edit, eval {row['eval_s']:.1f}s)")
-    finally:
-        bar.close()
-    with disk_errors(run_dir, lambda: cursor):
-        summary("complete", data_info=data.info, final=rows[-1])
-    logger.finish(run_dir)
-    return rows[-1]
+    def summary(self, status: str, **extra) -> None:
+        p = self.progress
+        self.store.write_summary({"status": status, "run_id": self.static["run_id"], "n_edits": self.n_edits,
+                                  "done": p.cursor, "segments": p.segments, **extra})
+
+    def checkpoint(self) -> None:
+        p = self.progress
+        state = {"editor": self.built.editor.state_dict(), "cursor": p.cursor, "rng": rng_state(),
+                 "edit_s": self.costs.edit_s, "peak_gb": self.costs.peak_gb}
+        self.store.save(p.cursor, state, {"config_hash": self.chash, "cursor": p.cursor, "rows": p.rows,
+                                          "segments": p.segments, "config": self.config})
+
+    def evaluate(self) -> tuple[dict, list[dict]]:
+        """Score every edit so far (or the protocol's sample of them) at the current checkpoint."""
+        r, n = self.built, self.progress.cursor
+        t0 = time.perf_counter()
+        idx = eval_indices(n, self.cfg.protocol.retention, n)
+        scores = r.evaluator.evaluate(r.editor.module(), [r.cases[i] for i in idx], [r.refs[i] for i in idx],
+                                      self.reuse_layer, overall=r.data.overall)
+        edit_s = float(np.sum(self.costs.edit_s))
+        row = {**self.static, "N": n, **scores.metrics, "metric_names": scores.names,
+               "edit_s_mean": edit_s / n, "edit_s_total": edit_s, "eval_s": time.perf_counter() - t0,
+               **self.costs.row(), "editor_params": int(r.editor.num_params()), "editor_info": r.editor.report(),
+               "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        return row, scores.records
+
+    def run(self) -> dict:
+        cfg, store, p = self.cfg, self.store, self.progress
+        store.sweep_temporaries()
+        self.refuse_foreign_checkpoint()
+        self.built = r = build(cfg, validated=True)
+        self.costs = Costs(r.model.device, baseline_gb=r.baseline_gb)
+        # blocks below the lowest touched layer stay unedited: their output states are cached once
+        self.reuse_layer = min((s.layer for s in r.editor.touches()), default=r.model.site.layer)
+        self.static = self.static_fields()
+        self.config = OmegaConf.to_container(cfg, resolve=True)
+        grid = checkpoint_grid(cfg.protocol.checkpoints, self.n_edits)
+        self.resume()
+        with disk_errors(self.run_dir, lambda: p.cursor):
+            store.write_config(OmegaConf.to_yaml(cfg, resolve=True), self.overrides)
+            store.write_rows(p.rows)
+            self.summary("running")
+        logger = instantiate_group(cfg.logger)
+        logger.start(self.run_dir, self.config, self.chash)
+        for row in p.rows:
+            logger.log(row)
+        bar = tqdm(total=self.n_edits, initial=p.cursor, desc=f"{r.editor.method} edits", dynamic_ncols=True)
+        save_every_s = float(cfg.get("save_every_min") or 0) * 60  # 0: checkpoints at the grid only
+        last_save = time.monotonic()
+        try:
+            while p.cursor < self.n_edits:
+                if self.stop.signum is not None:  # a safe point: between edits, every checkpoint written
+                    with disk_errors(self.run_dir, lambda: p.cursor):
+                        if p.cursor > (store.latest_meta() or {}).get("cursor", 0):
+                            self.checkpoint()  # the edits since the last grid checkpoint are kept too
+                        self.summary("stopped")
+                    raise RunStopped(self.stop.signum, p.cursor, self.n_edits)
+                # the editor's batch size, cut at the next checkpoint so every checkpoint's N is exact
+                end = min(p.cursor + r.editor.batch_size, next(g for g in grid if g > p.cursor))
+                batch = r.cases[p.cursor:end]
+                with self.costs:
+                    r.editor.edit([c.request for c in batch])  # requests only: editors never see the probes
+                p.cursor = end
+                bar.update(len(batch))
+                if p.cursor not in grid and save_every_s and time.monotonic() - last_save >= save_every_s:
+                    with disk_errors(self.run_dir, lambda: p.cursor):  # a kill now loses at most save_every_min
+                        self.checkpoint()
+                        self.summary("running")
+                    last_save = time.monotonic()
+                if p.cursor in grid:
+                    row, records = self.evaluate()
+                    p.rows.append(row)
+                    with disk_errors(self.run_dir, lambda: p.rows[-2]["N"] if len(p.rows) > 1 else 0):
+                        self.checkpoint()
+                        store.write_records(p.cursor, records)
+                        store.write_rows(p.rows)
+                        self.summary("running")
+                    last_save = time.monotonic()
+                    logger.log(row)
+                    shown = " ".join(f"{k}={row[k]:.3f}" for k in row["metric_names"])
+                    bar.write(f"[editbench] N={p.cursor}: {shown} ({row['edit_s_mean'] * 1e3:.0f} ms/edit, "
+                              f"eval {row['eval_s']:.1f}s)")
+        finally:
+            bar.close()
+        with disk_errors(self.run_dir, lambda: p.cursor):
+            self.summary("complete", data_info=r.data.info, final=p.rows[-1])
+        logger.finish(self.run_dir)
+        return p.rows[-1]
 
 
 @contextlib.contextmanager

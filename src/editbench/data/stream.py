@@ -80,15 +80,10 @@ class RecordStream:
             stream evaluates (records share questions, so this goes by text, not by record), each
             once, in a seeded order;
         own_loc: the stream's own locality probes, in stream order — what the WISE reference
-            does (it trains on the locality prompt it then evaluates); for reproducing it only;
-        zsre_nq: the NQ questions of the shipped ZsRE pool, for datasets whose own locality
-            questions are all evaluated (or that have none), likewise without the stream's prompts."""
+            does (it trains on the locality prompt it then evaluates); for reproducing it only.
+        An adapter with other sources (e.g. `zsre_nq`) overrides this and defers to it for these."""
         if self.aux_source == "own_loc":
             return [(p.prompt, p.answer) for c in stream for p in c.probes["loc"].probes]
-        if self.aux_source == "zsre_nq":
-            from editbench.data.zsre import ZsRE  # zsre imports this module
-
-            return outside(ZsRE().records(), stream, f"aux-{self.order_seed}")
         return outside(self.records(), stream, f"aux-{self.order_seed}")
 
 

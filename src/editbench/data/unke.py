@@ -1,4 +1,4 @@
-"""UnKE / UnKEBench (EDITORS.md §4.3): unstructured edits whose targets are free-text paragraphs.
+"""UnKE / UnKEBench (Deng et al. 2024, arXiv:2405.15349): unstructured edits whose targets are free-text paragraphs.
 
 Each case: the request `question` -> `answer` and three probe sets scored on free text (greedy
 generation up to the protocol's `max_new_tokens`, `evaluate.Evaluator`): `orig` (the question) and
@@ -19,6 +19,7 @@ from typing import Literal
 
 from editbench.data.records import EditCase, EditRequest, Probe, ProbeSet
 from editbench.data.stream import RecordStream, text_field
+from editbench.data.zsre import zsre_nq
 from editbench.errors import EditbenchError
 from editbench.validate import NonNegativeInt
 
@@ -31,7 +32,7 @@ def _field(rec: dict, key: str, i: int, where: str) -> str:
 
 
 class UnKE(RecordStream):
-    overall = None  # no locality, no overall score (EDITORS.md §3.2)
+    overall = None  # no locality, no overall score (docs/protocol.md#free-text-metrics)
     AUX_SOURCES = ("zsre_nq",)
 
     def __init__(self, name: str = "unke", source: Literal["unkebench", "contest"] = "unkebench",
@@ -42,6 +43,11 @@ class UnKE(RecordStream):
         self.packaged = SHIPPED[source]
         self.source = source
         super().__init__(name, path, hub, revision, split, order_seed, skip, aux)
+
+    def aux(self, stream: list[EditCase]) -> list[tuple[str, str]]:
+        if self.aux_source == "zsre_nq":  # ZsRE's NQ questions (`data.zsre.zsre_nq`)
+            return zsre_nq(stream, self.order_seed)
+        return super().aux(stream)
 
     def _parse(self) -> list[EditCase]:
         out, n_sub, n_para = [], 0, 0

@@ -1,4 +1,4 @@
-"""WikiBigEdit (EDITORS.md §4.2): `update` -> `ans`, Gen from `rephrase`, Loc from `loc` / `loc_ans`
+"""WikiBigEdit (arXiv:2503.05683): `update` -> `ans`, Gen from `rephrase`, Loc from `loc` / `loc_ans`
 (locality questions that share the edit's subject or relation: the hard case), and two portability
 probe sets scored by accuracy, reported beside Rel / Gen / Loc and never folded into OP:
 `personas` (a persona-style paraphrase; answer = the target) and `mhop` (a multi-hop question and
@@ -17,6 +17,7 @@ from typing import Literal
 
 from editbench.data.records import EditCase, EditRequest, Probe, ProbeSet
 from editbench.data.stream import RecordStream, text_field
+from editbench.data.zsre import zsre_nq
 from editbench.metrics import OP
 from editbench.validate import NonNegativeInt
 
@@ -39,6 +40,11 @@ class WikiBigEdit(RecordStream):
                  revision: str | None = None, split: str = "train", order_seed: int | None = None,
                  skip: NonNegativeInt = 0, aux: Literal["zsre_nq", "outside_stream", "own_loc"] = "zsre_nq"):
         super().__init__(name, path, hub, revision, split, order_seed, skip, aux)
+
+    def aux(self, stream: list[EditCase]) -> list[tuple[str, str]]:
+        if self.aux_source == "zsre_nq":  # ZsRE's NQ questions (`data.zsre.zsre_nq`)
+            return zsre_nq(stream, self.order_seed)
+        return super().aux(stream)
 
     def _parse(self) -> list[EditCase]:
         out, n_mhop = [], 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from editbench.data.records import EditCase, EditRequest, Probe, ProbeSet
-from editbench.data.stream import RecordStream, text_field
+from editbench.data.stream import RecordStream, outside, text_field
 from editbench.errors import EditbenchError
 from editbench.metrics import OP
 from editbench.validate import NonNegativeInt
@@ -42,7 +42,7 @@ def make_case(case_id: str, prompt: str, target: str, rephrase: str, loc_prompt:
 
 
 class ZsRE(RecordStream):
-    overall = OP  # the structured family's overall score (EDITORS.md §3.1)
+    overall = OP  # the structured family's overall score (docs/protocol.md#op)
     packaged = PACKAGED_POOL
 
     def __init__(self, name: str = "zsre", path: str | None = None, hub: str | None = None,
@@ -75,3 +75,10 @@ class ZsRE(RecordStream):
     def _shortage(self) -> str:
         return (f" with target '{self.target}' ({self.info['skipped_no_locality']} lack a locality question, "
                 f"{self.info[f'skipped_no_{self.target}']} lack the target)")
+
+
+def zsre_nq(stream: list[EditCase], order_seed: int | None) -> list[tuple[str, str]]:
+    """The aux source `zsre_nq`: the NQ questions of the shipped ZsRE pool that `stream` never
+    evaluates, each once, in a seeded order — for datasets whose own locality questions are all
+    evaluated (or that have none)."""
+    return outside(ZsRE().records(), stream, f"aux-{order_seed}")

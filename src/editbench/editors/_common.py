@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from editbench.editors.base import Editor
+from editbench.editors.base import Editor, SetupContext
 
 
 TRAINED = "trained_value"  # Pass.state key: (value parameter, retrieval hit?) during a training pass
@@ -45,7 +45,7 @@ class SiteWrapper(nn.Module):
 
 def prompt_positions(prompt_mask: torch.Tensor, ratio: float | None = None):
     """Index of the last prompt token per row and, with `ratio`, the B x T mask of the last
-    max(ceil(ratio * P), 1) prompt tokens (P = prompt length incl. BOS; EDITORS.md §2.1)."""
+    max(ceil(ratio * P), 1) prompt tokens (P = prompt length incl. BOS; docs/editors.md#horen)."""
     T = prompt_mask.shape[1]
     ar = torch.arange(T, device=prompt_mask.device)
     last = torch.where(prompt_mask, ar, -1).max(dim=1).values
@@ -117,18 +117,41 @@ class Codebook:
 
 
 class CodebookEditor(Editor):
-    """An editor whose whole state is a codebook (`self.book`) and its counts of insertion cases
-    (`self.cases`, name -> count); the subclass builds both in its constructor."""
+    """An editor whose whole state is a codebook (`self.book`), its counts of insertion cases
+    (`self.cases`, name -> count) and the random generator that initialises new values (`self.gen`,
+    the run's, from `setup`); the subclass builds the first two in its constructor."""
 
     book: Codebook
     cases: dict[str, int]
+    gen: torch.Generator
+    last_steps: int | None = None  # optimisation steps of the last edit
+    steps_total: int = 0  # ... and of every edit so far (in the state: a resumed run counts on)
+
+    def setup(self, ctx: SetupContext) -> None:
+        self.gen = ctx.generator()
+
+    def trained(self, steps: int) -> None:
+        """Count one edit's optimisation steps."""
+        self.last_steps, self.steps_total = steps, self.steps_total + steps
+
+    def report(self) -> dict:
+        return {"last_edit": {"steps": self.last_steps}, "steps_total": self.steps_total}
+
+    def draw(self, fn: Callable, n: int, device) -> torch.Tensor:
+        """`fn` (torch.rand / torch.randn) of n float32 values from the editor's generator, on `device`."""
+        return fn(n, generator=self.gen).to(device)
 
     def state_dict(self) -> dict:
-        return {"book": self.book.state_dict(), "cases": dict(self.cases)}
+        return {"book": self.book.state_dict(), "cases": dict(self.cases), "gen": self.gen.get_state(),
+                "steps_total": self.steps_total}
 
     def load_state_dict(self, sd: dict) -> None:
         self.book.load_state_dict(sd["book"])
         self.cases = dict(sd["cases"])
+        self.steps_total = sd.get("steps_total", 0)  # absent from checkpoints written before it was counted
+        # A checkpoint written before codebook editors kept their own generator has none: their draws
+        # came from the global RNG, which the runner restores from the same checkpoint before this call.
+        self.gen.set_state(sd["gen"] if "gen" in sd else torch.get_rng_state())
 
 
 def edit_labels(batch) -> tuple[tuple[int, ...], float]:
@@ -160,13 +183,16 @@ def train(params: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], lr: f
     return n_iter
 
 
-def train_entry(editor, row: int, hit: bool, batch, lr: float) -> None:
-    """Train codebook row `row` of a codebook editor on one edit. The training passes carry the
-    trainable copy in `Pass.state[TRAINED]` with `hit` (whether retrieval sends this prompt to the
-    row), so the site wrapper uses it; the frozen network before the last prompt token runs once."""
+def train_entry(editor, row: int, hit: bool, batch, lr: float) -> int:
+    """Train codebook row `row` of a codebook editor on one edit; returns the optimisation steps
+    taken. The training passes carry the trainable copy in `Pass.state[TRAINED]` with `hit`
+    (whether retrieval sends this prompt to the row), so the site wrapper uses it; the frozen
+    network before the last prompt token runs once."""
     param = editor.book.values[row].clone().requires_grad_(True)
     pre = editor.model.prefix(batch, from_last_prompt=True)
     state = {TRAINED: (param, hit)}
     hp = editor.hparams
-    train([param], lambda: editor.model.target_loss(pre, state), lr, hp["n_iter"], hp["stop_loss"], hp["patience"])
+    steps = train([param], lambda: editor.model.target_loss(pre, state), lr, hp["n_iter"], hp["stop_loss"],
+                  hp["patience"])
     editor.book.values[row] = param.detach()
+    return steps

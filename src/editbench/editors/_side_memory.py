@@ -1,4 +1,4 @@
-"""The side-memory mechanism shared by WISE and REPAIR (EDITORS.md §2.3, §2.4): a side copy W' of
+"""The side-memory mechanism shared by WISE and REPAIR (docs/editors.md#side-memory-wise-repair): a side copy W' of
 the edit-site weight, trained on the edits under a random gradient mask per knowledge shard, and an
 activation router that sends a whole sequence through a side memory only when that memory "fires"
 on it. Editors never import each other; both build on `SideMemoryEditor`.
@@ -44,7 +44,7 @@ ROUTE = "side_memory_route"  # Pass.state: per-row memory index chosen at prefil
 
 def ties_merge(base: torch.Tensor, weights: list[torch.Tensor], density: float,
                coefficients: list[float] | None = None) -> torch.Tensor:
-    """TIES merge of fine-tuned copies of `base` (EDITORS.md §2.3, `merge/gta.py`): task vectors
+    """TIES merge of fine-tuned copies of `base` (Yadav et al. 2023; the WISE code's `merge/gta.py`): task vectors
     d_i = W_i - base, each pruned to its top-`density` fraction by magnitude (peft's `prune`), an
     elected sign per entry (the sign of sum_i w_i d_i, >= 0 counts as +), and the weighted mean
     sum(w d m) / sum(w m) of the entries that agree with it (zeros dropped; an empty divisor is 1).
@@ -101,7 +101,7 @@ class SideMemoryEditor(Editor):
         self.templates: list[str] = ["{}"]
         self.aux: list[tuple[str, str]] = []
         self.aux_used = 0  # unrelated rows drawn so far (cycled through `aux`)
-        self.gen = torch.Generator(device="cpu")
+        self.gen = torch.Generator(device="cpu")  # replaced by the run's in `setup`
         model.replace_site(SiteWrapper(site, self._intervene, model.passes))
 
     @classmethod
@@ -117,7 +117,7 @@ class SideMemoryEditor(Editor):
     def setup(self, ctx: SetupContext) -> None:
         """Context templates from the unedited model (once; deterministic for a seed): each seed
         word continued for each length with the model's own generation settings."""
-        self.gen.manual_seed(ctx.seed)
+        self.gen = ctx.generator()
         self.aux = list(ctx.aux)
         if not self.aux:
             raise EditbenchError(f"editor={type(self).__name__.lower()} trains on "
@@ -207,7 +207,7 @@ class SideMemoryEditor(Editor):
         return None
 
     def train_edit(self, request) -> Trained:
-        """Train one edit into W' (EDITORS.md §2.3 step 3). W' changes only the site's output, and
+        """Train one edit into W' (docs/editors.md#wise, step 3). W' changes only the site's output, and
         the block's residual stream adds it: the site's input x, its unedited output y0 and the
         state after the site block are computed once per edit, and each step runs only the blocks
         above the site (on the edit rows: the unrelated row enters the loss through its

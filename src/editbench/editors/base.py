@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from torch import nn
 
 from editbench.data import EditRequest
@@ -25,13 +26,21 @@ from editbench.models import EditableModel, EditSite
 class SetupContext:
     """What an editor's one-time setup may use (the runner times it as `setup_s`, apart from
     editing): a cache directory for statistics of the unedited model (e.g. second moments of a
-    layer's inputs, keyed by whatever decides them), the run seed (draw from
-    `torch.Generator().manual_seed(seed)`, never the global RNG), and auxiliary prompts the dataset
-    provides for editors that train on unrelated text — disjoint from every evaluated probe."""
+    layer's inputs, keyed by whatever decides them), the run seed, and auxiliary prompts the dataset
+    provides for editors that train on unrelated text — disjoint from every evaluated probe.
+
+    An editor's randomness comes from `generator()` only, never from the global RNG: it keeps the
+    generator and puts `generator.get_state()` in its `state_dict`, so a resumed run draws what an
+    uninterrupted one would."""
 
     cache_dir: Path
     seed: int
     aux: Sequence[tuple[str, str]] = ()
+
+    def generator(self) -> torch.Generator:
+        """A new CPU generator seeded with the run seed (draw on the CPU, then move to the device:
+        the same numbers on every device)."""
+        return torch.Generator(device="cpu").manual_seed(self.seed)
 
 
 class Editor(ABC):

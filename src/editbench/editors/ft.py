@@ -20,17 +20,22 @@ class FineTune(Editor):
         super().__init__(model, lr=lr, n_iter=n_iter, stop_loss=stop_loss, norm_constraint=norm_constraint)
         self.weight = model.site_module().weight
         self.original = self.weight.detach().clone()
+        self.last_steps: int | None = None  # optimisation steps of the last edit
+        self.steps_total = 0  # ... and of every edit so far (in the state: a resumed run counts on)
 
     def edit(self, requests) -> None:
         batch = self.model.batch([self.model.encode_example(r.prompt, r.target) for r in requests])
         pre = self.model.prefix(batch)  # the whole suffix reruns: a weight edit changes every position
         self.weight.requires_grad_(True)
         opt = torch.optim.Adam([self.weight], lr=self.hparams["lr"])
+        self.last_steps = 0
         try:
             for _ in range(self.hparams["n_iter"]):
                 loss = self.model.target_loss(pre)
                 if loss.item() < self.hparams["stop_loss"]:
                     break
+                self.last_steps += 1
+                self.steps_total += 1
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -42,11 +47,16 @@ class FineTune(Editor):
             self.weight.requires_grad_(False)
 
     def state_dict(self) -> dict:
-        return {"weight": self.weight.detach().cpu().clone()}  # the weight itself: reload is bit-exact
+        return {"weight": self.weight.detach().cpu().clone(),  # the weight itself: reload is bit-exact
+                "steps_total": self.steps_total}
 
     def load_state_dict(self, sd: dict) -> None:
         with torch.no_grad():
             self.weight.copy_(sd["weight"].to(self.weight))
+        self.steps_total = sd.get("steps_total", 0)  # absent from checkpoints written before it was counted
+
+    def report(self) -> dict:
+        return {"last_edit": {"steps": self.last_steps}, "steps_total": self.steps_total}
 
     def num_params(self) -> int:
         return self.weight.numel()

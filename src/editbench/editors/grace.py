@@ -1,5 +1,5 @@
-"""GRACE: a codebook of (key, value, deferral radius) at one layer (EDITORS.md §2.2; Hartvigsen
-et al. 2023). Key = the down_proj input at the last prompt token (raw, Euclidean); within the
+"""GRACE: a codebook of (key, value, deferral radius) at one layer (Hartvigsen et al. 2023,
+arXiv:2211.11031; docs/editors.md#grace). Key = the down_proj input at the last prompt token (raw, Euclidean); within the
 nearest key's radius the down_proj output at that token is *replaced* by the key's value.
 
 Insertion rules at each edit (epsilon0 = `eps_init`): empty codebook or farther than
@@ -62,7 +62,7 @@ class GRACE(CodebookEditor):
             x, y = self.model.site_io(batch)
             last, _ = prompt_positions(batch.prompt_mask)
             key, y_p = x[0, last[0]], y[0, last[0]].float()
-            init = y_p if self.hparams["val_init"] == "warm" else torch.rand_like(y_p)
+            init = y_p if self.hparams["val_init"] == "warm" else self.draw(torch.rand, y_p.shape[0], y_p.device)
             label, ref_label = edit_labels(batch)
             if self.book.n == 0:
                 row = self.book.add(key, init, label, ref_label, eps0)
@@ -89,8 +89,8 @@ class GRACE(CodebookEditor):
                     else:
                         self.cases["reuse"] += 1
             d, j = self.nearest(key[None])
-            train_entry(self, row, bool(int(j[0]) == row and float(d[0]) <= float(self.book.radii[row])), batch,
-                        self.hparams["lr"])
+            hit = bool(int(j[0]) == row and float(d[0]) <= float(self.book.radii[row]))
+            self.trained(train_entry(self, row, hit, batch, self.hparams["lr"]))
 
     def num_params(self) -> int:
         return self.book.n * (self.book.keys.shape[1] + self.book.values.shape[1] + 1)

@@ -1,5 +1,5 @@
 """HoReN: normalized Hopfield retrieval over a GRACE-style codebook at one MLP down_proj
-(EDITORS.md §2.1).
+(docs/editors.md#horen).
 
 Query = the down_proj input averaged over the last ceil(rho * P) prompt tokens, L2-normalised;
 one damped Hopfield step (beta, alpha, M steps, tolerance) over the whole codebook, dummy entry
@@ -43,10 +43,14 @@ class HoReN(CodebookEditor):
         self.d_out, self.r = d_out, lora_rank
         site = model.site_module()
         self.book = Codebook(d_in, (2 * lora_rank * d_out,) if self.lora else (d_out,), site.weight.dtype, model.device)
-        dummy = torch.randn(d_in, device=model.device)  # entry 0: random unit key, zero value, never-matching label
-        self.book.add(dummy / dummy.norm(), 0.0, label=(), ref_label=float("nan"))
         self.cases = {"insert_no_match": 0, "train_same_label": 0, "insert_conflict": 0}
         model.replace_site(SiteWrapper(site, self._intervene, model.passes))
+
+    def setup(self, ctx) -> None:
+        super().setup(ctx)
+        dummy = self.draw(torch.randn, self.model.d_in, self.model.device)
+        # entry 0: a random unit key, zero value, never-matching label
+        self.book.add(dummy / dummy.norm(), 0.0, label=(), ref_label=float("nan"))
 
     @property
     def method(self) -> str:
@@ -115,11 +119,11 @@ class HoReN(CodebookEditor):
     # ------------------------------------------------------------------ editing
     def _init_value(self, y_p: torch.Tensor) -> torch.Tensor:
         if self.lora:
-            A = 0.01 * torch.randn(self.r * self.d_out, device=y_p.device)
+            A = 0.01 * self.draw(torch.randn, self.r * self.d_out, y_p.device)
             return torch.cat([A, torch.zeros(self.d_out * self.r, device=y_p.device)])
         if self.hparams["val_init"] == "warm":
             return y_p.float()
-        return torch.rand(self.d_out, device=y_p.device)  # cold: U[0, 1)
+        return self.draw(torch.rand, self.d_out, y_p.device)  # cold: U[0, 1)
 
     def _same(self, j: int, label, ref_label) -> bool:
         if self.hparams["same_label"] == "reference":
@@ -146,7 +150,7 @@ class HoReN(CodebookEditor):
             s_after, j_after = self.match(self.refine(q0))
             hit = bool(s_after[0] > self.tau and int(j_after[0]) == row)
             hp = self.hparams
-            train_entry(self, row, hit, batch, hp["lora_lr"] if self.lora else hp["lr"])
+            self.trained(train_entry(self, row, hit, batch, hp["lora_lr"] if self.lora else hp["lr"]))
 
     # ------------------------------------------------------------------ size (state: CodebookEditor)
     def num_params(self) -> int:

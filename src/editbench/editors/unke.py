@@ -1,4 +1,4 @@
-"""UnKE (EDITORS.md §2.8): a whole decoder block as the key -> value memory for free-text answers.
+"""UnKE (Deng et al. 2024; docs/editors.md#unke): a whole decoder block as the key -> value memory for free-text answers.
 
 Per edit: z* = z₀ + δ, δ added to block L's output at the question's last token and optimised so the
 model continues with the whole answer (mean NLL of the answer tokens + v_wd · ‖δ‖ / ‖z₀‖², Adam,
@@ -45,14 +45,14 @@ class UnKE(Editor):
         self.names = [n for n, _ in self.block.named_parameters()]
         self.deltas = WeightDeltas.of_block(model, self.layer)
         self.pool: list[tuple[str, str]] = []
-        self.gen = torch.Generator(device="cpu")
+        self.gen = torch.Generator(device="cpu")  # replaced by the run's in `setup`
         self.last = {"steps": None, "loss": None, "block_loss": None}
 
     def touches(self) -> list[EditSite]:
         return [EditSite(self.layer, path) for path in dict.fromkeys(n.rpartition(".")[0] for n in self.names)]
 
     def setup(self, ctx: SetupContext) -> None:
-        self.gen.manual_seed(ctx.seed)
+        self.gen = ctx.generator()
         spec = self.hparams["preservation"]
         if spec == "aux":
             self.pool = list(ctx.aux)
