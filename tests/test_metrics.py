@@ -1,4 +1,4 @@
-"""Rel / Gen / Loc / OP (EDITORS.md §3.1): the pure formulas by hand, the tokenization edge cases on
+"""Rel / Gen / Loc / OP (docs/protocol.md#metrics): the pure formulas by hand, the tokenization edge cases on
 the tiny model's byte-level BPE, and the evaluator's decoding conventions and batching."""
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def test_token_accuracy(pred, labels, expected):
 
 # ----------------------------------------------------------------------------------- overall
 def test_overall_paper_check_values():
-    # EDITORS.md §3.1, checked against HoReN Table 1 rows
+    # docs/protocol.md#op, checked against HoReN paper Table 1 rows
     assert round(metrics.overall(1.00, 0.81, 1.00), 2) == 0.93
     assert round(metrics.overall(0.99, 0.01, 1.00), 2) == 0.21
 
@@ -232,8 +232,8 @@ def test_locality_compares_the_last_len_encode_g_new_tokens(tiny_model, monkeypa
     Pre and post differ only in the FIRST decoded token, so Loc = (T-1)/T when every token is
     compared (k >= T) and 1 when the first falls outside the tail (k < T). When g re-encodes *longer*
     without the space ("November 9, 1620": k=6, T=5) the tail of the full output sequence reaches
-    k-T tokens back into the prompt (EDITORS.md: "last len(tok.encode(g)) ids of the full output
-    sequence"), which pre and post share: Loc = (k-1)/k — not the k-T tokens a wrapped-around
+    k-T tokens back into the prompt (docs/protocol.md#loc: the last len(tok(g)) ids of the full output
+    sequence), which pre and post share: Loc = (k-1)/k — not the k-T tokens a wrapped-around
     negative slice (ids[T-k:]) would leave."""
     m, tok = tiny_model, tiny_model.tok
     r = record(1, "Paris", answer)
@@ -380,7 +380,7 @@ def test_unknown_scoring_is_rejected(tiny_model):
 def test_locality_output_ends_at_its_first_eos(tiny_model, monkeypatch):
     """HF `generate` (the reference decodes one prompt at a time) stops a sequence at its first EOS,
     so the compared tail of prompt + output reaches back into the prompt when the output ends early.
-    Padding the output with EOS up to T tokens instead would shift the tail (EDITORS.md §3.1)."""
+    Padding the output with EOS up to T tokens instead would shift the tail (docs/protocol.md#loc)."""
     m = tiny_model
     eos = m.eos_id
     r = record(1, "Paris", "New York City")  # T = len(" New York City") = k = len("New York City")

@@ -1,4 +1,4 @@
-"""Free-text metrics (EDITORS.md §3.2) on hand-computed cases; each name means one thing."""
+"""Free-text metrics (docs/protocol.md#free-text-metrics) on hand-computed cases; each name means one thing."""
 from __future__ import annotations
 
 import math

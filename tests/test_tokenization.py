@@ -55,7 +55,7 @@ def test_smollm2_special_tokens(smol_tok):
 @pytest.mark.parametrize("model,bos", [("tiny_llama", True), ("tiny_qwen2", False)])
 def test_tiny_models_follow_their_family_convention(model, bos):
     """tiny_llama prepends BOS like LLaMA; tiny_qwen2 adds none like Qwen. Exactly one BOS, never
-    an EOS, and the prompt ids are a prefix of prompt + " " + answer (the label split, §1.4)."""
+    an EOS, and the prompt ids are a prefix of prompt + " " + answer (the label split, docs/protocol.md#prompt-format)."""
     from editbench.models import load_model
 
     m = load_model(compose_config([f"model={model}"]).model)
@@ -85,7 +85,7 @@ def test_smollm2_model_ids_and_keys():
     assert key.shape == (1536,)
     assert torch.allclose(key[:4], torch.tensor(KEY_HEAD), atol=1e-4), key[:4].tolist()
     assert float(key.norm()) == pytest.approx(KEY_NORM, rel=1e-4)
-    # greedy answer of the unedited model to a raw question (see README "Measured results")
+    # greedy answer of the unedited model to a raw question (see docs/results-notes.md)
     from editbench.evaluate import Evaluator
 
     out = Evaluator(m, "greedy").greedy(m.model, [m.encode_prompt("The capital of France is")], [3])

@@ -1,4 +1,4 @@
-"""UnKE (EDITORS.md §3.2, §4.3): the shipped records, free-text probe sets and their aggregation,
+"""UnKE (docs/protocol.md#free-text-metrics): the shipped records, free-text probe sets and their aggregation,
 the unstructured protocol end to end, and long KV-cached generation through codebook editors."""
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def test_bad_records_and_sources(tmp_path):
 
 
 def test_free_text_sets_average_within_a_case_first(tiny_model, monkeypatch):
-    """Per metric: mean over a case's probes, then over cases (EDITORS.md §3.2, Sub)."""
+    """Per metric: mean over a case's probes, then over cases (docs/protocol.md#free-text-metrics, sub)."""
     from editbench import textmetrics
     from editbench.evaluate import Evaluator
 

@@ -1,4 +1,4 @@
-"""The WikiBigEdit adapter (EDITORS.md §4.2): the shipped records, the portability probe sets kept
+"""The WikiBigEdit adapter (docs/protocol.md#portability-wikibigedit): the shipped records, the portability probe sets kept
 out of OP, the unrelated prompts for editors that train on them, and one-line errors."""
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ is one line with a suggestion, not a Hydra traceback.
 from __future__ import annotations
 
 import difflib
+import re
 import sys
 from pathlib import Path
 
@@ -175,8 +176,13 @@ def _missing(msg: str, line: list[str]) -> tuple[str, str]:
     return "config", msg
 
 
+REFERENCE = re.compile(r"\s*\([^()]*(?:/|et al)[^()]*\)")  # "(docs/editors.md#rome)", "(Meng et al. 2022)"
+SENTENCE_END = re.compile(r"(?<!\bal)\.(?:\s|$)")  # a full stop, not the one of "et al."
+
+
 def describe(group: str, name: str) -> str:
-    """The first sentence of the comment that opens an entry's YAML (the user's conf/ first)."""
+    """The first sentence of the comment that opens an entry's YAML (the user's conf/ first),
+    without its references to docs, papers and repositories."""
     if (group, name) in BUILTIN:
         return BUILTIN[(group, name)]
     for root in (Path("conf"), Path(__file__).parent / "conf"):
@@ -188,8 +194,8 @@ def describe(group: str, name: str) -> str:
                     break
                 if not line.startswith("# @package"):
                     words.append(line.lstrip("#").strip())
-            text = " ".join(words)
-            first = text.split(". ")[0].rstrip(".")
+            text = REFERENCE.sub("", " ".join(words))
+            first = SENTENCE_END.split(text, maxsplit=1)[0].strip()
             return first if len(first) <= 110 else first[:107].rstrip() + "..."
     return ""
 

@@ -1,4 +1,4 @@
-"""Rel / Gen / Loc / OP exactly as EDITORS.md §3.1 defines them (pure functions on token ids).
+"""Rel / Gen / Loc / OP exactly as docs/protocol.md#metrics defines them (pure functions on token ids).
 
 Mode G (greedy generation): decode the new tokens, strip leading whitespace, re-encode, truncate to
 the target length, token exact-match (0 when the lengths differ). Mode TF (teacher forcing): argmax

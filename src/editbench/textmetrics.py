@@ -1,4 +1,4 @@
-"""Free-text answer metrics for unstructured editing (UnKE; EDITORS.md §3.2), each from a maintained
+"""Free-text answer metrics for unstructured editing (UnKE; docs/protocol.md#free-text-metrics), each from a maintained
 library where one exists and each named for what it is — the paper's variants never share a name
 with the standard metric:
 

@@ -1,6 +1,6 @@
 """Helpers shared by the locate-then-edit editors (ROME, AlphaEdit): exact weight deltas, context
 templates sampled from the unedited model, subject-token lookup, and the optimisation of a vector
-added to the residual stream at the subject's last token (EDITORS.md §2.5 step 4, §2.6 step 2).
+added to the residual stream at the subject's last token (docs/editors.md#the-delta-optimisation).
 Editors never import each other."""
 from __future__ import annotations
 

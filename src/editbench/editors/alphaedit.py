@@ -1,4 +1,4 @@
-"""AlphaEdit (EDITORS.md §2.6): MEMIT's multi-layer least-squares update, projected onto the null
+"""AlphaEdit (Fang et al. 2025; docs/editors.md#alphaedit): MEMIT's multi-layer least-squares update, projected onto the null
 space of the preserved keys' second moment, with earlier edits' keys in the normal equations.
 
 Setup, per edited layer l: C0_l = E[k kᵀ] of the unedited model's down_proj inputs (`stats.py`),

@@ -1,4 +1,4 @@
-"""REPAIR (EDITORS.md §2.4): WISE-Retrieve's side memory (`_side_memory`) closed into a loop.
+"""REPAIR (Wang et al. 2025, arXiv:2510.01879; docs/editors.md#repair): WISE-Retrieve's side memory (`_side_memory`) closed into a loop.
 
 - **In-group distillation**: a group is one knowledge shard (`save_freq` edits). The group's first
   edit trains as in WISE and its final answer-position logits become the teacher; every later
@@ -19,7 +19,7 @@
   of a merge group gets weight softmax(-L_i / `loss_temperature`), L_i = the mean final training
   loss of its edits.
 
-Implementation choices (README "Implementation choices", REPAIR row): re-initialising a memory
+Implementation choices (docs/editors.md#repair): re-initialising a memory
 resets it to W with an infinite routing bar (it never fires again; the reference draws
 Xavier-uniform weights and resets its tracker, which has the same effect on routing); the open
 shard is never re-initialised (it holds the group's correct edits; the reference's re-init only

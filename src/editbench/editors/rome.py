@@ -1,4 +1,4 @@
-"""ROME (EDITORS.md §2.5): a rank-one, covariance-weighted update of one MLP `down_proj`, per edit,
+"""ROME (Meng et al. 2022; docs/editors.md#rome): a rank-one, covariance-weighted update of one MLP `down_proj`, per edit,
 applied in place and kept across the stream (sequential ROME).
 
 Per edit: the key k* is the down_proj input at the subject's last token, averaged over the context

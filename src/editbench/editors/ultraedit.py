@@ -1,4 +1,4 @@
-"""UltraEdit (EDITORS.md §2.7): one forward + backward per edit, a closed-form ridge update of every
+"""UltraEdit (Gu et al. 2025; docs/editors.md#ultraedit): one forward + backward per edit, a closed-form ridge update of every
 edited linear module from its input keys and output gradients, standardised by lifelong running
 statistics.
 
@@ -28,7 +28,7 @@ EPS = torch.finfo(torch.float32).eps  # the reference normaliser's eps (its stat
 
 
 class RunningMoments:
-    """Running mean and second central moment over rows (the batch-merge update of §2.7:
+    """Running mean and second central moment over rows (the batch-merge update of docs/editors.md#ultraedit:
     n' = n + b, δ = mean_b − μ, μ += bδ/n', M2 += b·var_b + n·b·δ²/n', σ = sqrt(M2 / (n' − 1)),
     with var_b the unbiased batch variance, 0 for a single row). Float64."""
 

@@ -1,7 +1,7 @@
-"""WISE (EDITORS.md §2.3; Wang et al. 2024), WISE-Retrieve: the side-memory mechanism of
+"""WISE (Wang et al. 2024, arXiv:2405.14768; docs/editors.md#wise), WISE-Retrieve: the side-memory mechanism of
 `_side_memory` with equal-weight TIES merging and nothing else.
 
-Implementation choices (README): scores over real tokens only (the reference also averages over
+Implementation choices (docs/editors.md#wise): scores over real tokens only (the reference also averages over
 pads), the decision taken on prompt tokens in both scoring modes (the reference's teacher-forced
 score also covers the answer being scored), the training mask exactly per row (the reference
 derives it from a separately padded batch), the unrelated row from `data.aux`.
