@@ -37,10 +37,10 @@ test-slow: install
 faults: install
 	$(BIN)/python -m pytest tests/test_faults.py -vv -s $(ARGS)
 
-# Paper tables (Markdown + LaTeX) and figures from every run under results/ -> reports/,
-# and the README's main table (between its <!-- table:begin/end --> markers)
+# Paper tables (Markdown + LaTeX) and figures from every run under results/ -> reports/, docs/results.md
+# and the README's OP tables (between its <!-- table:begin/end --> markers)
 figures: install
-	$(BIN)/python -m editbench.report --results results --out reports --baselines baselines --readme README.md
+	$(BIN)/python -m editbench.report --results results --out reports --baselines baselines --readme README.md --docs docs
 
 bench: install
 	$(BIN)/python benchmarks/bench_edit.py $(ARGS)

@@ -1,13 +1,13 @@
-"""The paper's Table 6 / 7 / 8 layouts (editbench.paper_tables) on hand-written result rows, and
+"""The paper's Table 6 / 7 / 8 layouts (editbench.report.paper) on hand-written result rows, and
 the published numbers they print (baselines/horen_paper*.csv)."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
-from editbench import paper_tables, report
+from editbench import report
+from editbench.report import paper
 from report_fixtures import row, write_run
 
 BASELINES = Path(__file__).resolve().parents[1] / "baselines"
@@ -33,7 +33,7 @@ def unke_row(method, N, values, max_new_tokens=128):
 
 def tables(root) -> dict[str, report.Table]:
     agg = report.aggregate(report.load_rows(root))
-    built = paper_tables.paper_tables(agg[agg["tag"] == "main"], report.load_baselines(BASELINES))
+    built = paper.paper_tables(agg[agg["tag"] == "main"], report.load_baselines(BASELINES))
     return {t.name.split("__")[0]: t for t in built} | {t.name: t for t in built}
 
 
@@ -46,7 +46,7 @@ def cells(table: report.Table, label: str) -> dict[str, str]:
 def test_table7_baselines_transcribed():
     df = report.load_baselines(BASELINES)
     t7 = df[df["table"] == "7"].set_index(["method", "column"])
-    assert t7.loc[("UnKE", "pair 3"), "orig_minilm_cosine"] == pytest.approx(0.183)  # EDITORS.md §5
+    assert t7.loc[("UnKE", "pair 3"), "orig_minilm_cosine"] == pytest.approx(0.183)  # HoReN paper Table 7
     assert t7.loc[("HoReN", "pair 1"), "orig_rougeL_r"] == pytest.approx(0.551)
     assert t7.loc[("HoReN", "pair 2"), "para_bleu1_horen"] == pytest.approx(0.115)
     assert t7.loc[("UnKE", "pair 1"), "sub_rouge2_r"] == pytest.approx(0.176)
@@ -181,21 +181,14 @@ def test_generation_cap_separates_tables_and_old_rows_count_as_default(tmp_path)
     assert "answers cut at 128 tokens" in title
 
 
-def test_readme_block_includes_paper_tables(tmp_path):
-    write_run(tmp_path / "h", "r", [wbe_row("HoReN", 500, 0.9, 0.8, 0.7, 0.5, 0.25, 4)])
-    agg = report.aggregate(report.load_rows(tmp_path))
-    generic = report.metric_table(agg, report.load_baselines(BASELINES), "g", "generic")
-    paper = paper_tables.paper_tables(agg, report.load_baselines(BASELINES))
-    block = report.readme_block([generic, *paper])
-    assert "Paper Table 6 layout" in block and "0.992 / 0.767 / 0.682" in block
-
-
-def test_readme_links_a_metric_table_too_wide_to_read_and_inlines_narrow_ones():
-    names = [f"m{i}" for i in range(report.README_MAX_COLUMNS)]
-    wide = report.Table("unke__wide", "wide", [("", ["Method"]), ("N=10", names)], [["HoReN", *["0.5"] * len(names)]])
-    narrow = report.Table("zsre__narrow", "narrow", [("", ["Method"]), ("N=10", ["Rel"])], [["HoReN", "0.917"]])
-    block = report.readme_block([wide, narrow], "reports/tables")
-    assert f"{len(wide.columns)} columns" in block
-    assert "[reports/tables/unke__wide.md](reports/tables/unke__wide.md)" in block
-    assert "| HoReN | 0.5 |" not in block  # not inlined
-    assert "| HoReN | 0.917 |" in block
+def test_results_doc_includes_paper_tables_with_published_numbers(tmp_path):
+    write_run(tmp_path / "results" / "h", "r", [wbe_row("HoReN", 500, 0.9, 0.8, 0.7, 0.5, 0.25, 4)])
+    rows = report.load_rows(tmp_path / "results")
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    rendered = report.render_rows(rows, out, report.load_baselines(BASELINES), "results")
+    text = (report.write_results_doc(docs, rendered, out, "results", rows)).read_text()
+    assert "## The paper's layouts (its Tables 6, 7 and 8)" in text
+    assert "### Paper Table 6 layout (WikiBigEdit, Rel / Gen / Loc)" in text
+    assert "0.992 / 0.767 / 0.682" in text  # HoReN (published, T6) at N = 500
+    block = report.readme_block(rendered.settings)
+    assert "Paper Table" not in block and "| HoReN | 1 | **0.796** |" in block  # OP = (.9 x .8 x .7)^(1/3)

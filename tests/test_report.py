@@ -72,7 +72,7 @@ def rendered(shared) -> tuple[Path, dict]:
 
 # ------------------------------------------------------------------------------------- baselines
 
-PAPER_CELLS = [  # (table, model, method, data, N) -> rel, gen, loc, op, hand-copied from EDITORS.md §5
+PAPER_CELLS = [  # (table, model, method, data, N) -> rel, gen, loc, op, hand-copied from the HoReN paper
     (("1", "qwen25_7b", "HoReN", "zsre", 1000), (1.00, 0.93, 0.98, 0.97)),
     (("1", "llama3_8b", "ROME", "zsre", 100), (0.17, 0.16, 0.01, 0.06)),
     (("1", "sea_lion_32b", "GRACE", "zsre", 500), (0.41, 0.02, 1.00, 0.20)),
@@ -123,7 +123,7 @@ def test_baselines_structure():
     metrics = [c for c in df.columns if c not in report.BASELINE_TEXT + ["N", "N_inferred"]]
     values = df[metrics].stack().dropna()
     assert ((values >= 0) & (values <= 1)).all()
-    assert df["source"].str.contains("EDITORS.md").all()
+    assert df["source"].str.match(r"HoReN paper Table \d+$").all()
     # Tables 9-11 repeat Table 1's LLaMA-3.1 HoReN rows, once per table.
     t1 = df[(df["table"] == "1") & (df["model"] == "llama31_8b") & (df["method"] == "HoReN")]
     for table in ("9", "10", "11"):
@@ -167,7 +167,7 @@ def test_published_row_sits_under_the_measured_method(rendered):
     labels = list(rows)
     assert labels.index("HoReN (published, T1)*") == labels.index("HoReN") + 1
     assert labels.index("GRACE (published, T1)*") == labels.index("GRACE") + 1
-    published = rows["HoReN (published, T1)*"]  # EDITORS.md: Qwen2.5-7B HoReN N1 = .99/.93/1.00/.97
+    published = rows["HoReN (published, T1)*"]  # paper Table 1: Qwen2.5-7B HoReN N1 = .99/.93/1.00/.97
     assert [published[f"N=100 {m}"] for m in ("Rel", "Gen", "Loc", "OP")] == ["0.99", "0.93", "1.00", "0.97"]
     assert published["N=10 Rel"] == ""  # the paper has no N=10 column
 
@@ -248,6 +248,36 @@ def test_calibration_heatmap_and_pareto(rendered):
     # Calibration rows stay out of the main tables.
     _, rows = read_md_table(out / "tables" / f"{STEM}.md")
     assert rows["HoReN"]["n"] == "2"
+
+
+def figure_title(fig) -> str:
+    """The figure's title, whether on the figure or on the sub-figure holding its panels."""
+    return " ".join(f.get_suptitle() for f in [fig, *fig.subfigs] if f.get_suptitle()).replace("\n", " ")
+
+
+def layout_problems(fig) -> list[str]:
+    """What a reader would see as broken: a panel, title, annotation or legend reaching past the
+    figure's edge (clipped), or a legend over a panel's data area."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.legend import Legend
+    from matplotlib.text import Text
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    width, height = fig.bbox.width, fig.bbox.height
+    parts = [(f"panel {ax.get_title()!r}", ax.get_tightbbox(renderer)) for ax in fig.axes]
+    legends = list(fig.findobj(Legend))
+    parts += [("legend", legend.get_window_extent(renderer)) for legend in legends]
+    texts = [c for f in [fig, *fig.subfigs] for c in f.get_children() if isinstance(c, Text)]
+    texts += [t for ax in fig.axes for t in ax.texts]
+    parts += [(f"text {t.get_text()[:40]!r}", t.get_window_extent(renderer)) for t in texts if t.get_text().strip()]
+    problems = [f"{what} clipped" for what, box in parts
+                if box.x0 < -1 or box.y0 < -1 or box.x1 > width + 1 or box.y1 > height + 1]
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    problems += [f"legend over panel {ax.get_title()!r}" for legend in legends for ax in panels
+                 if legend.get_window_extent(renderer).overlaps(ax.bbox)]
+    return problems
 
 
 def test_pareto_front():
@@ -451,32 +481,55 @@ Intro text.
 """
 
 
-def run_report(results: Path, out: Path, readme: Path) -> int:
+def run_report(results: Path, out: Path, readme: Path, *extra: str) -> int:
     with contextlib.redirect_stdout(io.StringIO()):
         return report.main(["--results", str(results), "--out", str(out), "--baselines", str(BASELINES),
-                            "--readme", str(readme)])
+                            "--readme", str(readme), *extra])
 
 
-def test_readme_block_is_replaced_by_the_main_metric_tables(tree, tmp_path):
+def test_readme_block_is_op_per_method_and_n(tree, tmp_path):
     write_run(tree / "horen_v2", "seed0", [row("HoReN", 0, 10, 0.5, 0.5, 0.5, 0.5, protocol_version=2)])
     readme = tmp_path / "README.md"
     readme.write_text(README)
     readme.chmod(0o640)
     out = tmp_path / "reports"
     assert run_report(tree, out, readme) == 0
-    expected = []
-    for stem in (STEM, "zsre__qwen25_7b__lifelong_v1-v2__greedy"):  # table order
-        title_line, body = (out / "tables" / f"{stem}.md").read_text().split("\n\n", 1)
-        assert title_line.startswith("## ")
-        expected.append(f"**{title_line[3:]}**\n\n{body}")
     head, tail = README.split("| old | table |\n| --- | --- |\n")
     text = readme.read_text()
-    assert text == head + "\n".join(expected) + tail
-    assert "**zsre · qwen25_7b · lifelong_v1 (v1) · greedy scoring**\n\n| Method | n | N=10 Rel |" in text
-    assert "Cost" not in text and "| **0.880 ± 0.028** |" in text  # HoReN N=10 Gen
+    assert text.startswith(head) and text.endswith(tail)
+    block = text[len(head):-len(tail)]
+    # One compact table per setting, in table order: rows = methods, columns = N, cells = OP.
+    v1 = block.index("**zsre · qwen25_7b · lifelong_v1 (v1) · greedy scoring**\n\n| Method | n | N=10 | N=100 |\n")
+    assert v1 < block.index("**zsre · qwen25_7b · lifelong_v1 (v2) · greedy scoring**\n\n| Method | n | N=10 |\n")
+    lines = block.splitlines()
+    assert "| GRACE | 2 | 0.350 ± 0.071 | 0.250 ± 0.071 |" in lines  # seeds .40/.30 and .30/.20
+    assert "| HoReN | 2 | **0.950 ± 0.014** | **0.910 ± 0.014** |" in lines
+    assert "| HoReN (published, T1)* |  |  | 0.97 |" in lines  # the paper's OP at N = 100 only
+    assert lines.index("| HoReN (published, T1)* |  |  | 0.97 |") == lines.index(
+        "| HoReN | 2 | **0.950 ± 0.014** | **0.910 ± 0.014** |") + 1
+    # No per-metric, cost or calibration tables; a pointer to where they are (no --docs: index.md).
+    assert "Rel" not in block and "Cost" not in block and "calibration" not in block.split("\n\n", 1)[1]
+    assert "[reports/index.md](reports/index.md)" in block
     assert oct(readme.stat().st_mode & 0o777) == oct(0o640)
     assert run_report(tree, out, readme) == 0 and readme.read_text() == text  # idempotent
     assert not list(tmp_path.glob(".README.md.*"))  # no temp file left behind
+
+
+def test_readme_points_to_docs_results_and_notes_settings_without_op(tree, tmp_path):
+    write_run(tree / "unke", "seed0", [row("HoReN", 0, 10, data="unke", metric_names=["orig_bleu"], orig_bleu=0.3)])
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert run_report(tree, tmp_path / "reports", readme, "--docs", str(tmp_path / "docs")) == 0
+    text = readme.read_text()
+    assert "[docs/results.md](docs/results.md)" in text
+    assert "**unke · qwen25_7b · lifelong_v1 (v1) · greedy scoring**\n\nNo OP in these rows" in text
+    assert (tmp_path / "docs" / "results.md").is_file()
+
+
+def test_overview_cells_leave_room_for_an_interval():
+    assert report.format_value(0.9, 0.01, 3) == "0.900 ± 0.010"
+    assert report.format_value(0.9) == "0.900" and report.format_value(None) == "—"
+    assert report.format_value(0.9, 0.01, 3, interval=(0.88, 0.92)) == "0.900 ± 0.010 [0.880, 0.920]"
 
 
 @pytest.mark.parametrize("marker", ["<!-- table:begin -->", "<!-- table:end -->"])
@@ -501,41 +554,91 @@ def test_readme_note_when_there_are_no_main_rows(tmp_path):
     assert readme.read_text() == head + "No results yet: run `make figures` after a run.\n" + tail
 
 
-def test_make_figures_updates_the_repository_readme():
+def test_make_figures_updates_the_repository_readme_and_docs():
     figures = (REPO / "Makefile").read_text().split("\nfigures:")[1].split("\n\n")[0]
-    assert "-m editbench.report" in figures and "--readme README.md" in figures
+    assert "-m editbench.report" in figures and "--readme README.md" in figures and "--docs docs" in figures
     report.check_readme(REPO / "README.md")  # both markers are there
+
+
+# ------------------------------------------------------------------------------ docs/results.md
+
+def test_results_doc_has_every_table(tmp_path):
+    results = add_calibration(make_tree(tmp_path / "results"))
+    write_run(results / "horen_v2", "seed0", [row("HoReN", 0, 10, 0.5, 0.5, 0.5, 0.5, protocol_version=2)])
+    out, docs = tmp_path / "reports", tmp_path / "docs"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert report.main(["--results", str(results), "--out", str(out), "--baselines", str(BASELINES),
+                            "--docs", str(docs)]) == 0
+    text = (docs / "results.md").read_text()
+    main_tables = [p for p in (out / "tables").glob("*.md")
+                   if not p.name.startswith(("calibration__", "paper_table")) and "__cost" not in p.name]
+    assert len(main_tables) == 2
+    for path in main_tables:  # each main table under its heading, every metric per N, as in reports/
+        title, body = path.read_text().split("\n\n", 1)
+        assert f"### {title[3:]}\n" in text and body in text
+        cost_body = (out / "tables" / f"{path.stem}__cost.md").read_text().split("\n\n", 1)[1]
+        assert cost_body in text
+    calibration = (out / "tables" / f"calibration__{STEM}__HoReN.md").read_text().split("\n\n", 1)
+    assert f"### {calibration[0][3:]}\n" in text and calibration[1] in text
+    assert "[results-notes.md](results-notes.md)" in text
+    assert f"](../reports/figures/op_vs_n__{STEM}.png)" in text and "](../reports/index.md)" in text
+    assert text.index("## Main tables") < text.index("## Calibration sweeps")
+    assert "HoReN (published, T1)*" in text
+
+
+def test_results_doc_shows_a_wide_table_one_n_at_a_time(tmp_path):
+    names = [f"m{i}" for i in range(report.MAX_COLUMNS // 2)]
+    values = {name: 0.5 for name in names}
+    write_run(tmp_path / "results", "run", [row("HoReN", 0, N, data="unke", metric_names=names,
+                                                **(values | {"m0": 0.25 * N / 10})) for N in (10, 20)])
+    write_run(tmp_path / "results", "grace", [row("GRACE", 0, 10, data="unke", metric_names=names, **values)])
+    docs = tmp_path / "docs"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert report.main(["--results", str(tmp_path / "results"), "--out", str(tmp_path / "out"),
+                            "--docs", str(docs)]) == 0
+    text = (docs / "results.md").read_text()
+    assert "#### N = 10\n\n| Metric | GRACE | HoReN |\n" in text and "#### N = 20\n\n| Metric | HoReN |\n" in text
+    n10, n20 = text.split("#### N = 20")
+    assert "| m0 | **0.500** | 0.250 |" in n10 and "| m0 | **0.500** |" in n20  # bold = best per N
+    assert "| n | 1 | 1 |" in n10  # seeds per method
+
+
+def test_unwritable_docs_folder_exits_2(tree, tmp_path, capsys):
+    blocker = tmp_path / "docs"
+    blocker.write_text("a file, not a folder")
+    assert report.main(["--results", str(tree), "--out", str(tmp_path / "out"), "--docs", str(blocker)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("editbench.report: cannot write") and err.count("\n") == 1
 
 
 # -------------------------------------------------------------------------------- memory labels
 
-CUDA_LABEL = "CUDA memory (GB): peak allocated over all devices (solid), allocated (dashed)"
-CPU_LABEL = "CPU memory (GB): resident set (solid), growth over the unedited model (dashed)"
-
-
-def memory_axis(results: Path):
+def panels(results: Path) -> dict[str, dict[str, list[float]]]:
+    """{panel title: {legend label: y values}} of the cost figure of the rows under ``results``."""
     fig = report.plot_cost_vs_n(aggregated(results))
-    ax = fig.axes[1]
-    handles, labels = ax.get_legend_handles_labels()
-    series = {label: list(h.lines[0].get_ydata()) for h, label in zip(handles, labels)}
-    return ax.get_ylabel(), ax.get_title(), series
+    return {ax.get_title().replace("\n", " "): {line.get_label(): list(line.get_ydata()) for line in ax.get_lines()
+                                                if not line.get_label().startswith("_")}
+            for ax in fig.axes}
 
 
 def test_cuda_rows_plot_peak_and_allocated(tmp_path):
     write_run(tmp_path, "run", [row("HoReN", 0, N, mem_device="cuda", peak_mem_gb=2.0,
                                     resident_mem_gb=1.5) for N in (10, 100)])
-    ylabel, title, series = memory_axis(tmp_path)
-    assert ylabel == CUDA_LABEL and title == "Memory (cuda)"
-    assert series == {"HoReN peak": [2.0, 2.0], "HoReN allocated": [1.5, 1.5]}
+    assert panels(tmp_path) == {
+        "Edit time per edit": {"HoReN": [pytest.approx(10.0), pytest.approx(10.0)]},  # ms
+        "CUDA memory: peak allocated over all devices": {"HoReN": [2.0, 2.0]},
+        "CUDA memory: allocated at the checkpoint": {"HoReN": [1.5, 1.5]}}
 
 
 def test_cpu_rows_plot_resident_and_growth_not_peak(tmp_path):
     write_run(tmp_path / "results", "run", [
         row("HoReN", 0, N, mem_device="cpu", peak_mem_gb=9.0, resident_mem_gb=1.0 + N / 100,
             mem_growth_gb=N / 100) for N in (10, 100)])
-    ylabel, title, series = memory_axis(tmp_path / "results")
-    assert ylabel == CPU_LABEL and title == "Memory (cpu)"
-    assert series == {"HoReN resident": [1.1, 2.0], "HoReN growth": [0.1, 1.0]}
+    got = panels(tmp_path / "results")
+    assert list(got) == ["Edit time per edit", "CPU memory: resident set",
+                         "CPU memory: growth over the unedited model"]
+    assert got["CPU memory: resident set"] == {"HoReN": [1.1, 2.0]}
+    assert got["CPU memory: growth over the unedited model"] == {"HoReN": [0.1, 1.0]}
     out = tmp_path / "reports"
     report.render(tmp_path / "results", out, BASELINES)
     header, rows = read_md_table(out / "tables" / f"{STEM}__cost.md")
@@ -552,11 +655,25 @@ def test_unknown_or_mixed_devices_get_a_neutral_label(tmp_path, devices, title_p
     for seed, device in enumerate(devices):  # two seeds of one setting
         extra = {"mem_device": device} if device else {}
         write_run(tmp_path, f"s{seed}", [row("HoReN", seed, 10, **extra)])
-    ylabel, title, series = memory_axis(tmp_path)
-    assert ylabel == "memory (GB)" and title_part in title
-    assert series == {"HoReN peak": [pytest.approx(1.05)], "HoReN resident": [pytest.approx(0.51)]}
+    got = panels(tmp_path)
+    assert got[f"peak memory ({title_part})"] == {"HoReN": [pytest.approx(1.05)]}
+    assert got[f"resident memory ({title_part})"] == {"HoReN": [pytest.approx(0.51)]}
     table = report.cost_table(aggregated(tmp_path), "cost", "Cost")
     assert table.columns[5] == "mem_device" and table.rows[0][5] == cost_cell
+
+
+def test_cost_plot_leaves_the_unedited_model_out_and_says_so(tmp_path):
+    write_run(tmp_path, "horen", [row("HoReN", 0, N, mem_device="cuda") for N in (10, 100)])
+    write_run(tmp_path, "unedited", [row("Unedited", 0, N, mem_device="cuda", edit_s_mean=1e-6, hparams={})
+                                     for N in (10, 100)])
+    fig = report.plot_cost_vs_n(aggregated(tmp_path), "Cost — x")
+    labels = {line.get_label() for ax in fig.axes for line in ax.get_lines()}
+    assert "HoReN" in labels and "Unedited" not in labels
+    assert "Unedited left out (no edits)" in figure_title(fig)
+    assert fig.axes[0].get_yscale() == "linear"  # 1e-3 ms would have forced a log axis
+    only_unedited = tmp_path / "u"
+    write_run(only_unedited, "run", [row("Unedited", 0, 10, hparams={})])
+    assert report.plot_cost_vs_n(aggregated(only_unedited)) is None
 
 
 # ----------------------------------------------------------------------------------------- wandb
@@ -656,3 +773,115 @@ def test_calibration_sweeps_of_any_hyper_parameters(tmp_path):
     table = report.calibration_table(one, "calibration__y", "WISE calibration")
     assert table is not None and table.columns[:2] == ["act_ratio", "N"]
     assert report.plot_calibration(one) is not None
+
+
+# ------------------------------------------------------------------------------- how plots look
+
+def variants_tree(root: Path) -> Path:
+    """HoReN and two variants, GRACE and GRACE+Norm, two WISE settings (one stopped at N = 100),
+    the unedited model; N = 10, 100, 1000 on qwen25_7b (so the paper's HoReN / GRACE points show)."""
+    for method in ("HoReN", "HoReN-LoRA", "HoReN w/o norm", "GRACE", "GRACE+Norm", "Unedited"):
+        write_run(root / method, "s0", [row(method, 0, N, 0.9, 0.8, 0.7, 0.8) for N in (10, 100, 1000)])
+    write_run(root / "wise_a", "s0", [row("WISE", 0, N, op=0.3, hparams={"act_ratio": 0.88}) for N in (10, 100, 1000)])
+    write_run(root / "wise_b", "s0", [row("WISE", 0, N, op=0.2, hparams={"act_ratio": 0.75}) for N in (10, 100)])
+    return root
+
+
+def test_a_family_shares_a_colour_and_each_variant_has_its_own_dash_and_marker(tmp_path):
+    agg = aggregated(variants_tree(tmp_path))
+    fig = report.plot_op_vs_n(agg, report.load_baselines(BASELINES), "title")
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")}
+    style = {label: (line.get_color(), line.get_linestyle(), line.get_marker()) for label, line in lines.items()}
+    red, blue = report.METHOD_COLORS["HoReN"], report.METHOD_COLORS["GRACE"]
+    horen = [style[m] for m in ("HoReN", "HoReN-LoRA", "HoReN w/o norm")]
+    assert {colour for colour, _, _ in horen} == {red} and len(set(horen)) == 3
+    assert style["HoReN"][1:] == ("-", "o")  # the family's own method: solid, circles
+    assert {style["GRACE"][0], style["GRACE+Norm"][0]} == {blue} and style["GRACE"] != style["GRACE+Norm"]
+    wise = [style[label] for label in lines if label.startswith("WISE [")]
+    assert len(wise) == 2 and wise[0][0] == wise[1][0] and wise[0][1:] != wise[1][1:]
+    # Published numbers: the method's colour and marker, dotted and hollow.
+    published = lines["HoReN (published)"]
+    assert (published.get_color(), published.get_linestyle(), published.get_marker()) == (red, ":", "o")
+    assert published.get_markerfacecolor() == "none"
+    # The legend shows every line with its dash pattern, outside the data area.
+    (legend,) = fig.legends + [leg for sub in fig.subfigs for leg in sub.legends]
+    assert [t.get_text() for t in legend.get_texts()] == list(lines)
+    assert legend.handlelength >= 3
+    # A run that stopped early ends at its last checkpoint, which has a marker.
+    stopped = lines["WISE [act_ratio=0.75]"]
+    assert list(stopped.get_xdata()) == [10, 100] and stopped.get_marker() not in ("", "None", None)
+    assert fig.axes[0].get_xscale() == "log"
+    assert layout_problems(fig) == []
+
+
+def test_family_and_colour_of_unknown_methods():
+    assert report.method_family("HoReN-LoRA") == "HoReN" and report.method_family("GRACE+Norm") == "GRACE"
+    assert report.method_family("HoReN-XL") == "HoReN" and report.method_family("FT-L") == "FT-L"
+    assert report.method_color("HoReN-XL") == report.METHOD_COLORS["HoReN"]
+    assert report.method_family("MyNewEditor") == "MyNewEditor"
+
+
+def test_every_figure_fits_its_canvas(tmp_path):
+    """Long titles and legend labels (hyper-parameter variants) are never clipped, and legends
+    never cover a panel: checked on every kind of figure."""
+    agg = aggregated(variants_tree(tmp_path / "main"))
+    long = " · ".join(["a very long setting title that would run past the edge of the figure"] * 3)
+    baselines = report.load_baselines(BASELINES)
+    figures = {"op": report.plot_op_vs_n(agg, baselines, long),
+               "metrics": report.plot_metrics_vs_n(agg, baselines, long),
+               "cost": report.plot_cost_vs_n(agg, long)}
+    calib = aggregated(add_calibration(tmp_path / "calib"))
+    figures |= {"calibration": report.plot_calibration(calib, long), "pareto": report.plot_pareto(calib, long)}
+    for name, fig in figures.items():
+        assert layout_problems(fig) == [], name
+
+
+def test_calibration_plots_state_n(tmp_path):
+    calib = aggregated(add_calibration(tmp_path / "results"))
+    for fig in (report.plot_calibration(calib, "setting"), report.plot_pareto(calib, "setting")):
+        assert figure_title(fig).startswith("HoReN calibration at N = 10") and "setting" in figure_title(fig)
+
+
+# ------------------------------------------------------------------------------ package structure
+
+def test_report_package_has_no_import_cycle_and_no_private_cross_imports():
+    """Each module of editbench.report imports only public names of its siblings (never from the
+    package itself, which re-exports them), and the sibling imports form no cycle."""
+    import ast
+
+    package = Path(report.__file__).parent
+    modules = {path.stem: ast.parse(path.read_text()) for path in package.glob("*.py")}
+    assert {"rows", "baselines", "tables", "paper", "figures", "writer", "cli", "__main__"} <= set(modules)
+    edges: dict[str, set[str]] = {}
+    for name, tree in modules.items():
+        if name == "__init__":
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                source = ("editbench.report." + node.module if node.level == 1 and node.module
+                          else "editbench.report" if node.level == 1 else node.module or "")
+                if not source.startswith("editbench.report"):
+                    continue
+                sibling = source.removeprefix("editbench.report").lstrip(".")
+                assert sibling and sibling in modules, f"{name} imports from the package itself: {source}"
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{name} imports private {private} from {sibling}"
+                edges.setdefault(name, set()).add(sibling)
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("editbench.report") for a in node.names), name
+            elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                assert not (node.value.id in modules and node.attr.startswith("_")), (name, node.attr)
+    order = []
+
+    def visit(name, path=()):
+        assert name not in path, f"import cycle: {' -> '.join(path + (name,))}"
+        if name in order:
+            return
+        for sibling in sorted(edges.get(name, ())):
+            visit(sibling, path + (name,))
+        order.append(name)
+
+    for name in sorted(edges):
+        visit(name)
+    assert not (Path(report.__file__).parents[1] / "report.py").exists()
+    assert not (Path(report.__file__).parents[1] / "paper_tables.py").exists()

@@ -1,9 +1,9 @@
 """The HoReN paper's own table layouts (its Tables 6, 7 and 8), built from aggregated results.
 
-:mod:`editbench.report` writes one generic table per (data, model, protocol, scoring): methods x N x
-metrics.  The paper prints three tables in other shapes; this module builds those shapes from the
-same aggregate (:func:`editbench.report.aggregate`, main rows only) and the same published numbers
-(:func:`editbench.report.load_baselines`):
+:mod:`editbench.report.tables` builds one generic table per (data, model, protocol, scoring): methods
+x N x metrics.  The paper prints three tables in other shapes; this module builds those shapes from
+the same aggregate (:func:`editbench.report.rows.aggregate`, main rows only) and the same published
+numbers (:func:`editbench.report.baselines.load_baselines`):
 
 * **Table 6** (WikiBigEdit): one row per number of edits N; a column block per method with
   Rel / Gen / Loc and the portability accuracies (personas, multi-hop) that never enter OP.
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from editbench.report import (DIGITS, REFERENCE_METHODS, TABLE_KEYS, Table, _fmt, _fmt_published,
-                              _labels, _method_rank, _ordered_labels, _table_stem, _title)
+from editbench.report.rows import REFERENCE_METHODS, TABLE_KEYS, method_labels, method_rank, ordered_labels
+from editbench.report.tables import DIGITS, Table, format_published, format_value, table_stem, table_title
 
 # Table 7 rows: (split title, probe set, [(row title, metric)]).
 SPLIT_METRICS = [("BLEU (paper's unigram)", "bleu1_horen"), ("sacreBLEU", "sacrebleu"),
@@ -35,7 +35,7 @@ TABLE7_ROWS = [("Original", "orig", SPLIT_METRICS), ("Paraphrase", "para", SPLIT
 TABLE8_METHODS = ("GRACE", "WISE", "REPAIR", "HoReN")
 TABLE8_DATA = (("wikibigedit", "WikiBigEdit"), ("zsre", "ZsRE"))
 HEADLINE = "HoReN"
-PUBLISHED_NOTE = ("Published cells: HoReN paper via shared/reference/EDITORS.md §5 (baselines/); the "
+PUBLISHED_NOTE = ("Published cells: the HoReN paper's, transcribed in baselines/ (baselines/README.md); the "
                   "paper states no model for this table, so they come from its own (larger) models.")
 
 
@@ -53,11 +53,11 @@ def paper_tables(main: pd.DataFrame, baselines: pd.DataFrame) -> list[Table]:
 
 
 def _name(number: int, setting: dict) -> str:
-    return _table_stem(f"paper_table{number}", *setting.values())  # setting: TABLE_KEYS after data
+    return table_stem(f"paper_table{number}", *setting.values())  # setting: TABLE_KEYS after data
 
 
 def _title_for(number: int, data: str, setting: dict, what: str) -> str:
-    return f"Paper Table {number} layout ({what}) — {_title(data, *setting.values())}"
+    return f"Paper Table {number} layout ({what}) — {table_title(data, *setting.values())}"
 
 
 def _published(baselines: pd.DataFrame, table: str, data: str) -> pd.DataFrame:
@@ -82,7 +82,7 @@ def table6(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
     if not len(rows_wbe):
         return None
     published = _published(baselines, "6", "wikibigedit")
-    labels = [label for _, label in _ordered_labels(rows_wbe)]
+    labels = [label for _, label in ordered_labels(rows_wbe)]
     pub_methods = list(dict.fromkeys(published["method"]))
     Ns = sorted({int(n) for n in rows_wbe["N"]} | {int(n) for n in published["N"].dropna()})
     header = [("", ["#edits"])]
@@ -102,7 +102,7 @@ def table6(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
             row.append(portability + (f" ({n_mhop:.0f})" if n_mhop is not None else ""))
         for method in pub_methods:
             pub = published[(published["method"] == method) & (published["N"] == n)]
-            row.append(" / ".join(_fmt_published(pub[m].iloc[0]) for m in ("rel", "gen", "loc")) if len(pub) else "")
+            row.append(" / ".join(format_published(pub[m].iloc[0]) for m in ("rel", "gen", "loc")) if len(pub) else "")
         rows.append(row)
     notes = ["Cells: mean over seeds (the generic wikibigedit table has the ± std); Personas and MHop "
              "are portability accuracies outside OP; (n) = cases with a multi-hop question.",
@@ -120,7 +120,7 @@ def table7(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
     if not any(name in rows_unke and rows_unke[name].notna().any() for name in names):
         return None  # no measured row has a Table 7 metric
     published = _published(baselines, "7", "unke")
-    labels = _ordered_labels(rows_unke)
+    labels = ordered_labels(rows_unke)
     Ns = sorted(int(n) for n in rows_unke["N"].unique())
     at = {n: [(m, l) for m, l in labels if len(rows_unke[(rows_unke["label"] == l) & (rows_unke["N"] == n)])]
           for n in Ns}
@@ -140,7 +140,7 @@ def table7(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
                 for method, label in at[n]:
                     cell = rows_unke[(rows_unke["label"] == label) & (rows_unke["N"] == n)]
                     value = _cell(cell, name)
-                    row.append("—" if value is None else _fmt(value))
+                    row.append("—" if value is None else format_value(value))
                     values.append(None if method in REFERENCE_METHODS or value is None else round(value, DIGITS))
                 top = max((v for v in values if v is not None), default=None)
                 bold |= {(len(rows), position + j) for j, v in enumerate(values) if top is not None and v == top}
@@ -148,14 +148,14 @@ def table7(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
             for column in columns:
                 for _, pub in published[published["column"] == column].iterrows():
                     value = pub.get(name)
-                    row.append("" if value is None or pd.isna(value) else _fmt_published(value))
+                    row.append("" if value is None or pd.isna(value) else format_published(value))
             rows.append(row)
             split = ""  # the split's name on its first row only
     notes = ["Cells: mean over seeds of each case's score (sub-questions: averaged within a case first); "
              "bold = best measured editor per N (Unedited excluded). BLEU and BERTScore are the paper's "
              "variants (`bleu1_horen`, `minilm_cosine`); sacreBLEU and bert-score F1 are the library "
              "metrics of the same names.",
-             PUBLISHED_NOTE + " The paper's three UnKE / HoReN pairs most likely grow in N (EDITORS.md §5)."]
+             PUBLISHED_NOTE + " The paper's three UnKE / HoReN pairs most likely grow in N (their N was lost in extraction)."]
     return Table(_name(7, setting), _title_for(7, "unke", setting, "UnKE, free-text answers"),
                  header, rows, bold, notes, kind="paper")
 
@@ -173,7 +173,7 @@ def table8(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
     n = max(common)
     rows_n = group[(group["N"] == n) & group["method"].isin(TABLE8_METHODS)
                    & group["data"].isin([d for d, _ in TABLE8_DATA])]
-    rows_n = rows_n.assign(label=_labels(rows_n, across=("data",)))  # one row per setting, both datasets
+    rows_n = rows_n.assign(label=method_labels(rows_n, across=("data",)))  # one row per setting, both datasets
     headline_n = rows_n[rows_n["method"] == HEADLINE]  # by method: its label may carry a setting
     ref = {(data, m): _cell(on, m) if len(on := headline_n[headline_n["data"] == data]) == 1 else None
            for data, _ in TABLE8_DATA for m in ("rel", "gen")}  # several settings on one dataset: no gap
@@ -181,8 +181,8 @@ def table8(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
     pub_ref = {(r["data"], m): r[m] for _, r in published[published["method"] == HEADLINE].iterrows()
                for m in ("rel", "gen")}
     header = [("", ["Method"])] + [(title, ["Rel", "Gen"]) for _, title in TABLE8_DATA]
-    measured = _ordered_labels(rows_n)
-    methods = sorted({m for m, _ in measured} | set(published["method"]), key=_method_rank)
+    measured = ordered_labels(rows_n)
+    methods = sorted({m for m, _ in measured} | set(published["method"]), key=method_rank)
     rows = []
     for method in methods:
         for label in [label for m, label in measured if m == method]:
@@ -192,7 +192,7 @@ def table8(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
                     value = _cell(rows_n[(rows_n["label"] == label) & (rows_n["data"] == data)], m)
                     gap = ("" if method == HEADLINE or value is None or ref[(data, m)] is None
                            else f" ({ref[(data, m)] - value:+.{DIGITS}f})")
-                    row.append("—" if value is None else _fmt(value) + gap)
+                    row.append("—" if value is None else format_value(value) + gap)
             rows.append(row)
         pub = published[published["method"] == method]
         if len(pub):
@@ -204,7 +204,7 @@ def table8(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
                     ref_value = pub_ref.get((data, m))
                     gap = ("" if method == HEADLINE or value is None or ref_value is None
                            else f" ({ref_value - value:+.2f})")
-                    row.append("" if value is None else _fmt_published(value) + gap)
+                    row.append("" if value is None else format_published(value) + gap)
             rows.append(row)
     notes = [f"Measured at N = {n}, the largest N at which {HEADLINE} was measured on both datasets; "
              f"(±x) = {HEADLINE} minus the method, as the paper prints it; — = not measured at this N.",

@@ -1,0 +1,54 @@
+"""``python -m editbench.report``: results files -> reports/, the README block, docs/results.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from editbench.report.baselines import load_baselines
+from editbench.report.rows import ReportError, ResultsWarning, load_rows, run_counts
+from editbench.report.writer import (README_BEGIN, README_END, RESULTS_DOC, check_readme, render_rows,
+                                     write_readme, write_results_doc)
+
+DESCRIPTION = "Results files -> tables (Markdown, LaTeX) and figures."
+
+
+def main(argv=None) -> int:
+    """The command line; returns the exit status (2 with one line on stderr when it cannot go on)."""
+    parser = argparse.ArgumentParser(prog="python -m editbench.report", description=DESCRIPTION)
+    parser.add_argument("--results", default="results", help="directory searched for metrics.jsonl")
+    parser.add_argument("--out", default="reports", help="where tables/, figures/, index.md go")
+    parser.add_argument("--baselines", default="baselines", help="published numbers (CSV or dir)")
+    parser.add_argument("--readme", help=f"also replace the lines between {README_BEGIN} and "
+                                         f"{README_END} in this file with OP per editor and N")
+    parser.add_argument("--docs", help=f"also write every table to DOCS/{RESULTS_DOC} (the folder is "
+                                       "created if absent)")
+    args = parser.parse_args(argv)
+    try:
+        if args.readme:
+            check_readme(args.readme)  # fail before anything is written
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResultsWarning)
+            rows = load_rows(args.results)
+        for warning in caught:
+            print(f"editbench.report: warning: {warning.message}", file=sys.stderr)
+        out = Path(args.out)
+        rendered = render_rows(rows, out, load_baselines(args.baselines), args.results)
+        doc = write_results_doc(args.docs, rendered, out, args.results, rows) if args.docs else None
+        if args.readme:
+            write_readme(args.readme, rendered.settings, doc or out / "index.md")
+    except ReportError as err:
+        print(f"editbench.report: {err}", file=sys.stderr)
+        return 2
+    n_runs, partial = run_counts(rows)
+    if partial:
+        print(f"editbench.report: note: {len(partial)} of {n_runs} runs are partial "
+              "(no complete summary.json); their rows are included")
+    n_figures = sum(p.suffix == ".png" for p in rendered.written["figures"])
+    print(f"editbench.report: {len(rows)} rows from {n_runs} runs -> {len(rendered.tables)} tables, "
+          f"{n_figures} figures under {out}/ (see {out / 'index.md'})"
+          + (f"; all tables in {doc}" if doc else "")
+          + (f"; OP tables written into {args.readme}" if args.readme else ""))
+    return 0
