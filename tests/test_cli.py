@@ -4,6 +4,8 @@ a failed run never leaves a complete-looking result behind. Every call runs from
 `out_dir` under it, so nothing touches the repository."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import subprocess
@@ -56,7 +58,24 @@ def assert_nothing_complete(out: Path) -> None:
 
 
 def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    return run_cli("model=tiny_llama", f"out_dir={tmp_path / 'out'}", *args, cwd=tmp_path)
+    """`editbench model=tiny_llama out_dir=<tmp>/out <args>`, in this process (seconds saved per
+    call); the process boundary itself is tested by test_stderr_holds_nothing_but_the_error,
+    test_help_passes_through and test_console_script."""
+    from editbench.__main__ import main
+
+    argv = ["editbench", "model=tiny_llama", f"out_dir={tmp_path / 'out'}", *args]
+    out, err, saved = io.StringIO(), io.StringIO(), sys.argv
+    sys.argv = argv
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -239,6 +258,6 @@ def test_hydra_flags_with_values_pass_through(tmp_path, flags, expect):
 def test_stderr_holds_nothing_but_the_error(tmp_path):
     """Run from a directory without a user conf/ (the common case), stderr is the one error line:
     no Hydra warning about the optional `file://conf` search path."""
-    proc = cli(tmp_path, "editor=nope")
+    proc = run_cli("model=tiny_llama", f"out_dir={tmp_path / 'out'}", "editor=nope", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [error_line(proc)], proc.stderr
