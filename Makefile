@@ -42,8 +42,11 @@ faults: install
 figures: install
 	$(BIN)/python -m editbench.report --results results --out reports --baselines baselines --readme README.md --docs docs
 
+# Cost benchmarks (ratios in one process, PASS/FAIL): bench_cost.py writes results/bench/cost.json
+# (plotted by `make figures`); bench_edit.py checks the per-editor targets of earlier issues.
 bench: install
-	$(BIN)/python benchmarks/bench_edit.py $(ARGS)
+	$(BIN)/python benchmarks/bench_cost.py $(ARGS)
+	$(BIN)/python benchmarks/bench_edit.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
 
 from editbench.report.baselines import load_baselines
+from editbench.report.bench import bench_markdown, load_bench, plot_bench
 from editbench.report.rows import ReportError, ResultsWarning, load_rows, run_counts
 from editbench.report.writer import (README_BEGIN, README_END, RESULTS_DOC, check_readme, render_rows,
-                                     write_readme, write_results_doc)
+                                     save_figure, write_readme, write_results_doc)
 
 DESCRIPTION = "Results files -> tables (Markdown, LaTeX) and figures."
 
@@ -36,7 +38,14 @@ def main(argv=None) -> int:
             print(f"editbench.report: warning: {warning.message}", file=sys.stderr)
         out = Path(args.out)
         rendered = render_rows(rows, out, load_baselines(args.baselines), args.results)
-        doc = write_results_doc(args.docs, rendered, out, args.results, rows) if args.docs else None
+        bench = load_bench(args.results)
+        bench_text = None
+        if bench is not None:  # `make bench` has run: its table and figure
+            fig = plot_bench(bench)
+            pngs = [p for p in save_figure(fig, out / "figures", "bench_cost") if p.suffix == ".png"] if fig else []
+            bench_text = bench_markdown(bench) + "".join(
+                f"\nFigure: [{p.name}]({os.path.relpath(p, args.docs or out)})\n" for p in pngs)
+        doc = write_results_doc(args.docs, rendered, out, args.results, rows, bench_text) if args.docs else None
         if args.readme:
             write_readme(args.readme, rendered.settings, doc or out / "index.md")
     except ReportError as err:

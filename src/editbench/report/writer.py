@@ -254,7 +254,7 @@ def write_readme(path, settings: list[Setting], details) -> None:
 # ------------------------------------------------------------------------------ docs/results.md
 
 def results_doc(rendered: Rendered, out_dir: Path, docs_dir: Path, source, n_rows: int, n_runs: int,
-                n_partial: int) -> str:
+                n_partial: int, bench: str | None = None) -> str:
     """docs/results.md: every main table (all metrics per N, then its cost table), the paper's
     Table 6 / 7 / 8 layouts with the published numbers beside, and the calibration sweeps, each
     with links to its figures; a pointer to the hand-written findings (:data:`NOTES_DOC`)."""
@@ -298,6 +298,8 @@ def results_doc(rendered: Rendered, out_dir: Path, docs_dir: Path, source, n_row
                   "beside.", ""]
         for table in paper:
             lines += [f"### {table.title}", "", markdown_body(table)]
+    if bench:
+        lines += ["## Cost benchmark", "", bench, ""]
     if rendered.calibration:
         lines += ["## Calibration sweeps", ""]
         for table, pngs in rendered.calibration:
@@ -307,13 +309,14 @@ def results_doc(rendered: Rendered, out_dir: Path, docs_dir: Path, source, n_row
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def write_results_doc(docs_dir, rendered: Rendered, out_dir, source, rows: pd.DataFrame) -> Path:
+def write_results_doc(docs_dir, rendered: Rendered, out_dir, source, rows: pd.DataFrame,
+                      bench: str | None = None) -> Path:
     """Write ``docs_dir/results.md`` (:func:`results_doc`), creating the folder; return its path.
     An unwritable folder raises :class:`ReportError`."""
     docs_dir, out_dir = Path(docs_dir), Path(out_dir)
     path = docs_dir / RESULTS_DOC
     n_runs, partial = run_counts(rows)
-    text = results_doc(rendered, out_dir, docs_dir, source, len(rows), n_runs, len(partial))
+    text = results_doc(rendered, out_dir, docs_dir, source, len(rows), n_runs, len(partial), bench)
     try:
         docs_dir.mkdir(parents=True, exist_ok=True)
         _write_atomically(path, text)
