@@ -19,7 +19,7 @@ from typing import Literal
 
 from editbench.data.records import EditCase, EditRequest, Probe, ProbeSet
 from editbench.data.stream import RecordStream, text_field
-from editbench.data.zsre import zsre_nq
+from editbench.data.zsre import ZsreNQAux
 from editbench.errors import EditbenchError
 from editbench.validate import NonNegativeInt
 
@@ -31,7 +31,7 @@ def _field(rec: dict, key: str, i: int, where: str) -> str:
     return text_field("unke", rec, key, rec.get(key), i, where)
 
 
-class UnKE(RecordStream):
+class UnKE(ZsreNQAux, RecordStream):
     overall = None  # no locality, no overall score (docs/protocol.md#free-text-metrics)
     AUX_SOURCES = ("zsre_nq",)
 
@@ -43,11 +43,6 @@ class UnKE(RecordStream):
         self.packaged = SHIPPED[source]
         self.source = source
         super().__init__(name, path, hub, revision, split, order_seed, skip, aux)
-
-    def aux(self, stream: list[EditCase]) -> list[tuple[str, str]]:
-        if self.aux_source == "zsre_nq":  # ZsRE's NQ questions (`data.zsre.zsre_nq`)
-            return zsre_nq(stream, self.order_seed)
-        return super().aux(stream)
 
     def _parse(self) -> list[EditCase]:
         out, n_sub, n_para = [], 0, 0

@@ -17,7 +17,7 @@ from typing import Literal
 
 from editbench.data.records import EditCase, EditRequest, Probe, ProbeSet
 from editbench.data.stream import RecordStream, text_field
-from editbench.data.zsre import zsre_nq
+from editbench.data.zsre import ZsreNQAux
 from editbench.metrics import OP
 from editbench.validate import NonNegativeInt
 
@@ -31,7 +31,7 @@ def _field(rec: dict, key: str, i: int, where: str) -> str:
     return text_field("wikibigedit", rec, key, v, i, where)
 
 
-class WikiBigEdit(RecordStream):
+class WikiBigEdit(ZsreNQAux, RecordStream):
     overall = OP  # Rel · Gen · Loc only: portability stays outside OP
     packaged = PACKAGED
     AUX_SOURCES = ("zsre_nq", "outside_stream", "own_loc")
@@ -40,11 +40,6 @@ class WikiBigEdit(RecordStream):
                  revision: str | None = None, split: str = "train", order_seed: int | None = None,
                  skip: NonNegativeInt = 0, aux: Literal["zsre_nq", "outside_stream", "own_loc"] = "zsre_nq"):
         super().__init__(name, path, hub, revision, split, order_seed, skip, aux)
-
-    def aux(self, stream: list[EditCase]) -> list[tuple[str, str]]:
-        if self.aux_source == "zsre_nq":  # ZsRE's NQ questions (`data.zsre.zsre_nq`)
-            return zsre_nq(stream, self.order_seed)
-        return super().aux(stream)
 
     def _parse(self) -> list[EditCase]:
         out, n_mhop = [], 0

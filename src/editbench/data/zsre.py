@@ -82,3 +82,13 @@ def zsre_nq(stream: list[EditCase], order_seed: int | None) -> list[tuple[str, s
     evaluates, each once, in a seeded order — for datasets whose own locality questions are all
     evaluated (or that have none)."""
     return outside(ZsRE().records(), stream, f"aux-{order_seed}")
+
+
+class ZsreNQAux:
+    """Mixin for an adapter (before `RecordStream` in its bases) that also offers the aux source
+    `zsre_nq` (`zsre_nq`); the other sources are `RecordStream.aux`'s."""
+
+    def aux(self, stream: list[EditCase]) -> list[tuple[str, str]]:
+        if self.aux_source == "zsre_nq":
+            return zsre_nq(stream, self.order_seed)
+        return super().aux(stream)
