@@ -24,13 +24,13 @@ run: install
 # Every test but the long fault injections, the `slow` ones (they load the embedded SmolLM2:
 # seconds, no network) included.
 test: install
-	$(BIN)/python -m pytest -m "not faults" $(ARGS)
+	$(BIN)/python -m pytest -n auto --maxprocesses=4 -m "not faults" $(ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow and not faults" $(ARGS)
+	$(BIN)/python -m pytest -n auto --maxprocesses=4 -m "not slow and not faults" $(ARGS)
 
 test-slow: install
-	$(BIN)/python -m pytest -m "slow and not faults" $(ARGS)
+	$(BIN)/python -m pytest -n auto --maxprocesses=4 -m "slow and not faults" $(ARGS)
 
 # The fault suite: bad-input catalogue, locks, SIGTERM/SIGINT, corrupt checkpoint, disk full and
 # kill -9 at 10 random moments (each resumed run compared with an uninterrupted one).
