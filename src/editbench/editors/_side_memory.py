@@ -101,6 +101,9 @@ class SideMemoryEditor(Editor):
         self.templates: list[str] = ["{}"]
         self.aux: list[tuple[str, str]] = []
         self.aux_used = 0  # unrelated rows drawn so far (cycled through `aux`)
+        # the last `edit()` call: SGD steps (forward + backward passes) over the edits it trained, their number, the
+        # last one's final loss (bookkeeping for `report()`; a REPAIR call may retrain re-queued edits too)
+        self.last: dict = {"steps": 0, "trained": 0, "loss": None}
         self.gen = torch.Generator(device="cpu")  # replaced by the run's in `setup`
         model.replace_site(SiteWrapper(site, self._intervene, model.passes))
 
@@ -256,6 +259,9 @@ class SideMemoryEditor(Editor):
             opt.step()
             with torch.no_grad():
                 side.copy_(torch.maximum(torch.minimum(side, self.W + c), self.W - c))
+        self.last["steps"] += len(losses)  # every loss computed went through a backward and an SGD step
+        self.last["trained"] += 1
+        self.last["loss"] = losses[-1]
         self.side = side.detach()
         score = float(delta_in.detach().mean())
         self.min_a = min(self.min_a, score)
@@ -265,6 +271,7 @@ class SideMemoryEditor(Editor):
     def edit(self, requests) -> None:
         (request,) = requests
         hp = self.hparams
+        self.last = {"steps": 0, "trained": 0, "loss": None}
         if self.edit_count % hp["save_freq"] == 0:  # a new knowledge shard: a fresh gradient mask
             self.start_shard()
         self.add_edit(request)
@@ -326,7 +333,7 @@ class SideMemoryEditor(Editor):
 
     def report(self) -> dict:
         return {"templates": self.templates, "memories": len(self.memories),
-                "merged_memories": sum(m["merged"] for m in self.memories)}
+                "merged_memories": sum(m["merged"] for m in self.memories), "last_edit": dict(self.last)}
 
 
 def _pos_mean(v: torch.Tensor) -> torch.Tensor:

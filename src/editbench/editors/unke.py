@@ -46,7 +46,7 @@ class UnKE(Editor):
         self.deltas = WeightDeltas.of_block(model, self.layer)
         self.pool: list[tuple[str, str]] = []
         self.gen = torch.Generator(device="cpu")  # replaced by the run's in `setup`
-        self.last = {"steps": None, "loss": None, "block_loss": None}
+        self.last = {"steps": None, "loss": None, "block_steps": None, "block_loss": None}
 
     def touches(self) -> list[EditSite]:
         return [EditSite(self.layer, path) for path in dict.fromkeys(n.rpartition(".")[0] for n in self.names)]
@@ -126,7 +126,8 @@ class UnKE(Editor):
                 update = p.detach() - before[n]
                 p.copy_(before[n])
                 self.deltas.add_key(f"{self.layer}.{n}", update)
-        self.last = {"steps": res.steps, "loss": res.loss, "block_loss": None if loss is None else loss.item()}
+        self.last = {"steps": res.steps, "loss": res.loss, "block_steps": hp["optim_num_step"],
+                     "block_loss": None if loss is None else loss.item()}
 
     def state_dict(self) -> dict:
         return {"deltas": self.deltas.state_dict(), "gen": self.gen.get_state()}
