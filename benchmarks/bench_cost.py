@@ -57,6 +57,7 @@ from hydra import compose, initialize_config_module
 from torch.nn import functional as F
 
 from editbench.__main__ import register_resolvers
+from bench_edit import built  # the same build as the other benchmark (this folder is on sys.path when run as a script)
 from editbench.build import Run, build
 from editbench.costs import Costs
 from editbench.editors import alphaedit, rome, unke
@@ -67,15 +68,6 @@ from editbench.models.forward import Prefix
 EDIT_TARGET, EVAL_TARGET, ROUTING_TARGET = 1.5, 2.0, 0.10
 #: the user's cache, where ROME's and AlphaEdit's second-moment statistics are computed once (setup, not timed)
 USER_CACHE = Path(os.environ.get("EDITBENCH_CACHE", "~/.cache/editbench")).expanduser()
-
-
-def built(editor: str, overrides: list[str], n_cases: int, cache_dir: Path | None = None) -> Run:
-    """The runner's build of `editor` without the unedited references; a fresh temporary cache
-    unless `cache_dir` is given."""
-    with initialize_config_module("editbench.conf", version_base="1.3"):
-        cfg = compose("config", overrides=[f"editor={editor}", *overrides,
-                                           f"cache_dir={cache_dir or tempfile.mkdtemp()}"])
-    return build(cfg, n_cases=n_cases, references=False, log=lambda *_: None)
 
 
 # ----------------------------------------------------------------------------- the exact-work limit
