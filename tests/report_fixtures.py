@@ -2,13 +2,18 @@
 
 ``make_tree(root)`` writes 2 methods x 2 seeds x N = 10, 100 (model qwen25_7b, data zsre,
 protocol lifelong_v1 v1, greedy) with the numbers in ``VALUES``; GRACE seed 1 has no
-summary.json (a partial run).  ``write_run`` and ``row`` build anything else a test needs.
+summary.json (a partial run); no run has records/.  ``write_run`` and ``row`` build anything
+else a test needs; ``write_recorded_run`` a run with records/ and the rows they give.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import statistics
 from pathlib import Path
+
+from editbench.metrics import OP
 
 # (method, seed, N) -> (rel, gen, loc, op); chosen so means/stds are easy to check by hand.
 VALUES = {
@@ -77,3 +82,41 @@ def add_calibration(root: Path) -> Path:
                     hparams={"threshold": threshold, "pooling_ratio": ratio, "hopfield_steps": 1})
             write_run(root / "calibration", f"t{threshold}_p{ratio}", [r])
     return root
+
+
+# ------------------------------------------------------------------------------------- records/
+
+def write_records(run_dir: Path, N: int, cases: dict[str, dict[str, list]]) -> Path:
+    """``run_dir/records/step_NNNNNN.jsonl.gz`` as the runner writes it: one line per probe;
+    ``cases``: case id -> probe set -> the scores of its probes (numbers, or dicts for free text)."""
+    path = Path(run_dir) / "records" / f"step_{N:06d}.jsonl.gz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [{"case": case, "set": name, "i": i, "score": score, "out": "", "ids": []}
+             for case, sets in cases.items() for name, scores in sets.items() for i, score in enumerate(scores)]
+    path.write_bytes(gzip.compress("".join(json.dumps(line) + "\n" for line in lines).encode(), mtime=0))
+    return path
+
+
+def case_means(cases: dict[str, dict[str, list]]) -> dict[str, float]:
+    """The runner's metrics of some cases (docs/protocol.md#metrics): per set, the mean over the
+    cases that have it of the mean over the case's probes; OP from editbench.metrics."""
+    names = list(dict.fromkeys(name for sets in cases.values() for name in sets))
+    values = {name: statistics.mean(statistics.mean(sets[name]) for sets in cases.values() if name in sets)
+              for name in names}
+    if all(part in values for part in OP.parts):
+        values[OP.name] = OP(values)
+    return values
+
+
+def write_recorded_run(root: Path, name: str, method: str, cases_by_n: dict[int, dict[str, dict[str, list]]],
+                       seed: int = 0, **overrides) -> Path:
+    """A run whose metrics.jsonl rows are computed from its records (:func:`case_means`) and whose
+    records/ hold them; ``overrides`` go into every row."""
+    rows = []
+    for N, cases in cases_by_n.items():
+        values = case_means(cases)
+        rows.append(row(method, seed, N, **{**values, "metric_names": list(values), **overrides}))
+    run_dir = write_run(root, name, rows)
+    for N, cases in cases_by_n.items():
+        write_records(run_dir, N, cases)
+    return run_dir

@@ -35,7 +35,8 @@ def read_md_table(path: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
 
 
 def parse_cell(text: str) -> tuple[float, float | None]:
-    mean, _, std = text.strip("*").partition(" ± ")
+    """(mean, seeds' std) of a measured cell, its interval part (`` (±h)``, `` (no CI)``) dropped."""
+    mean, _, std = text.strip("*").split(" (")[0].partition(" ± ")
     return float(mean), float(std) if std else None
 
 
@@ -145,8 +146,8 @@ def test_table_cells_are_mean_and_sample_std(rendered):
                 mean, std = parse_cell(rows[method][f"N={N} {name}"])
                 assert mean == pytest.approx(statistics.mean(seeds), abs=5e-4)
                 assert std == pytest.approx(statistics.stdev(seeds), abs=5e-4)
-    # One cell written out by hand: HoReN N=100 Rel over seeds 0.96, 0.98.
-    assert rows["HoReN"]["N=100 Rel"].strip("*") == "0.970 ± 0.014"
+    # One cell written out by hand: HoReN N=100 Rel over seeds 0.96, 0.98 (runs without records/: no CI).
+    assert rows["HoReN"]["N=100 Rel"].strip("*") == "0.970 ± 0.014 (no CI)"
 
 
 def test_best_per_column_is_bold_and_ties_all_bold(rendered):
@@ -158,7 +159,7 @@ def test_best_per_column_is_bold_and_ties_all_bold(rendered):
     published = rows["HoReN (published, T1)*"]
     assert not any(is_bold(text) for text in published.values())
     tex = (out / "tables" / f"{STEM}.tex").read_text()
-    assert r"\textbf{0.880 $\pm$ 0.028}" in tex and r"\begin{tabular}" in tex
+    assert r"\textbf{0.880 $\pm$ 0.028 (no CI)}" in tex and r"\begin{tabular}" in tex
 
 
 def test_published_row_sits_under_the_measured_method(rendered):
@@ -180,8 +181,8 @@ def test_published_rows_with_identical_numbers_are_merged(tmp_path):
     report.render(results, out, BASELINES)
     _, rows = read_md_table(out / "tables" / "zsre__llama31_8b__lifelong_v1-v1__greedy.md")
     assert "HoReN (published, T1/T9/T10/T11)*" in rows
-    assert rows["HoReN"]["N=100 Rel"] == "**1.000**"  # n = 1: mean only
-    assert rows["Unedited"]["N=100 Rel"] == "1.000"  # a reference row, never bold
+    assert rows["HoReN"]["N=100 Rel"] == "**1.000 (no CI)**"  # n = 1: mean only
+    assert rows["Unedited"]["N=100 Rel"] == "1.000 (no CI)"  # a reference row, never bold
 
 
 def test_protocol_versions_and_scoring_never_merge(rendered):
@@ -190,8 +191,8 @@ def test_protocol_versions_and_scoring_never_merge(rendered):
     _, v2 = read_md_table(out / "tables" / "zsre__qwen25_7b__lifelong_v1-v2__greedy.md")
     _, tf = read_md_table(out / "tables" / "zsre__qwen25_7b__lifelong_v1-v1__teacher_forced.md")
     assert v1["HoReN"]["n"] == "2" and parse_cell(v1["HoReN"]["N=10 Rel"]) == (0.99, 0.014)
-    assert v2["HoReN"]["n"] == "1" and v2["HoReN"]["N=10 Rel"] == "**0.500**"
-    assert tf["HoReN"]["N=10 Rel"] == "**0.200**"
+    assert v2["HoReN"]["n"] == "1" and v2["HoReN"]["N=10 Rel"] == "**0.500 (no CI)**"
+    assert tf["HoReN"]["N=10 Rel"] == "**0.200 (no CI)**"
 
 
 def test_aggregate_keeps_protocol_versions_apart(tree):
@@ -212,8 +213,8 @@ def test_hparam_variants_get_separate_labelled_rows(tmp_path):
     out = tmp_path / "reports"
     report.render(results, out, BASELINES)
     _, rows = read_md_table(out / "tables" / f"{STEM}.md")
-    assert rows["HoReN [threshold=0.7]"]["N=10 Rel"] == "**0.900 ± 0.000**"
-    assert rows["HoReN [threshold=0.8]"]["N=10 Rel"] == "0.600 ± 0.000"
+    assert rows["HoReN [threshold=0.7]"]["N=10 Rel"] == "**0.900 ± 0.000 (no CI)**"
+    assert rows["HoReN [threshold=0.8]"]["N=10 Rel"] == "0.600 ± 0.000 (no CI)"
 
 
 def test_cost_table(rendered):
@@ -398,11 +399,11 @@ def test_rows_metric_names_become_columns_and_are_bolded(tmp_path):
     header, rows = read_md_table(out / "tables" / f"{STEM}.md")
     assert header == ["Method", "n", "N=10 Rel", "N=10 Gen", "N=10 Loc", "N=10 personas",
                       "N=10 mhop", "N=10 OP"]
-    assert rows["HoReN"]["N=10 personas"] == "**0.700 ± 0.141**"  # seeds 0.8, 0.6
-    assert rows["GRACE"]["N=10 personas"] == "0.400"
-    assert rows["GRACE"]["N=10 mhop"] == "**0.500**" and rows["HoReN"]["N=10 mhop"] == "0.300 ± 0.000"
+    assert rows["HoReN"]["N=10 personas"] == "**0.700 ± 0.141 (no CI)**"  # seeds 0.8, 0.6
+    assert rows["GRACE"]["N=10 personas"] == "0.400 (no CI)"
+    assert rows["GRACE"]["N=10 mhop"] == "**0.500 (no CI)**" and rows["HoReN"]["N=10 mhop"] == "0.300 ± 0.000 (no CI)"
     tex = (out / "tables" / f"{STEM}.tex").read_text()
-    assert r"personas & mhop & OP" in tex and r"\textbf{0.500}" in tex
+    assert r"personas & mhop & OP" in tex and r"\textbf{0.500 (no CI)}" in tex
     agg = aggregated(results)
     assert panel_titles(report.plot_metrics_vs_n(agg)) == ["Rel", "Gen", "Loc", "personas", "mhop"]
     assert (out / "figures" / f"op_vs_n__{STEM}.png").is_file()
@@ -418,8 +419,8 @@ def test_rows_without_metric_names_keep_the_paper_columns(tree, tmp_path):
     paper = ["Rel", "Gen", "Loc", "OP"]
     assert header == ["Method", "n", *(f"N=10 {m}" for m in paper), "N=10 personas",
                       *(f"N=100 {m}" for m in paper), "N=100 personas"]
-    assert rows["HoReN"]["N=10 personas"] == "—" and rows["WISE"]["N=10 personas"] == "**0.900**"
-    assert rows["HoReN"]["N=100 Rel"].strip("*") == "0.970 ± 0.014"
+    assert rows["HoReN"]["N=10 personas"] == "—" and rows["WISE"]["N=10 personas"] == "**0.900 (no CI)**"
+    assert rows["HoReN"]["N=100 Rel"].strip("*") == "0.970 ± 0.014 (no CI)"
     assert report.metric_names(report.load_rows(tree / "horen")) == list(report.PAPER_METRICS)
 
 
@@ -434,7 +435,8 @@ def test_metrics_without_op_get_panels_but_no_op_figure(tmp_path):
     header, rows = read_md_table(out / "tables" / f"{stem}.md")
     assert header == ["Method", "n", "N=10 orig_bleu", "N=10 orig_rouge1", "N=20 orig_bleu",
                       "N=20 orig_rouge1"]
-    assert rows["HoReN"]["N=20 orig_bleu"] == "**12.500**" and rows["HoReN"]["N=20 orig_rouge1"] == "**0.500**"
+    assert rows["HoReN"]["N=20 orig_bleu"] == "**12.500 (no CI)**"
+    assert rows["HoReN"]["N=20 orig_rouge1"] == "**0.500 (no CI)**"
     figures = {p.name for p in written["figures"]}
     assert f"metrics_vs_n__{stem}.png" in figures and f"op_vs_n__{stem}.png" not in figures
     fig = report.plot_metrics_vs_n(aggregated(results))
@@ -502,11 +504,11 @@ def test_readme_block_is_op_per_method_and_n(tree, tmp_path):
     v1 = block.index("**zsre · qwen25_7b · lifelong_v1 (v1) · greedy scoring**\n\n| Method | n | N=10 | N=100 |\n")
     assert v1 < block.index("**zsre · qwen25_7b · lifelong_v1 (v2) · greedy scoring**\n\n| Method | n | N=10 |\n")
     lines = block.splitlines()
-    assert "| GRACE | 2 | 0.350 ± 0.071 | 0.250 ± 0.071 |" in lines  # seeds .40/.30 and .30/.20
-    assert "| HoReN | 2 | **0.950 ± 0.014** | **0.910 ± 0.014** |" in lines
+    assert "| GRACE | 2 | 0.350 ± 0.071 (no CI) | 0.250 ± 0.071 (no CI) |" in lines  # seeds .40/.30 and .30/.20
+    assert "| HoReN | 2 | **0.950 ± 0.014 (no CI)** | **0.910 ± 0.014 (no CI)** |" in lines
     assert "| HoReN (published, T1)* |  |  | 0.97 |" in lines  # the paper's OP at N = 100 only
     assert lines.index("| HoReN (published, T1)* |  |  | 0.97 |") == lines.index(
-        "| HoReN | 2 | **0.950 ± 0.014** | **0.910 ± 0.014** |") + 1
+        "| HoReN | 2 | **0.950 ± 0.014 (no CI)** | **0.910 ± 0.014 (no CI)** |") + 1
     # No per-metric, cost or calibration tables; a pointer to where they are (no --docs: index.md).
     assert "Rel" not in block and "Cost" not in block and "calibration" not in block.split("\n\n", 1)[1]
     assert "[reports/index.md](reports/index.md)" in block
@@ -571,7 +573,7 @@ def test_results_doc_has_every_table(tmp_path):
                             "--docs", str(docs)]) == 0
     text = (docs / "results.md").read_text()
     main_tables = [p for p in (out / "tables").glob("*.md")
-                   if not p.name.startswith(("calibration__", "paper_table")) and "__cost" not in p.name]
+                   if not p.name.startswith(("calibration__", "paper_table", "paired__")) and "__cost" not in p.name]
     assert len(main_tables) == 2
     for path in main_tables:  # each main table under its heading, every metric per N, as in reports/
         title, body = path.read_text().split("\n\n", 1)
@@ -599,7 +601,7 @@ def test_results_doc_shows_a_wide_table_one_n_at_a_time(tmp_path):
     text = (docs / "results.md").read_text()
     assert "#### N = 10\n\n| Metric | GRACE | HoReN |\n" in text and "#### N = 20\n\n| Metric | HoReN |\n" in text
     n10, n20 = text.split("#### N = 20")
-    assert "| m0 | **0.500** | 0.250 |" in n10 and "| m0 | **0.500** |" in n20  # bold = best per N
+    assert "| m0 | **0.500 (no CI)** | 0.250 (no CI) |" in n10 and "| m0 | **0.500 (no CI)** |" in n20  # bold = best per N
     assert "| n | 1 | 1 |" in n10  # seeds per method
 
 
@@ -739,12 +741,13 @@ def test_chat_template_rows_get_their_own_table(tmp_path):
     write_run(results, "raw", [row("FT-L", 0, 10, 0.7, 0.5, 0.4, 0.5)])
     write_run(results, "chat", [row("FT-L", 0, 10, 0.4, 0.3, 0.1, 0.2, chat_template=True)])
     report.render(results, tmp_path / "out", tmp_path / "none")
-    tables = sorted(p.name for p in (tmp_path / "out" / "tables").glob("*.md") if "cost" not in p.name)
+    tables = sorted(p.name for p in (tmp_path / "out" / "tables").glob("*.md") if "cost" not in p.name
+                    and not p.name.startswith("paired__"))
     assert tables == [f"{STEM}.md", f"{STEM}__chat.md"]
     raw, chat = (tmp_path / "out" / "tables" / t for t in tables)
     assert "(chat template)" in chat.read_text() and "(chat template)" not in raw.read_text()
-    assert read_md_table(chat)[1]["FT-L"]["N=10 Rel"].strip("*") == "0.400"
-    assert read_md_table(raw)[1]["FT-L"]["N=10 Rel"].strip("*") == "0.700"
+    assert read_md_table(chat)[1]["FT-L"]["N=10 Rel"].strip("*") == "0.400 (no CI)"
+    assert read_md_table(raw)[1]["FT-L"]["N=10 Rel"].strip("*") == "0.700 (no CI)"
 
 
 def test_calibration_sweeps_of_any_hyper_parameters(tmp_path):
@@ -763,7 +766,8 @@ def test_calibration_sweeps_of_any_hyper_parameters(tmp_path):
     assert table.columns == ["act_margin", "act_ratio", "N", "Rel", "Gen", "Loc", "OP"]
     assert [r[:2] for r in table.rows] == [["[5,20,10]", "0.6"], ["[5,20,10]", "0.88"],
                                           ["[5,40,20]", "0.6"], ["[5,40,20]", "0.88"]]
-    ops = [float(r[-1].strip("*")) for r in table.rows]
+    assert all(r[-1].strip("*").endswith(" (no CI)") for r in table.rows)  # no records/ in this tree
+    ops = [parse_cell(r[-1])[0] for r in table.rows]
     assert {i for i, _ in table.bold} == {ops.index(max(ops))}
     fig = report.plot_calibration(calib)
     assert fig.axes[0].get_ylabel() in ("act_margin", "act_ratio") and fig.axes[0].get_xlabel() in ("act_margin", "act_ratio")
@@ -790,7 +794,10 @@ def variants_tree(root: Path) -> Path:
 def test_a_family_shares_a_colour_and_each_variant_has_its_own_dash_and_marker(tmp_path):
     agg = aggregated(variants_tree(tmp_path))
     fig = report.plot_op_vs_n(agg, report.load_baselines(BASELINES), "title")
-    lines = {line.get_label(): line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")}
+    labels = [line.get_label() for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")]
+    assert all(label.endswith((" (no CI)", " (published)")) for label in labels)  # no records/ in this tree
+    lines = {label.removesuffix(" (no CI)"): line for label, line in zip(labels, (
+        line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")))}
     style = {label: (line.get_color(), line.get_linestyle(), line.get_marker()) for label, line in lines.items()}
     red, blue = report.METHOD_COLORS["HoReN"], report.METHOD_COLORS["GRACE"]
     horen = [style[m] for m in ("HoReN", "HoReN-LoRA", "HoReN w/o norm")]
@@ -805,7 +812,7 @@ def test_a_family_shares_a_colour_and_each_variant_has_its_own_dash_and_marker(t
     assert published.get_markerfacecolor() == "none"
     # The legend shows every line with its dash pattern, outside the data area.
     (legend,) = fig.legends + [leg for sub in fig.subfigs for leg in sub.legends]
-    assert [t.get_text() for t in legend.get_texts()] == list(lines)
+    assert [t.get_text() for t in legend.get_texts()] == labels
     assert legend.handlelength >= 3
     # A run that stopped early ends at its last checkpoint, which has a marker.
     stopped = lines["WISE [act_ratio=0.75]"]

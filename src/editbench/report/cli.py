@@ -10,8 +10,12 @@ from pathlib import Path
 
 from editbench.report.baselines import load_baselines
 from editbench.report.bench import bench_markdown, load_bench, plot_bench
+from editbench.report.capacity import capacity_figures
+from editbench.report.projection import BEGIN as PROJECTION_BEGIN
+from editbench.report.projection import END as PROJECTION_END
+from editbench.report.projection import load_projection, projection_markdown
 from editbench.report.rows import ReportError, ResultsWarning, load_rows, run_counts
-from editbench.report.writer import (README_BEGIN, README_END, RESULTS_DOC, check_readme, render_rows,
+from editbench.report.writer import (README_BEGIN, README_END, RESULTS_DOC, check_readme, render_rows, write_marked,
                                      save_figure, write_readme, write_results_doc)
 
 DESCRIPTION = "Results files -> tables (Markdown, LaTeX) and figures."
@@ -38,6 +42,7 @@ def main(argv=None) -> int:
             print(f"editbench.report: warning: {warning.message}", file=sys.stderr)
         out = Path(args.out)
         rendered = render_rows(rows, out, load_baselines(args.baselines), args.results)
+        capacity_figures(args.results, out / "figures")  # the routing capacity study, where it has run
         bench = load_bench(args.results)
         bench_text = None
         if bench is not None:  # `make bench` has run: its table and figure
@@ -48,6 +53,9 @@ def main(argv=None) -> int:
         doc = write_results_doc(args.docs, rendered, out, args.results, rows, bench_text) if args.docs else None
         if args.readme:
             write_readme(args.readme, rendered.settings, doc or out / "index.md")
+            projection = load_projection(args.results)
+            if projection is not None:  # scripts/project_50k.py has run
+                write_marked(args.readme, PROJECTION_BEGIN, PROJECTION_END, projection_markdown(projection))
     except ReportError as err:
         print(f"editbench.report: {err}", file=sys.stderr)
         return 2

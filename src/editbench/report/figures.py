@@ -6,8 +6,10 @@ take HoReN's red, GRACE+Norm GRACE's blue); within a family each series -- a var
 another hyper-parameter setting -- has its own dash and marker, the family's own method solid
 with circles; a method's published numbers are dotted with its marker hollow.  Legends sit
 outside the axes, N axes are logarithmic, every measured checkpoint has a marker (a run that
-stopped early ends at its last one), and cost plots leave the unedited model out (it makes no
-edits; its ~0 s per edit would stretch the time axis), saying so in their title.
+stopped early ends at its last one), a metric's 95 % bootstrap interval over cases is a shaded band
+in the series' colour (a series without any is labelled "(no CI)"), and cost plots leave the
+unedited model out (it makes no edits; its ~0 s per edit would stretch the time axis), saying so
+in their title.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from matplotlib.textpath import TextToPath
 from matplotlib.ticker import NullLocator
 
 from editbench.report.baselines import table_rank
+from editbench.report.intervals import CONFIDENCE, ci_columns
 from editbench.report.rows import (METRIC_NAMES, OVERALL, REFERENCE_METHODS, UNKNOWN_DEVICE, devices, display_name,
                                    final_configs, metric_names, ordered_labels, setting_text)
 
@@ -114,13 +117,34 @@ def series(agg: pd.DataFrame) -> list[Series]:
     return out
 
 
-def _plot_measured(ax, styled: list[Series], column: str, scale: float = 1.0) -> None:
+NO_CI_LABEL = " (no CI)"  # appended to a metric series' legend label when none of its points has an interval
+BAND_ALPHA = 0.15
+
+
+def _has_interval(s: Series, metrics) -> bool:
+    """Whether any point of the series has a confidence interval for any of ``metrics``."""
+    return any(ci_columns(m)[0] in s.rows and s.rows[ci_columns(m)[0]].notna().any() for m in metrics)
+
+
+def _metric_labels(styled: list[Series], metrics) -> dict[str, str]:
+    """Legend label of each series of a metric figure: marked "(no CI)" when it has no interval."""
+    return {s.label: s.label if _has_interval(s, metrics) else s.label + NO_CI_LABEL for s in styled}
+
+
+def _plot_measured(ax, styled: list[Series], column: str, scale: float = 1.0,
+                   labels: dict[str, str] | None = None) -> None:
+    """Each series' line; its confidence interval (when the rows have one) as a shaded band."""
+    low, high = ci_columns(column)
     for s in styled:
         rows = s.rows.dropna(subset=[column])  # a checkpoint without the metric: neighbours joined
         if not len(rows):
             continue
         x, y = rows["N"].astype(float), rows[column] * scale
-        ax.plot(x, y, color=s.color, linestyle=s.linestyle, marker=s.marker, markersize=5, label=s.label)
+        ax.plot(x, y, color=s.color, linestyle=s.linestyle, marker=s.marker, markersize=5,
+                label=(labels or {}).get(s.label, s.label))
+        if low in rows and rows[low].notna().any():
+            ax.fill_between(x, rows[low] * scale, rows[high] * scale, color=s.color, alpha=BAND_ALPHA,
+                            linewidth=0, label="_nolegend_")
         std = rows[f"{column}_std"].where(rows["n"] > 1) * scale
         if std.notna().any():
             ax.errorbar(x, y, yerr=std.fillna(0.0), fmt="none", ecolor=s.color, capsize=3, alpha=0.7,
@@ -232,10 +256,18 @@ def _style_n_axis(ax, ylabel, Ns, ylim=FRACTION_LIMITS) -> None:
     ax.grid(True, alpha=0.3)
 
 
-def _legend_labels(styled: list[Series], baselines=None, metrics=()) -> list[str]:
-    """The labels the figure's legend will show: measured series, then published ones."""
+def _legend_labels(styled: list[Series], baselines=None, metrics=(), labels: dict[str, str] | None = None) -> list[str]:
+    """The labels the figure's legend will show: measured series (``labels``: as renamed), then
+    published ones."""
     published = {method for metric in metrics for method in _published_points(styled, baselines, metric)}
-    return [s.label for s in styled] + [f"{method} (published)" for method in published]
+    return [(labels or {}).get(s.label, s.label) for s in styled] + [f"{method} (published)" for method in published]
+
+
+def _band_note(labels: dict[str, str]) -> str:
+    """The line a metric figure's title ends with: what the shaded bands are."""
+    note = f"shaded: {CONFIDENCE:.0%} bootstrap interval over edit cases"
+    unmarked = not any(label.endswith(NO_CI_LABEL) for label in labels.values())
+    return note + ("" if unmarked else "; (no CI): the run kept no records/")
 
 
 # ------------------------------------------------------------------------------------- N scaling
@@ -246,12 +278,14 @@ def plot_op_vs_n(agg: pd.DataFrame, baselines: pd.DataFrame | None = None, title
     if OVERALL not in metric_names(agg):
         return None
     styled = series(agg)
-    fig, area, (ax,), legend_area = _figure(1, _legend_labels(styled, baselines, [OVERALL]), width=6.4, height=4.4)
-    _plot_measured(ax, styled, OVERALL)
+    labels = _metric_labels(styled, [OVERALL])
+    fig, area, (ax,), legend_area = _figure(1, _legend_labels(styled, baselines, [OVERALL], labels), width=6.4,
+                                            height=4.4)
+    _plot_measured(ax, styled, OVERALL, labels=labels)
     _plot_published(ax, styled, baselines, OVERALL)
     _style_n_axis(ax, _metric_axis(OVERALL)[0], agg["N"])
     _legend(legend_area, [ax])
-    _suptitle(area, title)
+    _suptitle(area, f"{title}\n{_band_note(labels)}" if title else _band_note(labels))
     return fig
 
 
@@ -262,15 +296,16 @@ def plot_metrics_vs_n(agg: pd.DataFrame, baselines: pd.DataFrame | None = None,
     if not metrics:
         return None
     styled = series(agg)
-    fig, area, axes, legend_area = _figure(len(metrics), _legend_labels(styled, baselines, metrics))
+    labels = _metric_labels(styled, metrics)
+    fig, area, axes, legend_area = _figure(len(metrics), _legend_labels(styled, baselines, metrics, labels))
     for ax, metric in zip(axes, metrics):
         label, fraction = _metric_axis(metric)
-        _plot_measured(ax, styled, metric)
+        _plot_measured(ax, styled, metric, labels=labels)
         _plot_published(ax, styled, baselines, metric)
         _style_n_axis(ax, label, agg["N"], ylim=FRACTION_LIMITS if fraction else None)
         ax.set_title(display_name(metric))
     _legend(legend_area, axes)
-    _suptitle(area, title)
+    _suptitle(area, f"{title}\n{_band_note(labels)}" if title else _band_note(labels))
     return fig
 
 

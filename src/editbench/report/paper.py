@@ -23,7 +23,8 @@ from __future__ import annotations
 import pandas as pd
 
 from editbench.report.rows import REFERENCE_METHODS, TABLE_KEYS, method_labels, method_rank, ordered_labels
-from editbench.report.tables import DIGITS, Table, format_published, format_value, table_stem, table_title
+from editbench.report.tables import (CI_NOTE, DIGITS, Table, format_measured, format_published, format_value,
+                                     table_stem, table_title)
 
 # Table 7 rows: (split title, probe set, [(row title, metric)]).
 SPLIT_METRICS = [("BLEU (paper's unigram)", "bleu1_horen"), ("sacreBLEU", "sacrebleu"),
@@ -104,7 +105,8 @@ def table6(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
             pub = published[(published["method"] == method) & (published["N"] == n)]
             row.append(" / ".join(format_published(pub[m].iloc[0]) for m in ("rel", "gen", "loc")) if len(pub) else "")
         rows.append(row)
-    notes = ["Cells: mean over seeds (the generic wikibigedit table has the ± std); Personas and MHop "
+    notes = ["Cells: mean over seeds (the generic wikibigedit table has the ± std and the 95 % intervals); "
+             "Personas and MHop "
              "are portability accuracies outside OP; (n) = cases with a multi-hop question.",
              PUBLISHED_NOTE]
     return Table(_name(6, setting), _title_for(6, "wikibigedit", setting, "WikiBigEdit, Rel / Gen / Loc"),
@@ -140,7 +142,7 @@ def table7(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
                 for method, label in at[n]:
                     cell = rows_unke[(rows_unke["label"] == label) & (rows_unke["N"] == n)]
                     value = _cell(cell, name)
-                    row.append("—" if value is None else format_value(value))
+                    row.append("—" if value is None else format_measured(cell.iloc[0], name))
                     values.append(None if method in REFERENCE_METHODS or value is None else round(value, DIGITS))
                 top = max((v for v in values if v is not None), default=None)
                 bold |= {(len(rows), position + j) for j, v in enumerate(values) if top is not None and v == top}
@@ -154,7 +156,7 @@ def table7(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
     notes = ["Cells: mean over seeds of each case's score (sub-questions: averaged within a case first); "
              "bold = best measured editor per N (Unedited excluded). BLEU and BERTScore are the paper's "
              "variants (`bleu1_horen`, `minilm_cosine`); sacreBLEU and bert-score F1 are the library "
-             "metrics of the same names.",
+             "metrics of the same names. " + CI_NOTE,
              PUBLISHED_NOTE + " The paper's three UnKE / HoReN pairs most likely grow in N (their N was lost in extraction)."]
     return Table(_name(7, setting), _title_for(7, "unke", setting, "UnKE, free-text answers"),
                  header, rows, bold, notes, kind="paper")
@@ -207,7 +209,8 @@ def table8(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
                     row.append("" if value is None else format_published(value) + gap)
             rows.append(row)
     notes = [f"Measured at N = {n}, the largest N at which {HEADLINE} was measured on both datasets; "
-             f"(±x) = {HEADLINE} minus the method, as the paper prints it; — = not measured at this N.",
+             f"(±x) = {HEADLINE} minus the method, as the paper prints it; — = not measured at this N. "
+             "95 % intervals: the generic tables; whether a gap is significant: the paired comparisons.",
              PUBLISHED_NOTE + " Its N is not stated either."]
     return Table(_name(8, setting), _title_for(8, "wikibigedit + zsre", setting, f"Rel / Gen, gap to {HEADLINE}"),
                  header, rows, set(), notes, kind="paper")

@@ -118,9 +118,12 @@ def _read_metrics(path: Path) -> list[dict]:
         except (ValueError, TypeError) as err:
             warnings.warn(f"{path}:{lineno}: skipped malformed line ({err})", ResultsWarning,
                           stacklevel=2)
+            complete = False  # e.g. a truncated last line: the run's rows are not all here
             continue
-        row.update(run_dir=str(path.parent), complete=complete)
+        row.update(run_dir=str(path.parent))
         rows.append(row)
+    for row in rows:
+        row["complete"] = complete
     return rows
 
 
@@ -182,7 +185,8 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per :data:`GROUP_KEYS` group: mean and ``<col>_std`` of every numeric column.
 
     ``n`` is the number of seeds, ``seeds`` lists them, ``n_partial`` counts rows from runs
-    without a complete summary.  If the same seed of the same group appears twice (a re-run)
+    without a complete summary, ``runs`` holds the (seed, run directory) of each (whose records
+    give the row's intervals).  If the same seed of the same group appears twice (a re-run)
     only the newest row (by ``time``) is kept.  ``label`` is the method name, extended with the
     differing hyper-parameters when one (method, model, data, protocol, scoring) has several.
     Every metric column (see :func:`metric_names`) is numeric after :func:`load_rows`, so all are
@@ -200,6 +204,9 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     out["n_partial"] = grouped["complete"].agg(lambda s: int((~s.astype(bool)).sum()))
     out["metric_names"] = grouped["metric_names"].agg(union_names)
     out["mem_device"] = grouped["mem_device"].agg(devices)
+    if "run_dir" in rows:  # where each kept row came from: its run's records/ give the row's intervals
+        run = rows.assign(run=list(zip(rows["seed"], rows["run_dir"])))
+        out["runs"] = run.groupby(GROUP_KEYS, sort=True)["run"].agg(lambda s: tuple(sorted(s)))
     out = out.reset_index()
     out["label"] = method_labels(out)
     return out

@@ -10,10 +10,15 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from editbench.report.baselines import published_rows
+from editbench.report.intervals import CONFIDENCE, RESAMPLES, cell_interval
 from editbench.report.rows import (MAX_NEW_TOKENS, OVERALL, REFERENCE_METHODS, display_name, final_configs,
                                    metric_names, ordered_labels, setting_text)
 
 DIGITS = 3  # decimals of measured cells; ties for "best" are judged at this precision
+NO_CI = "no CI"  # a measured cell without an interval: its run kept no records/ at that N
+CI_NOTE = (f"(±h) = half the width of the {CONFIDENCE:.0%} bootstrap interval over edit cases ({RESAMPLES:,} "
+           "resamples of the run's records/, a case's probes together; OP recomputed from each resample's "
+           f"means); ({NO_CI}) = the run kept no records/ there.")
 PUBLISHED_NOTE = ("Published rows: the HoReN paper's tables, transcribed in baselines/ (baselines/README.md); "
                   "* = the paper's N for that column is inferred, not stated.")
 
@@ -29,6 +34,7 @@ class Table:
     bold: set[tuple[int, int]] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     # "metrics" (every metric per N), "cost", "calibration", "paper" (the paper's layouts),
+    # "intervals" (interval bounds per N), "paired" (paired comparisons),
     # "overview" (OP per N, for the README; never written as a file)
     kind: str = "metrics"
 
@@ -42,7 +48,7 @@ class Table:
 def format_value(mean, std=None, n=1, digits=DIGITS, interval=None) -> str:
     """A measured cell: ``mean ± std`` over n > 1 seeds, the mean alone for one seed, "—" when
     nothing was measured.  ``interval`` (a (low, high) pair, e.g. a confidence interval) is
-    appended as `` [low, high]`` when given; no table passes one yet."""
+    appended as `` [low, high]`` when given."""
     if mean is None or pd.isna(mean):
         return "—"
     if n > 1 and std is not None and not pd.isna(std):
@@ -53,6 +59,22 @@ def format_value(mean, std=None, n=1, digits=DIGITS, interval=None) -> str:
         low, high = interval
         text += f" [{low:.{digits}f}, {high:.{digits}f}]"
     return text
+
+
+def format_measured(row, metric: str, digits: int = DIGITS, bounds: bool = False) -> str:
+    """A metric cell of an aggregated row (:func:`format_value`) with its confidence interval:
+    `` (±h)``, half its width, or with ``bounds`` `` [low, high]``; `` (no CI)`` when the row has
+    none; "—" when the metric was not measured."""
+    mean = row.get(metric)
+    text = format_value(mean, row.get(f"{metric}_std"), row.get("n", 1), digits)
+    if text == "—":
+        return text
+    interval = cell_interval(row, metric)
+    if interval is None:
+        return f"{text} ({NO_CI})"
+    if bounds:
+        return f"{text} [{interval.low:.{digits}f}, {interval.high:.{digits}f}]"
+    return f"{text} (±{interval.half_width:.{digits}f})"
 
 
 def format_published(value: float) -> str:
@@ -114,7 +136,7 @@ def _method_rows(agg: pd.DataFrame, baselines: pd.DataFrame, Ns: list[int], metr
         row, nums = [label, _n_range(cells["n"])], []
         for n, m in ((n, m) for n in Ns for m in metrics):
             present = n in cells.index and not pd.isna(cells.at[n, m])
-            row.append(format_value(cells.at[n, m], cells.at[n, f"{m}_std"], cells.at[n, "n"]) if present else "—")
+            row.append(format_measured(cells.loc[n], m) if present else "—")
             nums.append(round(float(cells.at[n, m]), DIGITS) if present else None)
         rows.append(row)
         numbers.append(None if method in REFERENCE_METHODS else nums)
@@ -135,8 +157,8 @@ def metric_table(agg: pd.DataFrame, baselines: pd.DataFrame, name: str, title: s
     metrics = metric_names(agg)
     header = [("", ["Method", "n"])] + [(f"N={n}", [display_name(m) for m in metrics]) for n in Ns]
     rows, bold, has_published = _method_rows(agg, baselines, Ns, metrics)
-    notes = ["Cells: mean ± sample std over n seeds (mean only when n = 1); "
-             "bold = best measured value per column (published and Unedited rows excluded)."]
+    notes = ["Cells: mean ± sample std over n seeds (mean only when n = 1), then the interval: " + CI_NOTE
+             + " Bold = best measured mean per column (published and Unedited rows excluded)."]
     if has_published:
         notes.append(PUBLISHED_NOTE)
     return Table(name, title, header, rows, bold, notes)
@@ -184,6 +206,33 @@ def cost_table(agg: pd.DataFrame, name: str, title: str) -> Table:
     return Table(name, title, header, rows, set(), notes, kind="cost")
 
 
+def interval_table(agg: pd.DataFrame, name: str, title: str) -> Table | None:
+    """Long layout of the intervals themselves: one row per (method, N) with the cases
+    bootstrapped and each metric's ``[low, high]`` (percentile intervals are not symmetric near 0
+    and 1, which the wide tables' (±h) hides); None when no row has an interval."""
+    metrics = metric_names(agg)
+    if "n_cases" not in agg or agg["n_cases"].isna().all():
+        return None
+    header = [("", ["Method", "N", "n", "cases", *(display_name(m) for m in metrics)])]
+    def bounds(r, metric: str) -> str:
+        interval = cell_interval(r, metric)
+        if pd.isna(r.get(metric)):
+            return "—"
+        return NO_CI if interval is None else f"[{interval.low:.{DIGITS}f}, {interval.high:.{DIGITS}f}]"
+
+    rows = []
+    for _, label in ordered_labels(agg):
+        for _, r in agg[agg["label"] == label].sort_values("N").iterrows():
+            cases = "—" if pd.isna(r["n_cases"]) else f"{r['n_cases']:,.0f}"
+            rows.append([label, str(int(r["N"])), str(int(r["n"])), cases, *(bounds(r, m) for m in metrics)])
+    notes = [f"[low, high] = the {CONFIDENCE:.0%} percentile bootstrap interval over edit cases ({RESAMPLES:,} "
+             "seeded resamples of the run's records/, every probe of a drawn case together; OP recomputed from "
+             "each resample's Rel / Gen / Loc means; n > 1 seeds: each seed's cases resampled on their own and "
+             f"the values averaged); cases = cases bootstrapped (over all seeds); {NO_CI} = the run kept no "
+             "records/ at that N."]
+    return Table(name, title, header, rows, set(), notes, kind="intervals")
+
+
 def calibration_table(calib: pd.DataFrame, name: str, title: str) -> Table | None:
     """One row per setting of a sweep (its swept values), its last checkpoint's metrics; bold =
     the best overall score (None if nothing was swept)."""
@@ -192,15 +241,17 @@ def calibration_table(calib: pd.DataFrame, name: str, title: str) -> Table | Non
     if not len(final) or not swept:
         return None
     final = final.sort_values(swept)
-    rows = [[setting_text(r[key]) for key in swept] + [str(int(r["N"]))] + [format_value(r[m]) for m in metrics]
-            for _, r in final.iterrows()]
+    rows = [[setting_text(r[key]) for key in swept] + [str(int(r["N"]))]
+            + [format_measured(r, m, bounds=True) for m in metrics] for _, r in final.iterrows()]
     bold = set()
     if OVERALL in metrics:
         best = round(final[OVERALL].max(), DIGITS)
         column = len(swept) + 1 + metrics.index(OVERALL)
         bold = {(i, column) for i, v in enumerate(final[OVERALL]) if round(v, DIGITS) == best}
     return Table(name, title, [("", swept + ["N"] + [display_name(m) for m in metrics])], rows, bold,
-                 notes=["Last checkpoint of each setting; one seed per setting unless the cells say otherwise."],
+                 notes=["Last checkpoint of each setting; one seed per setting unless the cells say otherwise. "
+                        f"[low, high] = the {CONFIDENCE:.0%} bootstrap interval over edit cases ({NO_CI}: the run "
+                        "kept no records/)."],
                  kind="calibration")
 
 
@@ -239,7 +290,7 @@ def markdown_body(table: Table) -> str:
 TEX_ESCAPES = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
                "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
                "\\": r"\textbackslash{}", "±": r"$\pm$", "—": "--", "–": "--",
-               "·": r"$\cdot$", "§": r"\S{}"}
+               "·": r"$\cdot$", "§": r"\S{}", "Δ": r"$\Delta$", "<": r"\textless{}", ">": r"\textgreater{}"}
 
 
 def _tex(text: str) -> str:

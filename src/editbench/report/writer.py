@@ -14,12 +14,15 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from editbench.report.baselines import load_baselines, table_rank, unmatched_published
+from editbench.report.comparisons import paired_results, paired_table, stream_keys
 from editbench.report.figures import plot_calibration, plot_cost_vs_n, plot_metrics_vs_n, plot_op_vs_n, plot_pareto
+from editbench.report.intervals import CONFIDENCE, RecordStore, add_intervals
 from editbench.report.paper import paper_tables
 from editbench.report.rows import (GROUP_KEYS, TABLE_KEYS, ReportError, aggregate, load_rows, metric_names,
                                    run_counts)
-from editbench.report.tables import (Table, calibration_table, cost_table, file_stem, markdown_body, metric_table,
-                                     overview_table, table_stem, table_title, to_latex, to_markdown, transposed)
+from editbench.report.tables import (Table, calibration_table, cost_table, file_stem, interval_table, markdown_body,
+                                     metric_table, overview_table, table_stem, table_title, to_latex, to_markdown,
+                                     transposed)
 
 README_BEGIN, README_END = "<!-- table:begin -->", "<!-- table:end -->"
 README_EMPTY = "No results yet: run `make figures` after a run."
@@ -39,6 +42,8 @@ class Setting:
     overview: Table | None                 # OP per N (None: no OP, e.g. free-text metrics)
     by_n: list[tuple[int, Table]] = field(default_factory=list)  # a too-wide metric table, one N each
     figures: dict[str, Path] = field(default_factory=dict)        # kind -> PNG
+    intervals: Table | None = None         # interval bounds per method and N (None: no interval)
+    paired: Table | None = None            # the declared paired comparisons (None: none applies)
 
 
 @dataclass
@@ -68,8 +73,11 @@ def render(results_dir, out_dir, baselines_dir) -> dict[str, list[Path]]:
 
 def render_rows(rows: pd.DataFrame, out_dir: Path, baselines: pd.DataFrame, source) -> Rendered:
     """Tables (``out_dir/tables``), figures (``out_dir/figures``) and ``out_dir/index.md`` from
-    rows of :func:`~editbench.report.rows.load_rows`; ``source`` names them in index.md."""
-    agg = aggregate(rows)
+    rows of :func:`~editbench.report.rows.load_rows`; ``source`` names them in index.md.  Each
+    cell's interval and the paired comparisons come from the runs' records/ (intervals.py)."""
+    store = RecordStore()
+    agg = add_intervals(aggregate(rows), store)
+    streams = stream_keys(rows)
     tables_dir, figures_dir = out_dir / "tables", out_dir / "figures"
     tables_dir.mkdir(parents=True, exist_ok=True)
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -106,6 +114,13 @@ def render_rows(rows: pd.DataFrame, out_dir: Path, baselines: pd.DataFrame, sour
             setting.figures |= save_figures(stem, {"op_vs_n": plot_op_vs_n(group, baselines, title),
                                                    "metrics_vs_n": plot_metrics_vs_n(group, baselines, title)})
         write_table(setting.cost)
+        setting.intervals = interval_table(group, f"{stem}__ci", f"{CONFIDENCE:.0%} intervals — {title}")
+        if setting.intervals is not None:
+            write_table(setting.intervals)
+        setting.paired = paired_table(paired_results(group, store, streams), f"paired__{stem}",
+                                      f"Paired comparisons — {title}")
+        if setting.paired is not None:
+            write_table(setting.paired)
         setting.figures |= save_figures(stem, {"cost_vs_n": plot_cost_vs_n(group, f"Cost — {title}")})
         rendered.settings.append(setting)
 
@@ -124,6 +139,10 @@ def render_rows(rows: pd.DataFrame, out_dir: Path, baselines: pd.DataFrame, sour
         if table is not None:
             rendered.calibration.append((table, figures))
 
+    written = set(rendered.written["tables"] + rendered.written["figures"])
+    for stale in [*tables_dir.iterdir(), *figures_dir.iterdir()]:  # e.g. the outputs of runs deleted since
+        if stale.suffix in (".md", ".tex", ".png", ".pdf") and stale not in written:
+            stale.unlink()
     index = out_dir / "index.md"
     index.write_text(_index_text(rows, agg, baselines, rendered.written, out_dir, source))
     rendered.written["index"].append(index)
@@ -183,10 +202,12 @@ def readme_block(settings: list[Setting], details: str = f"docs/{RESULTS_DOC}") 
         return README_EMPTY + "\n"
     link = f"[{details}]({details})"
     lines = ["OP (overall performance, 0–1) per editor and number of edits N: mean ± sample std over n "
-             "seeds (the mean alone when n = 1); bold = best measured per N (Unedited and published rows "
-             "excluded); a `(published, T…)` row is the HoReN paper's number for the same model, data and "
-             "N (* = N inferred). Every metric per N, the costs, the calibration sweeps and the paper's "
-             f"Table 6 / 7 / 8 layouts: {link}.", ""]
+             "seeds (the mean alone when n = 1), then (±h), half the width of its 95 % bootstrap interval "
+             "over edit cases, or (no CI) for a run that kept no per-probe records; bold = best measured "
+             "per N (Unedited and published rows excluded); a `(published, T…)` row is the HoReN paper's "
+             "number for the same model, data and N (* = N inferred). Every metric per N, the intervals' "
+             "bounds, the paired comparisons (which differences are significant), the costs, the "
+             f"calibration sweeps and the paper's Table 6 / 7 / 8 layouts: {link}.", ""]
     for setting in settings:
         if setting.metrics is None:
             continue
@@ -198,16 +219,17 @@ def readme_block(settings: list[Setting], details: str = f"docs/{RESULTS_DOC}") 
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def _readme_span(lines: list[str], path) -> tuple[int, int]:
+def _readme_span(lines: list[str], path, begin_marker: str = README_BEGIN,
+                 end_marker: str = README_END) -> tuple[int, int]:
     """Indices of the begin and end marker lines; :class:`ReportError` if one is missing."""
-    begin = next((i for i, line in enumerate(lines) if line.strip() == README_BEGIN), None)
+    begin = next((i for i, line in enumerate(lines) if line.strip() == begin_marker), None)
     if begin is None:
-        raise ReportError(f"{path} has no {README_BEGIN} line — add {README_BEGIN} and "
-                          f"{README_END} lines around the table block")
-    end = next((i for i, line in enumerate(lines) if i > begin and line.strip() == README_END), None)
+        raise ReportError(f"{path} has no {begin_marker} line — add {begin_marker} and "
+                          f"{end_marker} lines around the generated block")
+    end = next((i for i, line in enumerate(lines) if i > begin and line.strip() == end_marker), None)
     if end is None:
-        raise ReportError(f"{path} has no {README_END} line after {README_BEGIN} — add it "
-                          "where the table block ends")
+        raise ReportError(f"{path} has no {end_marker} line after {begin_marker} — add it "
+                          "where the generated block ends")
     return begin, end
 
 
@@ -251,13 +273,26 @@ def write_readme(path, settings: list[Setting], details) -> None:
     _write_atomically(path, "".join(lines[:begin + 1] + [block] + lines[end:]))
 
 
+def write_marked(path, begin_marker: str, end_marker: str, text: str) -> None:
+    """Replace the lines between two other markers in ``path`` by ``text`` (atomically); a file
+    without them is left as it is (the block is optional)."""
+    path = Path(path)
+    lines = _readme_lines(path)
+    try:
+        begin, end = _readme_span(lines, path, begin_marker, end_marker)
+    except ReportError:
+        return
+    _write_atomically(path, "".join(lines[:begin + 1] + [text] + lines[end:]))
+
+
 # ------------------------------------------------------------------------------ docs/results.md
 
 def results_doc(rendered: Rendered, out_dir: Path, docs_dir: Path, source, n_rows: int, n_runs: int,
                 n_partial: int, bench: str | None = None) -> str:
-    """docs/results.md: every main table (all metrics per N, then its cost table), the paper's
-    Table 6 / 7 / 8 layouts with the published numbers beside, and the calibration sweeps, each
-    with links to its figures; a pointer to the hand-written findings (:data:`NOTES_DOC`)."""
+    """docs/results.md: every main table (all metrics per N with their intervals, then its cost
+    table), the paired comparisons, the paper's Table 6 / 7 / 8 layouts with the published numbers
+    beside, and the calibration sweeps, each with links to its figures; a pointer to the
+    hand-written findings (:data:`NOTES_DOC`)."""
     def link(path: Path) -> str:
         return _relative(path, docs_dir)
 
@@ -280,6 +315,10 @@ def results_doc(rendered: Rendered, out_dir: Path, docs_dir: Path, source, n_row
         lines += [f"### {setting.title}", ""]
         lines += figures(setting.figures, {"op_vs_n": "OP vs N", "metrics_vs_n": "metrics vs N",
                                            "cost_vs_n": "cost vs N"})
+        if setting.intervals is not None:
+            path = out_dir / "tables" / f"{setting.intervals.name}.md"
+            lines += [f"Interval bounds per method and N: [{path.name}]({link(path)}); paired comparisons: "
+                      "[below](#paired-comparisons).", ""]
         if setting.metrics is None:
             lines += ["No metric value in these rows (cost only).", ""]
         elif setting.by_n:
@@ -291,6 +330,15 @@ def results_doc(rendered: Rendered, out_dir: Path, docs_dir: Path, source, n_row
         else:
             lines.append(markdown_body(setting.metrics))
         lines += ["#### Cost", "", markdown_body(setting.cost)]
+    paired = [setting for setting in rendered.settings if setting.paired is not None]
+    if paired:
+        lines += ["## Paired comparisons", "",
+                  "HoReN against GRACE+Norm, each baseline, HoReN-LoRA and HoReN w/o norm, on the edit cases "
+                  "both runs scored (the declared list: `COMPARISONS` in src/editbench/report/comparisons.py).", ""]
+        for setting in paired:
+            lines += [f"### {setting.title}", ""]
+            table = setting.paired
+            lines.append(markdown_body(table) if table.rows else "".join(f"{note}\n" for note in table.notes))
     paper = [table for table in rendered.tables if table.kind == "paper"]
     if paper:
         lines += ["## The paper's layouts (its Tables 6, 7 and 8)", "",
