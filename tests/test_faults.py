@@ -5,15 +5,23 @@
   path as the console script);
 - one run per directory: a second start is refused naming the holder; a lock left by kill -9 is
   taken over;
-- SIGTERM / SIGINT: stop at the next safe point, one line, exit 143 / 130, resume equals an
-  uninterrupted run;
+- SIGTERM / SIGINT / SIGHUP: stop at the next safe point, one line, exit 143 / 130 / 129, resume
+  equals an uninterrupted run; SIGUSR2 (SLURM / submitit before a time limit): the same, summary
+  `requeued`, exit 140, or the requeue handler installed before the run's (submitit's) runs (a
+  refused requeue leaves it `stopped`); SIGTERM of a job SLURM requeued: `requeued`;
+- a stop during a checkpoint's evaluation: the evaluation is redone on resume; an error mid-run:
+  summary.json says `failed`, never `running`;
+- caches: a corrupt or wrong-shaped statistics file is recomputed, a corrupt state-cache SQLite
+  file recreated, each in one line;
+- `editbench diff` refuses runs of another dataset, protocol or stream; the report counts a run
+  with a truncated metrics line as partial and leaves no outputs of deleted runs;
 - durable checkpoints: a corrupt newest checkpoint falls back to the previous one; a disk full
   while writing one leaves the previous one intact;
 - kill -9 at 10 seeded random moments of a run: each resumed run's metrics equal the
   uninterrupted run's.
 
-Tests marked `faults` (the kill -9 series, SIGINT, two concurrent starts) run only in `make faults`;
-the rest run in CI as part of `make test`.
+Tests marked `faults` (the kill -9 series, SIGINT / SIGHUP / SIGUSR2 to a subprocess, two
+concurrent starts) run only in `make faults`; the rest run in CI as part of `make test`.
 """
 from __future__ import annotations
 
@@ -123,6 +131,24 @@ CATALOGUE = {
     "bad_dtype": (["model.dtype=float8"], ["model.dtype='float8'"]),
     "bad_device": (["model.device=gpu"], ["model.device='gpu'"]),
     "negative_layer": (["model.edit_site.layer=-1"], ["model.edit_site.layer=-1"]),
+    # reported in issue #40
+    "model_path_on_a_tiny_model": (["model.path=/nonexistent"], ["model.path=/nonexistent", "drop model.path"]),
+    "model_path_on_the_default_model": (["model=smollm2_135m", "model.path=/nonexistent"],
+                                        ["model.path=/nonexistent", "GGUF file"]),
+    "edit_site_without_model": (["edit_site.layer=99"], ["'edit_site.layer'", "did you mean model.edit_site.layer?"]),
+    "records_under_a_key": (lambda t: [f"data.path={_text(t, 'keyed.json', json.dumps({'records': [record(0)]}))}"],
+                            ["keyed.json", "1 records under 'records'", "jq"]),
+    "single_record_object": (lambda t: [f"data.path={_text(t, 'one.json', json.dumps(record(0), indent=1))}"],
+                             ["one.json", "holds one JSON object, not a list of records"]),
+    "duplicate_ids": (lambda t: [f"data.path={write_jsonl(t / 'dup.jsonl', [record(0), record(1), record(0)])}",
+                                 "n_edits=2"], ["record id 't0' appears twice", "records 0 and 2"]),
+    "too_many_threads": (["threads=100000"], ["threads=100000", "CPUs this process may use"]),
+    "retired_protocol_version": (["protocol.version=1"], ["protocol.version=1", "not a setting"]),
+    "zsre_under_the_unstructured_protocol": (["protocol=unstructured_v1"],
+                                             ["data=zsre", "not unstructured_v1", "protocol=lifelong_v1"]),
+    "unke_under_the_default_protocol": (["data=unke"], ["data=unke", "not lifelong_v1", "protocol=unstructured_v1"]),
+    "non_ascii_path": (["data.path=/tmp/dätä.jsonl"], ["data.path", '\'data.path="/tmp/dätä.jsonl"\'', "quote"]),
+    "unquoted_space": (["data.path=/tmp/my", "data.jsonl"], ["'data.jsonl'", "not key=value", "quoted"]),
 }
 
 
@@ -177,6 +203,87 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, tmp_path, monkeypatch, c
 
 def test_the_catalogue_is_at_least_thirty_cases():
     assert len(CATALOGUE) >= 30
+
+
+@pytest.mark.parametrize("key", [None, "0123456789abcdef"])
+def test_wandb_online_without_a_key_or_server_is_refused_before_the_model_loads(key, tmp_path, monkeypatch, capsys):
+    """Online W&B with no API key, or with one but no reachable server: one line before anything
+    loads (wandb.init would retry for minutes, then fail mid-run with a "running" run directory)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no.netrc"))
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # the discard port: refused at once
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    if key:
+        monkeypatch.setenv("WANDB_API_KEY", key)
+    else:
+        monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    code, err = editbench(monkeypatch, capsys, "model=tiny_llama", "n_edits=2", f"out_dir={tmp_path / 'out'}",
+                          "logger=wandb", "logger.mode=online")
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1, err
+    assert "logger.mode=online" in lines[0] and "logger.mode=offline" in lines[0]
+    assert ("no W&B API key" if key is None else "127.0.0.1:9 cannot be reached") in lines[0], lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_wandb_mode_from_the_environment_is_the_default(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert compose_config(["logger=wandb"]).logger.mode == "disabled"
+    monkeypatch.delenv("WANDB_MODE")
+    assert compose_config(["logger=wandb"]).logger.mode == "offline"
+    assert compose_config(["logger=wandb", "logger.mode=online"]).logger.mode == "online"
+
+
+def test_wandb_rows_are_logged_once_across_a_resume(tmp_path, monkeypatch):
+    """A resumed run (a stop, a SLURM requeue) logs to the same W&B run id only the rows it does not
+    have: offline, each start is its own `offline-run-*` directory of that id, and a row logged
+    again would be in the history twice. A row recomputed since (another time) is logged again."""
+    import types
+
+    from editbench.loggers import WandbLogger
+
+    runs = []
+
+    class FakeRun:
+        def __init__(self, id, **kw):
+            self.id, self.logged = id, []
+            runs.append(self)
+
+        def log(self, row, step=None, commit=None):
+            self.logged.append(step)
+
+        def mark_preempting(self):
+            pass
+
+        def finish(self, exit_code=None):
+            pass
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=FakeRun, teardown=lambda: None))
+    rows = [{"N": n, "rel": 0.5, "time": f"t{n}"} for n in (2, 4, 6)]
+    first = WandbLogger()
+    first.start(tmp_path, {}, "abcdef123456")
+    for row in rows[:2]:
+        first.log(row)
+    first.stop()
+    again = WandbLogger()  # the requeued job: the runner logs the rows it resumed with, then new ones
+    again.start(tmp_path, {}, "abcdef123456")
+    for row in [*rows[:2], rows[2], {**rows[1], "time": "t4-redone"}]:
+        again.log(row)
+    assert runs[0].id == runs[1].id and runs[0].logged == [2, 4] and runs[1].logged == [6, 4]
+
+
+def test_diff_refuses_runs_of_another_dataset_or_protocol(tmp_path, monkeypatch, capsys):
+    row = {"N": 2, "rel": 0.5, "metric_names": ["rel"], "data": "zsre", "protocol": "lifelong_v1",
+           "protocol_version": 2, "scoring": "greedy", "max_new_tokens": 512, "data_info": {"order_seed": 0, "skip": 0}}
+    for name, other in [("a", {}), ("b", {"data": "unke", "protocol": "unstructured_v1"}),
+                        ("c", {"protocol_version": 1}), ("d", {"data_info": {"order_seed": 1, "skip": 0}})]:
+        (tmp_path / name).mkdir()
+        write_jsonl(tmp_path / name / "metrics.jsonl", [{**row, **other}])
+    for other, expect in [("b", "different datasets (data zsre vs unke)"), ("c", "protocol_version 2 vs 1"),
+                          ("d", "different orders")]:
+        code, err = editbench(monkeypatch, capsys, "diff", str(tmp_path / "a"), str(tmp_path / other))
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert code == 2 and len(lines) == 1 and expect in lines[0], err
 
 
 # ----------------------------------------------------------------------------- run-directory names
@@ -286,7 +393,7 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(reference, 
         run(_ft_cfg(tmp_path), d)
     assert sorted(p.name for p in (d / "ckpt").iterdir()) == ["step_000002", "step_000004"]  # no temporary left
     assert [r["N"] for r in read_rows(d)] == [2, 4]
-    assert read_summary(d)["status"] == "running" and read_summary(d)["done"] == 4
+    assert read_summary(d)["status"] == "failed" and read_summary(d)["done"] == 4
     monkeypatch.setattr(checkpoint_module.torch, "save", real_save)  # space freed
     run(_ft_cfg(tmp_path), d)
     assert metrics(d) == metrics(reference)
@@ -295,6 +402,260 @@ def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(reference, 
 def test_summary_counts_done_edits_while_running(reference):
     s = read_summary(reference)
     assert s["status"] == "complete" and s["done"] == 8
+
+
+def test_an_error_mid_run_leaves_a_failed_summary(tmp_path, monkeypatch):
+    """summary.json never says "running" for a run that ended: an error says "failed", with it."""
+    from editbench.run import Runner
+
+    def broken(self):
+        raise RuntimeError("out of memory in the evaluation")
+
+    monkeypatch.setattr(Runner, "evaluate", broken)
+    d = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        run(compose_config(["editor=none", "n_edits=2"], out_dir=tmp_path), d)
+    s = read_summary(d)
+    assert s["status"] == "failed" and s["done"] == 2 and "out of memory" in s["error"]
+
+
+def test_a_stop_during_an_evaluation_redoes_it_on_resume(reference, tmp_path, monkeypatch):
+    """The edits of a checkpoint are saved before its evaluation; a stop signal during the
+    evaluation ends the run at once, and the resumed run evaluates that checkpoint first."""
+    from editbench.run import RunStopped, Runner
+
+    real = Runner.evaluate
+
+    def evaluate(self):
+        if self.progress.cursor == 4:
+            signal.raise_signal(signal.SIGTERM)  # arrives mid-evaluation
+        return real(self)
+
+    monkeypatch.setattr(Runner, "evaluate", evaluate)
+    d = tmp_path / "run"
+    with pytest.raises(RunStopped, match="stopped at edit 4 of 8"):
+        run(_ft_cfg(tmp_path), d)
+    assert [r["N"] for r in read_rows(d)] == [2]
+    assert read_summary(d)["status"] == "stopped" and read_summary(d)["done"] == 4
+    assert (d / "ckpt" / "step_000004").is_dir()
+    monkeypatch.setattr(Runner, "evaluate", real)
+    run(_ft_cfg(tmp_path), d)
+    assert metrics(d) == metrics(reference)
+
+
+def test_stop_signals_hup_stops_and_usr2_asks_a_requeue():
+    from editbench.signals import RunStopped, StopSignals, hand_over
+
+    for sig, status in ((signal.SIGHUP, "stopped"), (signal.SIGUSR2, "requeued")):
+        with StopSignals() as stop:
+            signal.raise_signal(sig)
+            assert stop.signum == sig and stop.status == status  # noted, nothing raised
+    assert not RunStopped(signal.SIGHUP, 3, 8).requeue and RunStopped(signal.SIGHUP, 3, 8).exit_code == 129
+    assert RunStopped(signal.SIGUSR2, 3, 8).requeue and RunStopped(signal.SIGUSR2, 3, 8).exit_code == 140
+    calls = []
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: calls.append(signum))  # e.g. submitit's
+    try:
+        with StopSignals() as stop:
+            signal.raise_signal(signal.SIGUSR2)
+            assert calls == []  # the run's handler, not the previous one, while the run holds them
+        hand_over(signal.SIGUSR2)  # restored: the previous handler (submitit: requeue and exit) runs
+        assert calls == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # nohup
+    try:
+        with StopSignals() as stop:
+            signal.raise_signal(signal.SIGHUP)
+            assert stop.signum is None
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_sigterm_of_a_job_slurm_requeued_leaves_it_requeued(tmp_path, monkeypatch):
+    """`scontrol requeue` or a pre-emption that requeues: SLURM sends the job SIGTERM, and its
+    restart count is past the one the job started with; the run stops `requeued`, not `stopped`
+    (`tests/test_slurm.py` runs it on a real cluster)."""
+    from editbench.signals import RunStopped, StopSignals, slurm_requeued
+
+    for asked, status in ((lambda: True, "requeued"), (lambda: False, "stopped")):
+        with StopSignals(requeued=asked) as stop:
+            signal.raise_signal(signal.SIGTERM)
+            assert stop.status == status
+    e = RunStopped(signal.SIGTERM, 3, 8, "requeued")
+    assert str(e).startswith("requeued by SLURM (SIGTERM) at edit 3 of 8") and not e.requeue and e.exit_code == 143
+    scontrol = tmp_path / "scontrol"  # what `scontrol show job -o` says of the job
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert not slurm_requeued()  # not a SLURM job
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    for line, restart_count, requeued in (("JobState=COMPLETING Reason=None Restarts=1", None, True),
+                                          ("JobState=CANCELLED Reason=None Restarts=1", "1", False),
+                                          ("JobState=RUNNING Reason=None Restarts=0", None, False)):
+        scontrol.write_text(f"#!/bin/sh\necho 'JobId=7 JobName=editbench {line} BatchFlag=1'\n")
+        scontrol.chmod(0o755)
+        if restart_count:
+            monkeypatch.setenv("SLURM_RESTART_COUNT", restart_count)
+        assert slurm_requeued() is requeued, line
+
+
+def test_a_requeue_the_launcher_refuses_leaves_the_run_stopped(tmp_path):
+    """submitit refuses a requeue after `max_num_timeout` timeouts (its handler raises): the
+    summary that said `requeued` says `stopped`, with the reason; the error goes on."""
+    from editbench.signals import hand_over
+
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "requeued", "done": 5}))
+
+    def refuses(signum, frame):
+        raise RuntimeError("Job not requeued because: timed-out too many times.")
+
+    previous = signal.signal(signal.SIGUSR2, refuses)
+    try:
+        with pytest.raises(RuntimeError):
+            hand_over(signal.SIGUSR2, tmp_path)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    s = read_summary(tmp_path)
+    assert s["status"] == "stopped" and s["done"] == 5 and "timed-out too many times" in s["error"]
+
+
+def test_usr2_under_a_requeueing_launcher_checkpoints_then_hands_over(reference, tmp_path, monkeypatch, capsys):
+    """As under submitit: a SIGUSR2 handler is installed before the run; the run stops at the
+    next edit with a checkpoint and a `requeued` summary, says so in one line, then that handler
+    runs (submitit's requeues the job and exits -1); the requeued run resumes exactly."""
+    import threading
+
+    calls = []
+
+    def submitit_like(signum, frame):
+        calls.append(signum)
+        sys.exit(-1)
+
+    out = tmp_path / "out"
+    args = ["model=tiny_llama", *SLOW_FT[1:], "n_edits=8", "protocol.checkpoints=[2,4,6]", f"out_dir={out}"]
+
+    def send_when_editing():
+        deadline = time.monotonic() + 120
+        while not list(out.glob("**/ckpt/step_000002")) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGUSR2)
+
+    previous = signal.signal(signal.SIGUSR2, submitit_like)
+    try:
+        threading.Thread(target=send_when_editing, daemon=True).start()
+        code, err = editbench(monkeypatch, capsys, *args)
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    (d,) = run_dirs(out)
+    s = read_summary(d)
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert code == -1 and calls == [signal.SIGUSR2], err
+    assert len(lines) == 1 and lines[0].startswith(f"editbench: requeue asked (SIGUSR2) at edit {s['done']} of 8")
+    assert s["status"] == "requeued" and 2 <= s["done"] < 8 and (d / "ckpt" / f"step_{s['done']:06d}").is_dir()
+    code, err = editbench(monkeypatch, capsys, *args)  # the requeued job
+    assert code == 0, err
+    assert metrics(d) == metrics(reference) and read_summary(d)["status"] == "complete"
+
+
+# ----------------------------------------------------------------------------- caches
+def test_a_corrupt_or_wrong_shaped_statistics_cache_is_recomputed(tiny_model, tmp_path, capsys):
+    import torch
+
+    from editbench.stats import load_corpus, second_moments
+
+    corpus, site = load_corpus("wikitext2", 4), tiny_model.site
+    first = second_moments(tiny_model, [site], corpus, tmp_path, max_length=32)
+    assert not first.info["cached"]
+    (path,) = (tmp_path / "stats").glob("*.pt")
+    assert second_moments(tiny_model, [site], corpus, tmp_path, max_length=32).info["cached"]
+    good = path.read_bytes()
+    bad_shape = {"C": torch.eye(3), "tokens": 10, "texts": 4}
+    for damage in ("truncated", "flipped", "wrong shape"):
+        if damage == "truncated":
+            path.write_bytes(good[: len(good) // 2])
+        elif damage == "flipped":
+            blob = torch.load(path, weights_only=True)
+            blob["C"][0, 0] += 1.0  # a changed value under the old checksum
+            torch.save(blob, path)
+        else:
+            torch.save(bad_shape, path)  # no checksum (as written before there was one), wrong shape
+        capsys.readouterr()
+        again = second_moments(tiny_model, [site], corpus, tmp_path, max_length=32)
+        out = capsys.readouterr().out
+        assert f"statistics cache {path.name} is corrupt" in out and "recomputing it" in out, (damage, out)
+        assert not again.info["cached"]
+        assert torch.equal(again.C[(site.layer, site.module)], first.C[(site.layer, site.module)])
+        path.write_bytes(good)
+
+
+def test_a_corrupt_state_cache_is_recreated(tmp_path, capsys):
+    from editbench.cache import StateCache
+    from editbench.evaluate import state_cache
+
+    cfg = compose_config(["editor=none", "n_edits=2"], out_dir=tmp_path)
+    cache = state_cache(cfg, cfg.protocol.scoring)  # where the run's cache lives (created here)
+    cache.db.close()
+    path = cache.path
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    path.write_bytes(b"this is not an SQLite file" * 100)
+    d = tmp_path / "run"
+    run(cfg, d)  # the run opens the cache, finds it corrupt, and recreates it
+    err = capsys.readouterr().err
+    assert f"state cache {path} is corrupt" in err and "recreated" in err, err
+    assert read_summary(d)["status"] == "complete"
+    assert (path.parent / f"{path.name}.corrupt").is_file()
+    cache = StateCache(path)
+    cache.put_outputs({(1, 2): [3]})
+    assert cache.get_outputs([(1, 2)]) == {(1, 2): [3]}
+
+
+# ----------------------------------------------------------------------------- the report
+def _result_run(root: Path, name: str, rows: list[str], status: str = "complete") -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "metrics.jsonl").write_text("".join(line + "\n" for line in rows))
+    (d / "summary.json").write_text(json.dumps({"status": status}))
+    return d
+
+
+def _committed_rows() -> list[dict]:
+    """The rows of a committed FT-L run (real rows, every field the report reads)."""
+    results = Path(__file__).parents[1] / "results"
+    return read_rows(results / "zsre" / "smollm2_135m" / "ft" / "n1000_s0_experiment=zsre_1k")
+
+
+def test_report_counts_a_run_with_a_truncated_last_line_as_partial(tmp_path):
+    import warnings
+
+    from editbench.report.rows import load_rows
+
+    row = _committed_rows()[0]
+    whole = json.dumps(row)
+    _result_run(tmp_path, "whole", [whole])
+    _result_run(tmp_path, "cut", [whole, json.dumps({**row, "N": row["N"] * 10})[:-40]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = load_rows(tmp_path)
+    complete = {Path(r).name: c for r, c in zip(rows["run_dir"], rows["complete"])}
+    assert complete == {"whole": True, "cut": False}
+
+
+def test_report_leaves_no_outputs_of_deleted_runs(tmp_path):
+    import shutil
+
+    from editbench.report.cli import main as report
+
+    rows = _committed_rows()[:2]
+    results, out = tmp_path / "results", tmp_path / "reports"
+    _result_run(results, "zsre", [json.dumps(r) for r in rows])
+    _result_run(results, "wiki", [json.dumps({**r, "data": "wikibigedit"}) for r in rows])
+    assert report(["--results", str(results), "--out", str(out), "--baselines", str(tmp_path / "none")]) == 0
+    assert any("wikibigedit" in p.name for p in (out / "tables").iterdir())
+    shutil.rmtree(results / "wiki")  # a run deleted since
+    assert report(["--results", str(results), "--out", str(out), "--baselines", str(tmp_path / "none")]) == 0
+    left = [p.name for folder in ("tables", "figures") for p in (out / folder).iterdir() if "wikibigedit" in p.name]
+    assert left == [] and any("zsre" in p.name for p in (out / "tables").iterdir())
 
 
 # ----------------------------------------------------------------------------- signals and kills (subprocess)
@@ -335,8 +696,13 @@ def _stop_with(sig: int, tmp_path: Path, reference: Path) -> None:
     assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
     (d,) = run_dirs(out)
     s = read_summary(d)
-    assert lines[0] == f"editbench: stopped at edit {s['done']} of 24; re-run the same command to resume"
-    assert s["status"] == "stopped" and 4 <= s["done"] < 24
+    if sig == signal.SIGUSR2:  # outside submitit: the requeue is the user's (or the scheduler's) re-run
+        assert lines[0].startswith(f"editbench: requeue asked (SIGUSR2) at edit {s['done']} of 24: checkpoint saved")
+        assert s["status"] == "requeued"
+    else:
+        assert lines[0] == f"editbench: stopped at edit {s['done']} of 24; re-run the same command to resume"
+        assert s["status"] == "stopped"
+    assert 4 <= s["done"] < 24
     assert (d / "ckpt" / f"step_{s['done']:06d}").is_dir()  # the edits since the last grid checkpoint kept
     resumed = run_cli(*STREAM, f"out_dir={out}", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -375,8 +741,11 @@ def test_sigterm_stops_cleanly_and_resumes_exactly(cli_reference, tmp_path):
 
 
 @pytest.mark.faults
-def test_sigint_stops_cleanly_and_resumes_exactly(cli_reference, tmp_path):
-    _stop_with(signal.SIGINT, tmp_path, cli_reference)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGHUP, signal.SIGUSR2], ids=["SIGINT", "SIGHUP", "SIGUSR2"])
+def test_other_stop_signals_stop_cleanly_and_resume_exactly(cli_reference, tmp_path, sig):
+    """SIGINT (Ctrl-C), SIGHUP (a lost ssh session) and SIGUSR2 (SLURM's warning before a time
+    limit, outside submitit) as SIGTERM; SIGUSR2 leaves the summary `requeued`."""
+    _stop_with(sig, tmp_path, cli_reference)
 
 
 @pytest.mark.faults

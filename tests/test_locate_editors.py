@@ -96,8 +96,8 @@ def test_statistics_cache_key_names_the_method_version(model, corpus_file, tmp_p
 def test_interrupted_statistics_leave_no_complete_looking_file(model, corpus_file, tmp_path, monkeypatch):
     from editbench import stats
 
-    def crash(obj, path, *a, **k):
-        Path(path).write_bytes(b"partial")
+    def crash(obj, f, *a, **k):  # half a file written, then an interrupt
+        f.write(b"partial") if hasattr(f, "write") else Path(f).write_bytes(b"partial")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(stats.torch, "save", crash)
@@ -157,10 +157,11 @@ def test_subject_last_token_on_smollm2():
 
 
 # ----------------------------------------------------------------------------- ROME
-def test_rome_update_is_rank_one_along_inverse_covariance_key_and_writes_delta(zsre_records, monkeypatch):
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gemma3"])
+def test_rome_update_is_rank_one_along_inverse_covariance_key_and_writes_delta(arch, zsre_records, monkeypatch):
     from editbench.editors import _locate
 
-    m, ed, _ = build_editor("rome")
+    m, ed, _ = build_editor("rome", model=arch)
     r = zsre_records[0].request
     site = ed.site
     W0 = m.module_at(site).weight.detach().clone()
@@ -180,6 +181,44 @@ def test_rome_update_is_rank_one_along_inverse_covariance_key_and_writes_delta(z
     assert abs(abs(float(row @ u)) - 1) < 1e-5  # along C^-1 k*
     y_after = _locate.at_lookup(m.site_io(b0, site)[1], l0)[0]
     torch.testing.assert_close(y_after - y_before, captured["result"].delta, rtol=1e-4, atol=1e-5)  # o + δ = v*
+
+
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gemma3"])
+def test_rome_delta_is_the_change_of_the_mlp_output(arch, zsre_records):
+    """ROME's δ is a change of the MLP (down_proj) output at the subject's last token. A LLaMA block
+    adds that output to the residual as it is, so δ is optimised on the residual stream; a Gemma-3
+    block normalises it first (`post_feedforward_layernorm`), so δ is optimised on the down_proj
+    output itself. Either way the loss `optimise_delta` reports is the model's loss with δ added to
+    the down_proj output, computed here by a plain forward pass."""
+    from editbench.editors import _locate
+    from editbench.models import Pass
+
+    m, ed, _ = build_editor("rome", model=arch)
+    assert m.output_reaches_residual(ed.site) is (arch == "tiny_llama")
+    assert (ed.delta_at is None) is (arch == "tiny_llama")
+    r = zsre_records[0].request
+    rows = _locate.edit_rows(m, ed.templates[:3], r.prompt, r.subject, r.target, None)  # no KL row
+    res = _locate.optimise_delta(m, rows, ed.site.layer, 1.0, 0.5, 4, 0.0, 0.0, 100.0, at=ed.delta_at)
+    assert res.steps == 3 and float(res.delta.norm()) > 0
+
+    def add(_m, _a, y):
+        y = y.clone()
+        y[torch.arange(y.shape[0]), rows.lookup] += res.delta
+        return y
+
+    b = rows.batch
+    hook = m.module_at(ed.site).register_forward_hook(add)
+    try:
+        with torch.no_grad(), m.bind(Pass("prefill", b.prompt_mask)):
+            logits = m.model(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids,
+                             use_cache=False).logits
+    finally:
+        hook.remove()
+    nxt = b.predicts_label
+    nll = -torch.log_softmax(logits[nxt].float(), -1).gather(1, b.labels[:, 1:][nxt[:, :-1]][:, None])[:, 0]
+    rows_of = torch.nonzero(nxt)[:, 0]
+    per_row = torch.zeros(rows.n_edit).index_add(0, rows_of, nll) / torch.bincount(rows_of).float()
+    assert float(per_row.mean()) == pytest.approx(res.loss, rel=1e-4)
 
 
 def test_evaluator_does_not_reuse_unedited_states_above_a_weight_edit(zsre_records):

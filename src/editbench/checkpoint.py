@@ -5,7 +5,7 @@ Layout of a run directory:
   .lock             held (flock) by the one process running here; names it (pid, host, start)
   .hydra/           the composed config and the command-line overrides (written once the run starts)
   metrics.jsonl     one row per completed checkpoint (rewritten atomically at each checkpoint)
-  summary.json      {"status": "running" | "stopped" | "complete", "done": edits so far, ...}
+  summary.json      {"status": "running" | "stopped" | "requeued" | "failed" | "complete", "done": edits so far, ...}
   records/step_NNNNNN.jsonl.gz   per-probe scores and outputs at each checkpoint (audit, `editbench diff`)
   ckpt/step_NNNNNN/ state.pt (editor state, stream cursor, RNG states, per-edit costs) + meta.json
 Every file is written under a temporary name, fsync'd, renamed into place and its directory
@@ -77,6 +77,16 @@ def rng_state() -> dict:
     return st
 
 
+def rng_equal(a: dict, b: dict) -> bool:
+    """Whether two `rng_state()`s are the same state."""
+    if a.keys() != b.keys() or a["python"] != b["python"] or not torch.equal(a["torch"], b["torch"]):
+        return False
+    na, nb = a["numpy"], b["numpy"]
+    if len(na) != len(nb) or any(not np.array_equal(x, y) for x, y in zip(na, nb)):
+        return False
+    return all(torch.equal(x, y) for x, y in zip(a.get("cuda", ()), b.get("cuda", ())))
+
+
 def set_rng_state(st: dict) -> None:
     random.setstate(st["python"])
     np.random.set_state(st["numpy"])
@@ -137,10 +147,11 @@ class RunLock:
 
 
 class RunStore:
-    def __init__(self, run_dir: Path, keep_last: int = 2):
+    def __init__(self, run_dir: Path, keep_last: int = 2, keep_steps: frozenset[int] = frozenset()):
+        """`keep_last`: how many of the newest checkpoints stay; `keep_steps`: steps that stay too."""
         self.dir = Path(run_dir)
         self.ckpt_dir = self.dir / "ckpt"
-        self.keep_last = keep_last
+        self.keep_last, self.keep_steps = keep_last, keep_steps
 
     # ------------------------------------------------------------------ metrics and summary
     def write_rows(self, rows: list[dict]) -> None:
@@ -149,16 +160,17 @@ class RunStore:
     def write_summary(self, summary: dict) -> None:
         atomic_write_text(self.dir / "summary.json", json.dumps(summary, indent=2) + "\n")
 
-    def mark_stopped(self, done: int) -> None:
-        """After an immediate stop: a summary that still says "running" says "stopped" at `done`
+    def mark_stopped(self, done: int, status: str = "stopped", **extra) -> None:
+        """After a run ended without writing its own summary (an immediate stop, an error): a
+        summary that still says "running" says `status` ("stopped", "requeued", "failed") at `done`
         (the newest complete checkpoint), so no reader takes the run for a live one."""
         path = self.dir / "summary.json"
         try:
             summary = json.loads(path.read_text())
-        except (OSError, ValueError):
+            if summary.get("status") == "running":
+                self.write_summary({**summary, "status": status, "done": done, **extra})
+        except (OSError, ValueError):  # no summary yet, or no room to write one
             return
-        if summary.get("status") == "running":
-            self.write_summary({**summary, "status": "stopped", "done": done})
 
     def write_records(self, step: int, records: list[dict]) -> None:
         """One gzipped JSON line per scored probe at checkpoint `step` (written atomically)."""
@@ -204,15 +216,25 @@ class RunStore:
                 os.fsync(f.fileno())
             _fsync_dir(tmp)
             final = self.ckpt_dir / f"step_{step:06d}"
-            if final.exists():
-                shutil.rmtree(final)
+            old = None
+            if final.exists():  # a checkpoint at this step already (saved before its evaluation)
+                old = Path(tempfile.mkdtemp(dir=self.ckpt_dir, prefix=".tmp_step_"))
+                os.replace(final, old / final.name)  # set aside, never half deleted in place
             os.replace(tmp, final)
             _fsync_dir(self.ckpt_dir)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         for old in self._complete()[:-self.keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+            if int(old.name.removeprefix("step_")) not in self.keep_steps:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def update_meta(self, step: int, **fields) -> None:
+        """Add `fields` to checkpoint `step`'s meta.json (its state unchanged; written atomically)."""
+        path = self.ckpt_dir / f"step_{step:06d}" / "meta.json"
+        atomic_write_text(path, json.dumps({**json.loads(path.read_text()), **fields}, indent=2))
 
     def _complete(self) -> list[Path]:
         if not self.ckpt_dir.is_dir():

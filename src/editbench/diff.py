@@ -4,7 +4,9 @@ Reads each run directory's `metrics.jsonl` and `records/step_NNNNNN.jsonl.gz` (o
 probe: case id, probe set, probe index, score, output). For every checkpoint N both runs have, it
 prints the metrics that differ and the records whose score or output ids differ (the first
 `--show` of them, with both outputs). Exit status 0 when the runs agree on every shared
-checkpoint, 1 when they differ (as `diff`), 2 on bad input.
+checkpoint, 1 when they differ (as `diff`), 2 on bad input, which includes two runs whose records
+are not comparable (another dataset, protocol, protocol version, scoring, generation cap or
+stream order).
 """
 from __future__ import annotations
 
@@ -32,9 +34,32 @@ def _records(run: Path, n: int) -> dict[tuple, dict] | None:
         return {(r["case"], r["set"], r["i"]): r for r in map(json.loads, f)}
 
 
-def diff(a: Path, b: Path, show: int = 5, out=sys.stdout) -> bool:
-    """Print the differences; True when the runs agree on every checkpoint both have."""
+#: what two runs must share for their records to be the same probes scored the same way
+STREAM = {"data": "datasets", "protocol": "protocols", "protocol_version": "protocol versions",
+          "scoring": "scoring modes", "max_new_tokens": "generation caps"}
+
+
+def _same_stream(ra: dict, rb: dict) -> None:
+    """Refuse two runs whose records are not comparable: another dataset, protocol (version),
+    scoring, generation cap, or stream order."""
+    for key, what in STREAM.items():
+        if ra.get(key) != rb.get(key):
+            raise EditbenchError(f"the runs are of different {what} ({key} {ra.get(key)} vs {rb.get(key)}): their "
+                                 f"records are not the same probes scored the same way — compare runs of one stream")
+    order = [(r.get("data_info") or {}).get(k) for r in (ra, rb) for k in ("order_seed", "skip")]
+    if order[:2] != order[2:]:
+        raise EditbenchError(f"the runs stream the records in different orders (order_seed, skip: {tuple(order[:2])} "
+                             f"vs {tuple(order[2:])}), so their checkpoints hold different records — compare runs "
+                             f"of one stream")
+
+
+def diff(a: Path, b: Path, show: int = 5, out=None) -> bool:
+    """Print the differences (to `out`, default the current sys.stdout); True when the runs agree
+    on every checkpoint both have."""
+    out = out if out is not None else sys.stdout
     rows_a, rows_b = _rows(a), _rows(b)
+    if rows_a and rows_b:
+        _same_stream(next(iter(rows_a.values())), next(iter(rows_b.values())))
     shared = sorted(rows_a.keys() & rows_b.keys())
     if not shared:
         raise EditbenchError(f"the runs share no checkpoint (N: {sorted(rows_a)} vs {sorted(rows_b)}) — compare runs of one stream")

@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from editbench import __version__
 
 #: top-level keys that do not change what a run computes (left out of `config_hash`)
-RUNTIME_KEYS = ("resume", "out_dir", "logger", "tag", "threads", "cache_dir", "cache_max_gb", "save_every_min")
+RUNTIME_KEYS = ("resume", "out_dir", "logger", "tag", "threads", "cache_dir", "cache_max_gb", "save_every_min",
+                "keep_checkpoints")
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -2,7 +2,8 @@
 
 What a run is made of comes from `build.build` (the one seam); the runner owns what happens to
 it: the edit loop, resume, checkpoints, stop signals, the costs it measures around each edit
-(per-edit wall time, peak and resident memory, evaluation time) and the result files.
+(per-edit wall time, peak and resident memory, evaluation time), the result files and what it
+prints while it works (`progress.Bar`: live bars on a terminal, plain lines in a job log).
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import contextlib
 import datetime as dt
 import random
 import signal
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,13 +18,14 @@ from typing import Callable
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from editbench.build import build, instantiate_group, max_new_tokens, validate
-from editbench.checkpoint import RunLock, RunStore, rng_state, set_rng_state
+from editbench.checkpoint import RunLock, RunStore, rng_equal, rng_state, set_rng_state
 from editbench.costs import Costs
 from editbench.errors import EditbenchError
+from editbench.progress import Bar, duration
 from editbench.provenance import code_version, config_hash, git_hash, hardware, versions
+from editbench.signals import RunStopped, StopSignals
 
 SCHEMA = 1
 
@@ -44,55 +45,29 @@ def eval_indices(n: int, retention, at: int) -> list[int]:
     return sorted(random.Random(retention.sample_seed * 1_000_003 + at).sample(range(n), cap))
 
 
-class RunStopped(Exception):
-    """SIGTERM / SIGINT: the run stopped at a safe point (its checkpoints intact)."""
-
-    def __init__(self, signum: int, done: int, n_edits: int):
-        super().__init__(f"stopped at edit {done} of {n_edits}; re-run the same command to resume")
-        self.exit_code = 128 + signum
-
-
-class StopSignals:
-    """SIGTERM and SIGINT ask the run to stop at its next safe point (between edits, after a
-    checkpoint); a second signal stops it at once (the files stay consistent either way: every
-    write is atomic). Installed only in the main thread, and restored on exit."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.signum: int | None = None
-        self.previous: dict = {}
-
-    def _handle(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt(signal.Signals(signum).name)
-        self.signum = signum
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, h in self.previous.items():
-            signal.signal(s, h)
-
-
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Run one edit stream; returns the final metrics row. Resumes from `run_dir` if asked.
 
     Everything is checked before the model loads; nothing is written into `run_dir` until the
-    run holds its lock, has passed the resume check and has its model and unedited references."""
+    run holds its lock, has passed the resume check and has its model and unedited references.
+    A run that ends early never leaves summary.json saying "running": a stop says `stopped` (or
+    `requeued`), an error `failed`."""
     validate(cfg)
     run_dir = Path(run_dir)
     with StopSignals() as stop, RunLock(run_dir):
+        runner = Runner(cfg, run_dir, list(overrides), stop)
         try:
-            return Runner(cfg, run_dir, list(overrides), stop).run()
-        except KeyboardInterrupt:  # a second signal, or one before the handlers were in place
-            store = RunStore(run_dir)
-            done = (store.latest_meta() or {}).get("cursor", 0)
-            store.mark_stopped(done)
-            raise RunStopped(stop.signum or signal.SIGINT, done, int(cfg.n_edits)) from None
+            return runner.run()
+        except KeyboardInterrupt:  # a second signal, one during an evaluation, or one before the handlers
+            runner.store.mark_stopped(runner.kept(), stop.status)
+            raise RunStopped(stop.signum or signal.SIGINT, runner.kept(), int(cfg.n_edits), stop.status) from None
+        except RunStopped:
+            raise
+        except Exception as e:
+            if runner.started:  # this process said "running"; an earlier run's summary stays as it was
+                runner.store.mark_stopped(runner.kept(), "failed", error=" ".join(str(e).split())[:300] or
+                                          type(e).__name__)
+            raise
 
 
 @dataclass
@@ -113,6 +88,7 @@ class Runner:
         self.store = RunStore(run_dir)
         self.chash, self.n_edits, self.code = config_hash(cfg), int(cfg.n_edits), code_version()
         self.progress = Progress()
+        self.started = False  # summary.json says "running" for this process
 
     def refuse_foreign_checkpoint(self) -> None:
         """Before anything loads: a checkpoint here must be of this config and this code (or forced)."""
@@ -164,6 +140,7 @@ class Runner:
 
     def summary(self, status: str, **extra) -> None:
         p = self.progress
+        self.started = True
         self.store.write_summary({"status": status, "run_id": self.static["run_id"], "n_edits": self.n_edits,
                                   "done": p.cursor, "segments": p.segments, **extra})
 
@@ -188,6 +165,45 @@ class Runner:
                "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         return row, scores.records
 
+    def kept(self) -> int:
+        """The edit the newest complete checkpoint resumes from."""
+        return (self.store.latest_meta() or {}).get("cursor", 0)
+
+    def evaluations_ahead(self) -> tuple[float, str] | None:
+        """The evaluations still ahead, for the ETA: (seconds, words), at the newest evaluated
+        checkpoint's time per evaluated case."""
+        p, cap = self.progress, self.cfg.protocol.retention.get("max_eval")
+        last = p.rows[-1] if p.rows else None
+        ahead = [g for g in self.grid if g >= p.cursor and (last is None or g > last["N"])]
+        if not ahead:
+            return None
+        what = f"{len(ahead)} evaluation{'s' if len(ahead) > 1 else ''}"
+        if last is None:
+            return 0.0, f"{what} not timed yet"
+        per_case = last["eval_s"] / max(int(last.get("n_eval") or last["N"]), 1)
+        seconds = per_case * sum(min(g, cap) if cap else g for g in ahead)
+        return seconds, f"{duration(seconds)} for {what}"
+
+    def score(self, bar: Bar, logger) -> None:
+        """Evaluate the checkpoint at the cursor (its edits are saved already) and record its row."""
+        p, store = self.progress, self.store
+        before = rng_state()
+        with self.stop.interrupting(), bar.paused():
+            row, records = self.evaluate()
+        p.rows.append(row)
+        with disk_errors(self.run_dir, self.kept):
+            store.write_records(p.cursor, records)
+            store.write_rows(p.rows)
+            if rng_equal(before, rng_state()):
+                store.update_meta(p.cursor, rows=p.rows)  # the checkpoint's state is still the state after it
+            else:  # the evaluation drew random numbers: what follows starts from the state after it
+                self.checkpoint()
+            self.summary("running")
+        logger.log(row)
+        shown = " ".join(f"{k}={row[k]:.3f}" for k in row["metric_names"])
+        bar.write(f"[editbench] N={p.cursor}: {shown} ({row['edit_s_mean'] * 1e3:.0f} ms/edit, "
+                  f"eval {row['eval_s']:.1f}s)")
+
     def run(self) -> dict:
         cfg, store, p = self.cfg, self.store, self.progress
         store.sweep_temporaries()
@@ -198,27 +214,38 @@ class Runner:
         self.reuse_layer = min((s.layer for s in r.editor.touches()), default=r.model.site.layer)
         self.static = self.static_fields()
         self.config = OmegaConf.to_container(cfg, resolve=True)
-        grid = checkpoint_grid(cfg.protocol.checkpoints, self.n_edits)
+        self.grid = grid = checkpoint_grid(cfg.protocol.checkpoints, self.n_edits)
+        keep = cfg.get("keep_checkpoints", 2)
+        self.store.keep_last, self.store.keep_steps = (2, frozenset(grid)) if keep == "grid" else (int(keep), frozenset())
         self.resume()
         with disk_errors(self.run_dir, lambda: p.cursor):
             store.write_config(OmegaConf.to_yaml(cfg, resolve=True), self.overrides)
             store.write_rows(p.rows)
             self.summary("running")
         logger = instantiate_group(cfg.logger)
-        logger.start(self.run_dir, self.config, self.chash)
+        try:
+            logger.start(self.run_dir, self.config, self.chash)
+        except Exception as e:  # e.g. W&B unreachable after all
+            raise EditbenchError(f"logger={cfg.logger.name} did not start ({type(e).__name__}: "
+                                 f"{' '.join(str(e).split())[:200]}) — fix it or use logger=none, then re-run the "
+                                 f"same command to resume") from None
         for row in p.rows:
             logger.log(row)
-        bar = tqdm(total=self.n_edits, initial=p.cursor, desc=f"{r.editor.method} edits", dynamic_ncols=True)
-        save_every_s = float(cfg.get("save_every_min") or 0) * 60  # 0: checkpoints at the grid only
+        bar = Bar(self.n_edits, f"{r.editor.method} edits", unit="edit", initial=p.cursor,
+                  eta_extra=self.evaluations_ahead)
+        save_every_min = float(cfg.get("save_every_min") or 0)  # 0: checkpoints at the grid only
         last_save = time.monotonic()
         try:
+            if p.cursor in grid and (not p.rows or p.rows[-1]["N"] < p.cursor):
+                self.score(bar, logger)  # a checkpoint whose evaluation a stop interrupted
             while p.cursor < self.n_edits:
                 if self.stop.signum is not None:  # a safe point: between edits, every checkpoint written
-                    with disk_errors(self.run_dir, lambda: p.cursor):
-                        if p.cursor > (store.latest_meta() or {}).get("cursor", 0):
-                            self.checkpoint()  # the edits since the last grid checkpoint are kept too
-                        self.summary("stopped")
-                    raise RunStopped(self.stop.signum, p.cursor, self.n_edits)
+                    with disk_errors(self.run_dir, self.kept):
+                        if p.cursor > self.kept():
+                            self.checkpoint()  # the edits since the last checkpoint are kept too
+                        self.summary(self.stop.status)
+                    logger.stop()
+                    raise RunStopped(self.stop.signum, p.cursor, self.n_edits, self.stop.status)
                 # the editor's batch size, cut at the next checkpoint so every checkpoint's N is exact
                 end = min(p.cursor + r.editor.batch_size, next(g for g in grid if g > p.cursor))
                 batch = r.cases[p.cursor:end]
@@ -226,24 +253,18 @@ class Runner:
                     r.editor.edit([c.request for c in batch])  # requests only: editors never see the probes
                 p.cursor = end
                 bar.update(len(batch))
-                if p.cursor not in grid and save_every_s and time.monotonic() - last_save >= save_every_s:
-                    with disk_errors(self.run_dir, lambda: p.cursor):  # a kill now loses at most save_every_min
-                        self.checkpoint()
-                        self.summary("running")
-                    last_save = time.monotonic()
                 if p.cursor in grid:
-                    row, records = self.evaluate()
-                    p.rows.append(row)
-                    with disk_errors(self.run_dir, lambda: p.rows[-2]["N"] if len(p.rows) > 1 else 0):
-                        self.checkpoint()
-                        store.write_records(p.cursor, records)
-                        store.write_rows(p.rows)
+                    with disk_errors(self.run_dir, self.kept):
+                        self.checkpoint()  # the edits first: a stop during the evaluation loses only it
                         self.summary("running")
+                    self.score(bar, logger)
                     last_save = time.monotonic()
-                    logger.log(row)
-                    shown = " ".join(f"{k}={row[k]:.3f}" for k in row["metric_names"])
-                    bar.write(f"[editbench] N={p.cursor}: {shown} ({row['edit_s_mean'] * 1e3:.0f} ms/edit, "
-                              f"eval {row['eval_s']:.1f}s)")
+                elif save_every_min and time.monotonic() - last_save >= save_every_min * 60:
+                    with disk_errors(self.run_dir, self.kept):  # a kill now loses at most save_every_min
+                        self.checkpoint()
+                        self.summary("running")
+                    bar.write(f"[editbench] checkpoint at edit {p.cursor} (every {save_every_min:g} min)")
+                    last_save = time.monotonic()
         finally:
             bar.close()
         with disk_errors(self.run_dir, lambda: p.cursor):

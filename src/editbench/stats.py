@@ -5,8 +5,10 @@ real token of a general-text corpus, each text truncated to `max_length` tokens.
 once per (model weights, site, corpus, sample count, max length, library versions, version of the
 method): all sites one editor needs in one pass over the corpus, with a progress bar, then cached
 under `<cache_dir>/stats/` with a file name naming the model, layer, module, corpus and sample
-count and a hash of everything else. A cache file is written to a temporary name and renamed, so an
-interrupted computation never leaves a file that looks complete; later runs and resumed runs load it.
+count and a hash of everything else. A cache file is written to a temporary name, fsync'd and
+renamed, so an interrupted computation never leaves a file that looks complete; it holds the SHA-256
+of its contents, and a file that fails it, does not load, or holds a `C` of the wrong shape is
+recomputed (said in one line). Later runs and resumed runs load it.
 
 Corpora: `wikitext2` (shipped with editbench: `data/text/wikitext2_paragraphs.md`), a path to a
 `.jsonl` (field `text`) or `.txt` (one text per line) file, or `hub:<dataset>[:<config>]` read
@@ -23,10 +25,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from editbench.errors import EditbenchError
 from editbench.models import EditableModel, EditSite, Pass, _StopForward
+from editbench.progress import Bar
 
 # The version of how `C` is computed (which tokens count, truncation, accumulation precision). It is
 # part of every cache key: bump it with any change to `_accumulate` or what it calls, so a cache
@@ -121,33 +123,73 @@ class Moments:
 
 def second_moments(model: EditableModel, sites: Sequence[EditSite], corpus: Corpus, cache_dir: Path,
                    max_length: int, batch_tokens: int = 4096) -> Moments:
-    """`C = E[k kᵀ]` of the inputs of the module at every site (from cache where present)."""
+    """`C = E[k kᵀ]` of the inputs of the module at every site (from cache where present and intact)."""
     sites = list(sites)
     weights = weights_fingerprints(model, max(s.layer for s in sites))
     paths = {(s.layer, s.module): _cache_path(cache_dir, model, s, corpus, max_length, weights[s.layer])
              for s in sites}
     C, tokens = {}, None
-    missing = [s for s in sites if not paths[(s.layer, s.module)].is_file()]
     t0 = time.perf_counter()
+    for s in sites:
+        key = (s.layer, s.module)
+        if paths[key].is_file():
+            blob = _load(paths[key], _input_width(model, s))
+            if blob is not None:
+                C[key], tokens = blob["C"], int(blob["tokens"])
+    missing = [s for s in sites if (s.layer, s.module) not in C]
     if missing:
         sums, tokens = _accumulate(model, missing, corpus, max_length, batch_tokens)
         for s in missing:
             key = (s.layer, s.module)
-            blob = {"C": (sums[key] / tokens).float(), "tokens": tokens, "texts": len(corpus.texts)}
-            path = paths[key]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            torch.save(blob, tmp)
-            os.replace(tmp, path)  # atomic: a reader sees the whole file or none
-            C[key] = blob["C"]
-    for s in sites:
-        key = (s.layer, s.module)
-        if key not in C:  # computed by an earlier run
-            blob = torch.load(paths[key], map_location="cpu", weights_only=True)
-            C[key], tokens = blob["C"], int(blob["tokens"])
+            C[key] = (sums[key] / tokens).float()
+            _save(paths[key], {"C": C[key], "tokens": tokens, "texts": len(corpus.texts)})
     info = {"corpus": corpus.name, "texts": len(corpus.texts), "tokens": tokens, "max_length": max_length,
             "cached": not missing, "seconds": round(time.perf_counter() - t0, 3)}
     return Moments(C, info)
+
+
+def _digest(blob: dict) -> str:
+    h = hashlib.sha256(blob["C"].contiguous().view(torch.uint8).numpy().tobytes())
+    h.update(repr((list(blob["C"].shape), str(blob["C"].dtype), int(blob["tokens"]), int(blob["texts"]))).encode())
+    return h.hexdigest()
+
+
+def _save(path: Path, blob: dict) -> None:
+    """Write a cache file with the SHA-256 of its contents: temporary name, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({**blob, "sha256": _digest(blob)}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic: a reader sees the whole file or none
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load(path: Path, width: int | None) -> dict | None:
+    """A cache file's contents, or None (said in one line) when it is corrupt: it does not load,
+    fails its SHA-256 (files from before the checksum have none), or its `C` is not width x width."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        C = blob["C"]
+        square = isinstance(C, torch.Tensor) and C.dim() == 2 and C.shape[0] == C.shape[1]
+        if not square or (width and C.shape[0] != width):
+            raise ValueError(f"C has shape {tuple(getattr(C, 'shape', ()))}, the module takes {width} inputs")
+        if "sha256" in blob and _digest(blob) != blob["sha256"]:
+            raise ValueError("its contents do not match their SHA-256")
+        return blob
+    except Exception as e:  # truncated zip, bad pickle, missing key, wrong shape, checksum
+        reason = " ".join(str(e).split())[:120] or type(e).__name__
+        print(f"[editbench] statistics cache {path.name} is corrupt ({reason}); recomputing it")
+        return None
+
+
+def _input_width(model: EditableModel, site: EditSite) -> int | None:
+    """The number of inputs of the module at `site` (a linear layer's in_features), if it says."""
+    module = model.module_at(site)
+    return getattr(module, "in_features", None)
 
 
 @torch.no_grad()
@@ -172,7 +214,7 @@ def _accumulate(model: EditableModel, sites: list[EditSite], corpus: Corpus, max
     stopper = model.blocks[top + 1].register_forward_pre_hook(_raise) if top + 1 < len(model.blocks) else None
     n_tokens = 0
     try:
-        bar = tqdm(total=len(ids), desc=f"second moments ({corpus.name}, {len(ids)} texts)", unit="text")
+        bar = Bar(len(ids), f"second moments ({corpus.name})", unit="text", every_pct=10)
         i = 0
         while i < len(order):
             j = i + 1

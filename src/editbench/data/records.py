@@ -72,6 +72,9 @@ def load_json_records(path: str | Path, what: str) -> tuple[list[dict], str]:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
             raise EditbenchError(f"{what}: {p} is not valid JSON (line {e.lineno}: {e.msg}) — fix or replace the file") from None
+    elif isinstance(whole := _one_object(text), dict) and (_records_key(whole) or p.suffix != ".jsonl" or
+                                                          "\n" in text.strip()):
+        raise EditbenchError(f"{what}: {p} {_object_problem(whole)}")
     else:
         rows = []
         for lineno, line in enumerate(text.splitlines(), 1):
@@ -84,3 +87,26 @@ def load_json_records(path: str | Path, what: str) -> tuple[list[dict], str]:
     if not all(isinstance(r, dict) for r in rows):
         raise EditbenchError(f"{what}: {p} must hold JSON objects, one per record — fix the file")
     return rows, hashlib.sha256(data).hexdigest()
+
+
+def _one_object(text: str):
+    """The file as one JSON document, or None when it is not one (e.g. JSONL of several lines)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return None
+
+
+def _records_key(obj: dict) -> str | None:
+    """The key of a JSON object under which a list of records sits (`{"records": [{...}, ...]}`)."""
+    return next((k for k, v in obj.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)), None)
+
+
+def _object_problem(obj: dict) -> str:
+    """Why a file holding one JSON object is not a record file (a record file is a JSON list of
+    records, or JSONL: one record per line; a single-line `.jsonl` file is one record)."""
+    if (k := _records_key(obj)) is not None:
+        return (f"holds one JSON object with {len(obj[k])} records under '{k}', not a list of records — save that "
+                f"list as the file (e.g. `jq -c '.{k}[]' FILE > records.jsonl`) and point data.path at it")
+    return ("holds one JSON object, not a list of records — write a JSON list ([{...}, ...]) or JSONL (one record "
+            "per line; a one-line .jsonl file is one record)")

@@ -16,6 +16,8 @@ class RecordStream:
     packaged: Path
     #: aux sources this adapter accepts (a subclass lists the ones that make sense for it)
     AUX_SOURCES: tuple[str, ...] = ("outside_stream", "own_loc")
+    #: the protocols (by name) its records are scored under; None: any (checked before the model loads)
+    PROTOCOLS: tuple[str, ...] | None = None
 
     def __init__(self, name: str, path: str | None, hub: str | None, revision: str | None, split: str,
                  order_seed: int | None, skip: int, aux: str):
@@ -57,9 +59,17 @@ class RecordStream:
         return ""
 
     def records(self) -> list[EditCase]:
-        """Every usable record in file order (parsed once)."""
+        """Every usable record in file order (parsed once); record ids must be unique (result files
+        and `editbench diff` match records by id)."""
         if self._records is None:
-            self._records = self._parse()
+            recs = self._parse()
+            first: dict[str, int] = {}
+            for i, c in enumerate(recs):
+                if first.setdefault(c.id, i) != i:
+                    raise EditbenchError(f"data={self.name}: record id {c.id!r} appears twice in {self.where} (usable "
+                                         f"records {first[c.id]} and {i}) — give every record its own id (result "
+                                         f"files and `editbench diff` match records by id)")
+            self._records = recs
         return list(self._records)
 
     def stream(self, n: int) -> list[EditCase]:

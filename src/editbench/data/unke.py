@@ -34,6 +34,7 @@ def _field(rec: dict, key: str, i: int, where: str) -> str:
 class UnKE(ZsreNQAux, RecordStream):
     overall = None  # no locality, no overall score (docs/protocol.md#free-text-metrics)
     AUX_SOURCES = ("zsre_nq",)
+    PROTOCOLS = ("unstructured_v1",)
 
     def __init__(self, name: str = "unke", source: Literal["unkebench", "contest"] = "unkebench",
                  path: str | None = None, hub: str | None = None, revision: str | None = None, split: str = "train",

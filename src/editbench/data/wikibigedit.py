@@ -35,6 +35,7 @@ class WikiBigEdit(ZsreNQAux, RecordStream):
     overall = OP  # Rel · Gen · Loc only: portability stays outside OP
     packaged = PACKAGED
     AUX_SOURCES = ("zsre_nq", "outside_stream", "own_loc")
+    PROTOCOLS = ("lifelong_v1", "lifelong_v1_tf")
 
     def __init__(self, name: str = "wikibigedit", path: str | None = None, hub: str | None = None,
                  revision: str | None = None, split: str = "train", order_seed: int | None = None,

@@ -44,6 +44,7 @@ def make_case(case_id: str, prompt: str, target: str, rephrase: str, loc_prompt:
 class ZsRE(RecordStream):
     overall = OP  # the structured family's overall score (docs/protocol.md#op)
     packaged = PACKAGED_POOL
+    PROTOCOLS = ("lifelong_v1", "lifelong_v1_tf")
 
     def __init__(self, name: str = "zsre", path: str | None = None, hub: str | None = None,
                  revision: str | None = None, split: str = "train", target: Literal["answer", "alt"] = "answer",
