@@ -90,3 +90,43 @@ def test_paper_model_command_runs_end_to_end(folders, tmp_path, model, editor):
     assert first["case"] == read_pool_ids(data)[0]  # the stream came from the parquet, through the hub loader
     for r in rows:
         assert all(0.0 <= r[k] <= 1.0 for k in ("rel", "gen", "loc"))
+
+
+def test_the_50k_projection_counts_the_real_architecture():
+    """LLaMA-3.1-8B's parameter count from the widths the projection uses (8.03 B, its model card's),
+    and the work a projected edit and probe carry, by hand."""
+    from conftest import load_script
+
+    proj = load_script("project_50k")
+    t = proj.TARGET
+    total = t["layers"] * proj.block_params(t) + 2 * t["hidden"] * t["vocab"] + 2 * t["hidden"]
+    assert round(total / 1e9, 2) == 8.03
+    m = {"N": 100, "steps_per_edit": 10.0, "edit_tokens": 10.0, "answer_tokens": 2.0, "probe_tokens": 12.0,
+         "smollm2_edit_s_mean": 1.0}
+    out = proj.project(m)
+    bp, head = proj.block_params(t), t["hidden"] * t["vocab"]
+    assert out["edit_tflop"] * 1e12 == pytest.approx(2 * 29 * bp * 10 + 10 * 4 * (3 * bp * 10 + head * 2))
+    assert out["probes_evaluated"] == 3 * (10 + 100 + 500 + 1000 + 2000 * 7)
+    assert out["paper_rate"]["edits_h"] == pytest.approx(50_000 * 1.670 / 3600)
+
+
+def test_the_readme_projection_block_is_generated_between_its_markers(tmp_path):
+    from editbench.report.projection import BEGIN, END, projection_markdown
+    from editbench.report.writer import write_marked
+
+    from conftest import load_script
+
+    proj = load_script("project_50k")
+    p = {"measured": {"N": 100, "steps_per_edit": 10.0, "edit_tokens": 10.0, "answer_tokens": 2.0,
+                      "probe_tokens": 12.0}, "time": "t"}
+    p.update(proj.project(p["measured"]))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{BEGIN}\nold\n{END}\nrest\n")
+    write_marked(readme, BEGIN, END, projection_markdown(p))
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("intro\n") and text.endswith(f"{END}\nrest\n")
+    assert f"{p['paper_rate']['total_h']:.1f} h" in text and "A projection, not a measurement" in text
+    plain = tmp_path / "other.md"
+    plain.write_text("no markers\n")
+    write_marked(plain, BEGIN, END, "x")
+    assert plain.read_text() == "no markers\n"

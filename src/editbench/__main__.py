@@ -1,7 +1,8 @@
 """`python -m editbench [overrides]` / `editbench [overrides]`: Hydra entry point.
 
 `editbench --help` is the usage page (`USAGE`); `editbench ls [group]` lists what each config group
-offers, one line each; `editbench diff RUN_A RUN_B` shows where two runs disagree, record by record.
+offers, one line each; `editbench diff RUN_A RUN_B` shows where two runs disagree, record by record;
+`editbench rescore RUN scoring=MODE` scores a run's kept checkpoints under another scoring mode.
 Before Hydra runs, the command line is checked by composing it once, so a bad group option or key
 is one line with a suggestion, not a Hydra traceback.
 """
@@ -29,6 +30,7 @@ usage: editbench [KEY=VALUE ...]              one run (Hydra overrides)
        editbench -m [KEY=A,B ...]             a sweep: one run per combination
        editbench ls [GROUP]                   what each config group offers, one line per entry
        editbench diff RUN_DIR_A RUN_DIR_B     where two runs disagree, record by record
+       editbench rescore RUN_DIR scoring=free  score a run's kept checkpoints under another scoring
        editbench --cfg job [KEY=VALUE ...]    print the composed config and exit
        editbench --hydra-help                 Hydra's own flags
 (`python -m editbench` is the same command.)
@@ -56,7 +58,7 @@ config groups (`editbench ls GROUP` for their entries):
   logger        an extra sink (wandb, offline by default); result files are always written
   experiment    bundles of overrides for the paper's runs and ablations
   hydra/launcher  where sweep jobs run: basic, slurm, local
-top-level keys: n_edits seed resume(auto|never|force) tag out_dir threads cache_dir cache_max_gb save_every_min
+top-level keys: n_edits seed resume(auto|never|force) tag out_dir threads cache_dir cache_max_gb save_every_min keep_checkpoints
 
 Bad input is one line on stderr (`editbench: error: <problem> — <fix>`) and exit status 2.
 The manual: README.md and docs/ in the repository."""
@@ -107,8 +109,14 @@ def check_overrides(args: list[str]) -> None:
     try:
         lines = _first_values(args)
     except HydraException as e:
-        raise EditbenchError(f"cannot parse the overrides {' '.join(args)!r}: {str(e).splitlines()[0]} — "
-                             f"write them as key=value (sweeps: key=a,b,c)") from None
+        raise EditbenchError(_unparsable(args, e)) from None
+    for line in lines:
+        for o in line:
+            if o.lstrip("+~").split("=", 1)[0] == "protocol.version":
+                raise EditbenchError(f"{o}: protocol.version is not a setting — it names the scoring code that "
+                                     f"produced the rows (this code implements each shipped protocol at the version "
+                                     f"its YAML states; older versions are retired: docs/protocol.md#versions); drop "
+                                     f"it, or pick another protocol with protocol=<name>")
     with initialize_config_module("editbench.conf", version_base="1.3"):
         for line in lines:
             try:
@@ -124,28 +132,81 @@ def check_overrides(args: list[str]) -> None:
                 msg = " ".join(str(e).split())
                 if msg.startswith("Could not override '"):
                     raise EditbenchError(_unknown_key(msg.split("'")[1], line)) from None
+                if "In 'local/" in msg:  # e.g. a launcher key in conf/local/default.yaml, which every run reads
+                    raise EditbenchError(f"conf/local/: {msg[:200]} — conf/local/default.yaml applies to every run: "
+                                         f"put launcher settings in conf/local/launcher/<launcher>.yaml, logger ones "
+                                         f"in conf/local/logger/<logger>.yaml, model ones in "
+                                         f"conf/local/model/<model>.yaml (conf/README.md)") from None
                 raise EditbenchError(f"bad config override: {msg[:300]} — check the key against "
                                      f"`python -m editbench --cfg job`") from None
             validate(cfg)  # every value, before Hydra creates a run directory
 
 
+#: what Hydra's override grammar reads in a value only inside quotes: non-ASCII letters, #, quotes,
+#: parentheses, backslashes (and whitespace, which also splits an unquoted shell word)
+NEEDS_QUOTES = re.compile(r"[^\x00-\x7f]|[\s#'\"()\\]")
+
+
+def _unparsable(args: list[str], e: Exception) -> str:
+    """One line for a command line Hydra's grammar cannot read, naming the override at fault and,
+    for a value Hydra reads only quoted (`NEEDS_QUOTES`), how to quote it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    for a in args:
+        try:
+            parser.parse_overrides([a])
+        except HydraException:
+            key, eq, value = a.partition("=")
+            if not eq:
+                return (f"cannot parse {a!r}: it is not key=value — a value with spaces is one shell word only "
+                        f"when quoted: 'data.path=/my data/records.jsonl'")
+            if NEEDS_QUOTES.search(value):
+                return (f"cannot parse the value of {key} ({value!r}): Hydra reads it only quoted — quote the value "
+                        f"for Hydra and the whole override for the shell: '{key}=\"{value}\"'")
+            break
+    return (f"cannot parse the overrides {' '.join(args)!r}: {str(e).splitlines()[0]} — write them as key=value "
+            f"(sweeps: key=a,b,c)")
+
+
 def _unknown_key(key: str, line: list[str]) -> str:
-    """One line for an override of a key the config does not have: the nearest existing key."""
+    """One line for an override of a key the config does not have: the nearest existing key, or,
+    for a key that exists deeper in the config (`edit_site.layer`), its full path."""
     from hydra import compose
 
     parent, _, leaf = key.rpartition(".")
     rest = [o for o in line if o.lstrip("+~").split("=", 1)[0] != key]
     try:
-        node = compose("config", overrides=rest, return_hydra_config=False)
-        node = OmegaConf.select(node, parent) if parent else node
-        keys = sorted(node.keys()) if OmegaConf.is_dict(node) else []
+        root = compose("config", overrides=rest, return_hydra_config=False)
     except Exception:
-        keys = []
+        root = OmegaConf.create()
+    node = OmegaConf.select(root, parent) if parent else root
+    if parent and not OmegaConf.is_dict(node):  # no such parent: the key may live under a group
+        deeper = [p for p in _key_paths(OmegaConf.to_container(root, resolve=False)) if p.endswith("." + key)]
+        if deeper:
+            return (f"no config key '{key}' — did you mean {' or '.join(deeper[:3])}? "
+                    f"(see `python -m editbench --cfg job`)")
+        first, _, tail = key.partition(".")  # a misspelt group: match its first part at the top level
+        keys = sorted(root.keys())
+        close = difflib.get_close_matches(first, keys, n=1, cutoff=0.5)
+        hint = f"did you mean {close[0]}.{tail}? " if close else ""
+        return (f"no config key '{key}' — {hint}the config has: {', '.join(keys)} "
+                f"(see `python -m editbench --cfg job`)")
+    keys = sorted(node.keys()) if OmegaConf.is_dict(node) else []
     close = difflib.get_close_matches(leaf, keys, n=1, cutoff=0.5)
     hint = f"did you mean {parent + '.' if parent else ''}{close[0]}? " if close else ""
     where = f"{parent} has" if parent else "the config has"
     return (f"no config key '{key}' — {hint}{where}: {', '.join(keys)} "
             f"(see `python -m editbench --cfg job`)")
+
+
+def _key_paths(d: dict, prefix: str = ""):
+    """Every dotted key path of a nested dict."""
+    for k, v in d.items():
+        yield f"{prefix}{k}"
+        if isinstance(v, dict):
+            yield from _key_paths(v, f"{prefix}{k}.")
 
 
 HYDRA_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-name", "-cn", "--config-path", "-cp",
@@ -224,13 +285,16 @@ def _hydra_main(cfg) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from editbench.run import RunStopped, format_table, run
+    from editbench.signals import hand_over
 
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     try:
         run(cfg, run_dir, overrides=list(hc.overrides.task))
     except RunStopped as e:
-        print(f"editbench: {e}", file=sys.stderr)
+        print(f"editbench: {e}", file=sys.stderr, flush=True)
+        if e.requeue:
+            hand_over(e.signum, run_dir)  # under submitit: its handler requeues the job and exits
         sys.exit(e.exit_code)
     except EditbenchError as e:
         discard_if_unused(run_dir)
@@ -261,6 +325,9 @@ def discard_if_unused(run_dir: Path) -> None:
 def main() -> None:
     import warnings
 
+    from editbench.progress import quiet_library_bars
+
+    quiet_library_bars()  # a job log gets plain lines, not bars: before anything imports tqdm
     # the top-level conf/ is optional: Hydra warns when the folder is absent
     warnings.filterwarnings("ignore", message=r"provider=hydra\.searchpath in main, path=conf is not available")
     register_resolvers()
@@ -276,6 +343,10 @@ def main() -> None:
             from editbench.diff import main as diff_main
 
             sys.exit(diff_main(argv[1:]))
+        if argv[:1] == ["rescore"]:
+            from editbench.rescore import main as rescore_main
+
+            sys.exit(rescore_main(argv[1:]))
         if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i") for a in argv):
             check_overrides(argv)
     except EditbenchError as e:

@@ -14,6 +14,9 @@ that way (the target for Rel/Gen, the unedited model's own output for Loc) and d
 rows that fail. When the editor leaves every block below the edit site frozen, the hidden states
 entering the edit-site block are the same at every checkpoint and for every editor: they are
 computed once (`cache.StateCache`) and each check runs only the blocks from the edit site up.
+Free generation (`scoring="free"`) uses the same shortcut: a candidate that ends at a stop token
+(EOS, or a token holding a newline) is the whole free generation when every one of its tokens,
+the stop included, is the argmax.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from editbench.data import EditCase, Probe
 from editbench.errors import EditbenchError
 from editbench.models import EditableModel, Pass, TokenBatch
 
-SCORINGS = ("greedy", "teacher_forced")
+SCORINGS = ("greedy", "teacher_forced", "free")
 
 
 @dataclass
@@ -105,16 +108,21 @@ class Evaluator:
             ref = [refs[i][name][j] for i, j, _ in items] if scorer in self.NEEDS_REFERENCE else None
             scored = getattr(self, self.SCORERS[scorer])(module, [p for _, _, p in items], ref, fast)
             per_case: dict[int, list] = {}
-            for (i, j, _), (score, out) in zip(items, scored):
+            extra: dict[str, dict[int, list]] = {}  # a scorer's second metrics per probe (free: "prefix")
+            for (i, j, _), (score, out, *more) in zip(items, scored):
                 per_case.setdefault(i, []).append(score)
+                for k, v in (more[0] if more else {}).items():
+                    extra.setdefault(k, {}).setdefault(i, []).append(v)
                 records.append({"case": cases[i].id, "set": name, "i": j, "score": score,
-                                "out": self.m.tok.decode(out), "ids": out})
+                                "out": self.m.tok.decode(out), "ids": out, **(more[0] if more else {})})
             first = scored[0][0] if scored else 0.0
             if isinstance(first, dict):  # a free-text set: one value per metric, `<set>_<metric>`
                 for k in first:
                     values[f"{name}_{k}"] = metrics.mean([metrics.mean([s[k] for s in v]) for v in per_case.values()])
             else:
                 values[name] = metrics.mean([metrics.mean(v) for v in per_case.values()])
+            for k, by_case in extra.items():
+                values[f"{name}_{k}"] = metrics.mean([metrics.mean(v) for v in by_case.values()])
             counts[name] = len(have)
         names = list(values)
         if overall is not None and all(p in values for p in overall.parts):
@@ -137,6 +145,12 @@ class Evaluator:
         if self.scoring == "teacher_forced":
             preds, labels = self._teacher_forced(module, pairs)
             return [(metrics.token_accuracy(p, y), p) for p, y in zip(preds, labels)]
+        if self.scoring == "free":
+            expected = [self.m.encode_answer(self.m.answer_sep + y) + [self.m.eos_id] for _, y in pairs]
+            gens = self._generate_free(module, pairs, expected, fast)
+            texts = [metrics.free_text(self.m.tok, g, self.stop_ids) for g in gens]
+            return [(metrics.text_em(t, y), g, {"prefix": metrics.prefix_match(t, y)})
+                    for t, g, (_, y) in zip(texts, gens, pairs)]
         expected = [self.m.encode_answer(self.m.answer_sep + y) for _, y in pairs]
         gens = self._generate_for(module, pairs, expected, fast)
         targets = [self.m.encode_answer(y) for _, y in pairs]
@@ -149,6 +163,10 @@ class Evaluator:
         if self.scoring == "teacher_forced":
             post = self._teacher_forced(module, pairs)[0]
             return [(metrics.agreement(a, b), b) for a, b in zip(ref, post)]
+        if self.scoring == "free":
+            post = self._generate_free(module, pairs, list(ref), fast)
+            text = lambda ids: metrics.free_text(self.m.tok, ids, self.stop_ids)  # noqa: E731
+            return [(metrics.text_em(text(b), text(a)), b) for a, b in zip(ref, post)]
         post = self._generate_for(module, pairs, list(ref), fast)
         return [(metrics.agreement(self._loc_tail(a, p), self._loc_tail(b, p)), self.m.until_eos(b))
                 for a, b, p in zip(ref, post, probes)]
@@ -178,11 +196,14 @@ class Evaluator:
         pairs = [(p.prompt, p.answer) for p in probes]
         if self.scoring == "teacher_forced":
             return self._teacher_forced(self.m.model, pairs, unedited=True)[0]
-        keys = [tuple(self.m.encode_prompt(x)) + (len(self.m.encode_answer(self.m.answer_sep + g)),) for x, g in pairs]
+        n_new = self._free_caps(pairs) if self.scoring == "free" else [
+            len(self.m.encode_answer(self.m.answer_sep + g)) for _, g in pairs]
+        keys = [tuple(self.m.encode_prompt(x)) + (n,) for (x, _), n in zip(pairs, n_new)]
         have = self.cache.get_outputs(keys)
         todo = [i for i, k in enumerate(keys) if k not in have]
         if todo:
-            fresh = self._generate_for(self.m.model, [pairs[i] for i in todo], None, None, unedited=True)
+            gen = self._generate_free if self.scoring == "free" else self._generate_for
+            fresh = gen(self.m.model, [pairs[i] for i in todo], None, None, unedited=True)
             new = {keys[i]: out for i, out in zip(todo, fresh)}
             self.cache.put_outputs(new)
             have.update(new)
@@ -217,17 +238,56 @@ class Evaluator:
             out[i] = g
         return out
 
+    # ------------------------------------------------------------------ free generation
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """Where a free generation stops: the EOS ids and every token whose text holds a newline."""
+        if not hasattr(self, "_stop_ids"):
+            tok = self.m.tok
+            self._stop_ids = frozenset(self.m.eos_ids) | frozenset(
+                i for i in range(len(tok)) if "\n" in tok.decode([i]))
+        return self._stop_ids
+
+    def _free_caps(self, pairs) -> list[int]:
+        return [metrics.free_cap(len(self.m.encode_answer(self.m.answer_sep + y))) for _, y in pairs]
+
+    def _generate_free(self, module, pairs, candidates, fast: int | None, unedited: bool = False) -> list[list[int]]:
+        """Free greedy generations, each through its first stop token (or `free_cap` tokens); with
+        `fast`, each row's candidate is first confirmed from cached states (see module doc)."""
+        prompts = [self.m.encode_prompt(x) for x, _ in pairs]
+        caps = self._free_caps(pairs)
+        out: list = [None] * len(pairs)
+        if fast is not None and candidates is not None:
+            cut = [self._through_stop(list(c)[:n]) for c, n in zip(candidates, caps)]
+            whole = [c if (c and c[-1] in self.stop_ids) or len(c) == n else [] for c, n in zip(cut, caps)]
+            for i, ok in enumerate(self._confirm(prompts, whole, [len(c) for c in whole], fast, stopped=True)):
+                if ok:
+                    out[i] = whole[i]
+        todo = [i for i in range(len(pairs)) if out[i] is None]
+        gens = self._batched([prompts[i] for i in todo],
+                             lambda idx: self.m.greedy(module, [prompts[todo[i]] for i in idx],
+                                                       [caps[todo[i]] for i in idx], unedited=unedited,
+                                                       stop_ids=self.stop_ids))
+        for i, g in zip(todo, gens):
+            out[i] = self._through_stop(g)
+        return out
+
+    def _through_stop(self, ids: list[int]) -> list[int]:
+        ends = [k for k, t in enumerate(ids) if t in self.stop_ids]
+        return ids[:ends[0] + 1] if ends else ids
+
     # ------------------------------------------------------------------ the exact shortcut
-    def _confirm(self, prompts, candidates, n_new, layer: int) -> list[bool]:
-        """True where greedy decoding would produce candidates[i][:n_new[i]] (see module doc)."""
+    def _confirm(self, prompts, candidates, n_new, layer: int, stopped: bool = False) -> list[bool]:
+        """True where greedy decoding would produce candidates[i][:n_new[i]] (see module doc);
+        `stopped`: the candidates are whole free generations (through their stop token)."""
         rows, checks = [], []
         for p, c, n in zip(prompts, candidates, n_new):
             c = list(c[:n])
-            if len(c) < n:
+            if len(c) < n or not c:
                 rows.append(None)
                 continue
             # after an EOS the decoder pads with EOS on its own: only check through the first one
-            rows.append((p + self.m.until_eos(c), len(p)))
+            rows.append((p + (c if stopped else self.m.until_eos(c)), len(p)))
         live = [i for i, r in enumerate(rows) if r is not None]
         ok = [False] * len(rows)
         for i, good in zip(live, self._batched([rows[i][0] for i in live], lambda idx: self._check([rows[live[i]] for i in idx], layer))):

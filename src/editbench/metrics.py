@@ -3,11 +3,16 @@
 Mode G (greedy generation): decode the new tokens, strip leading whitespace, re-encode, truncate to
 the target length, token exact-match (0 when the lengths differ). Mode TF (teacher forcing): argmax
 at the answer positions against the answer tokens. Locality in both modes is agreement with the
-pre-edit model's own outputs: matches over the longer length.
+pre-edit model's own outputs: matches over the longer length. Mode F (free generation): the model
+generates until it stops (`free_cap`, `free_text`); Rel / Gen are exact match of the normalised
+answer text (`normalize_answer`) and, leniently, the target as a leading phrase of it
+(`prefix_match`); Loc is exact match of the normalised text with the unedited model's own.
 """
 from __future__ import annotations
 
 import math
+import re
+import string
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -38,6 +43,42 @@ def agreement(pre: Sequence[int], post: Sequence[int]) -> float:
     if longest == 0:
         return 1.0
     return sum(a == b for a, b in zip(pre, post)) / longest
+
+
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def free_cap(n_answer: int) -> int:
+    """Free generation's token cap for a probe whose reference answer has `n_answer` tokens."""
+    return 2 * n_answer + 8
+
+
+def free_text(tok, ids: Sequence[int], stop_ids: frozenset[int]) -> str:
+    """A free generation's answer: its ids up to the first stop (an EOS id, or a token whose text
+    holds a newline; the cap otherwise), decoded without special tokens, cut at the first newline,
+    stripped."""
+    ids = list(ids)
+    ends = [i for i, t in enumerate(ids) if t in stop_ids]
+    ids = ids[:ends[0] + 1] if ends else ids
+    return tok.decode(ids, skip_special_tokens=True).split("\n", 1)[0].strip()
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD v1.1's answer normalisation, step for step: lower case, ASCII punctuation deleted, the
+    articles a / an / the removed, whitespace collapsed."""
+    text = "".join(c for c in text.lower() if c not in _PUNCTUATION)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+
+
+def text_em(output: str, target: str) -> float:
+    """1.0 when the normalised output equals the normalised target."""
+    return float(normalize_answer(output) == normalize_answer(target))
+
+
+def prefix_match(output: str, target: str) -> float:
+    """1.0 when the normalised target is the normalised output's first words (the lenient metric)."""
+    out, tgt = normalize_answer(output), normalize_answer(target)
+    return float(bool(tgt) and (out == tgt or out.startswith(tgt + " ")))
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ The checks come from two places. Groups built from a `_target_` (editor, data, l
 against the target's signature: every parameter's annotation (`Annotated[float, Field(gt=0)]`,
 `Literal[...]`, `int | None`) is validated strictly with pydantic, so an editor states its ranges
 once, where it takes them; a target may add a classmethod `check_config(cls, values)` for rules
-between keys. Groups that are plain settings (the top level, `protocol`, `model`) have a schema
-here. A failure is one `EditbenchError` line naming the key, the value, the rule and the fix.
+between keys and `check_environment(cls, values)` for what the machine must offer (W&B: a key and
+the server), and a dataset adapter lists the protocols it is scored under (`PROTOCOLS`). Groups
+that are plain settings (the top level, `protocol`, `model`) have a schema here. A failure is one
+`EditbenchError` line naming the key, the value, the rule and the fix.
 """
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ class Protocol(BaseModel):
     model_config = STRICT
     name: str
     version: PositiveInt
-    scoring: Literal["greedy", "teacher_forced"]
+    scoring: Literal["greedy", "teacher_forced", "free"]
     checkpoints: list[PositiveInt]
     retention: Retention
     locality: Literal["pre_post_agreement"]
@@ -60,11 +62,15 @@ class GGUFSpec(BaseModel):
     model_config = STRICT
     package: str
     file: str
+    # a file shipped in parts: `<package>/<path inside it>` in order, joined once into the cache and
+    # checked against sha256 (models/loading.py `_joined_gguf`)
+    parts: Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z_]\w*/.+")]], Field(min_length=1)] | None = None
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 
 class TinySpec(BaseModel):
     model_config = STRICT
-    arch: Literal["llama", "qwen2"]
+    arch: Literal["llama", "qwen2", "gemma3_text"]
     vocab_size: Annotated[int, Field(ge=300)]
     hidden_size: PositiveInt
     intermediate_size: PositiveInt
@@ -73,6 +79,7 @@ class TinySpec(BaseModel):
     num_key_value_heads: PositiveInt
     init_seed: int
     add_bos: bool
+    extra: dict[str, Any] | None = None  # further keys of the architecture's config (head_dim, sliding_window, ...)
 
 
 class ModelSpec(BaseModel):
@@ -97,7 +104,7 @@ TOP_LEVEL = {  # key -> annotation; the groups are checked by their own schema o
     "n_edits": PositiveInt, "seed": NonNegativeInt, "resume": Literal["auto", "never", "force"], "tag": str,
     "out_dir": Annotated[str, Field(min_length=1)], "threads": PositiveInt | None,
     "cache_dir": Annotated[str, Field(min_length=1)], "cache_max_gb": NonNegativeFloat,
-    "save_every_min": NonNegativeFloat,
+    "save_every_min": NonNegativeFloat, "keep_checkpoints": PositiveInt | Literal["grid"],
 }
 GROUPS = ("editor", "model", "data", "protocol", "logger")
 
@@ -144,8 +151,9 @@ def _dig(value, loc: str):
     return value
 
 
-def check_target(group: str, entry: dict, given: tuple[str, ...] = ()) -> None:
-    """A `_target_` group entry: known keys, no missing key, every value valid for its parameter."""
+def check_target(group: str, entry: dict, given: tuple[str, ...] = ()):
+    """A `_target_` group entry: known keys, no missing key, every value valid for its parameter.
+    Returns the target."""
     from hydra.utils import get_object
 
     entry = dict(entry)
@@ -173,6 +181,7 @@ def check_target(group: str, entry: dict, given: tuple[str, ...] = ()) -> None:
     extra = getattr(fn, "check_config", None)
     if callable(extra):
         extra(entry)
+    return fn
 
 
 def _annotations(fn) -> dict:
@@ -202,13 +211,31 @@ def check_config(cfg: dict) -> None:
     model = cfg["model"]
     if model["source"] == "gguf" and not model.get("gguf"):
         raise EditbenchError(f"model={model['name']}: source gguf needs model.gguf.package and model.gguf.file")
+    if model["source"] == "gguf" and model["gguf"].get("parts") and not model["gguf"].get("sha256"):
+        raise EditbenchError(f"model={model['name']}: a GGUF in parts (model.gguf.parts) needs model.gguf.sha256, "
+                             f"the joined file's checksum — set it in conf/model/{model['name']}.yaml")
     if model["source"] == "tiny" and not model.get("tiny"):
         raise EditbenchError(f"model={model['name']}: source tiny needs the model.tiny settings")
     if model["source"] == "hub" and not (model.get("path") or model.get("hf_id")):
         raise EditbenchError(f"model={model['name']}: source hub needs model.hf_id or model.path")
-    check_target("data", cfg["data"])
+    if model["source"] == "tiny" and model.get("path"):
+        raise EditbenchError(f"model.path={model['path']}: model={model['name']} is a tiny random model built from "
+                             f"its config, it reads no files — drop model.path, or pick a model that loads one")
+    data = check_target("data", cfg["data"])
+    supported, protocol = getattr(data, "PROTOCOLS", None), cfg["protocol"]["name"]
+    if supported is not None and protocol not in supported:
+        raise EditbenchError(f"data={cfg['data'].get('name')} is scored under protocol {' or '.join(supported)}, not "
+                             f"{protocol} (its rows would carry a protocol that did not score them) — use "
+                             f"protocol={supported[0]}")
     check_target("editor", cfg["editor"], given=("model",))
     check_target("logger", cfg["logger"])
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def _cuda_available() -> bool:
@@ -218,8 +245,10 @@ def _cuda_available() -> bool:
 
 
 def check_environment(cfg: dict) -> None:
-    """What this machine must offer the config: CUDA if asked for, a model path that holds a model,
-    somewhere to write."""
+    """What this machine must offer the config: CUDA if asked for, the CPU threads asked for, a
+    model path that holds a model, what a target's `check_environment` asks, somewhere to write."""
+    from hydra.utils import get_object
+
     model = cfg["model"]
     if model["device"].startswith("cuda") and not _cuda_available():
         import torch
@@ -227,6 +256,22 @@ def check_environment(cfg: dict) -> None:
         build = "a CPU-only build" if torch.version.cuda is None else "no visible CUDA device"
         raise EditbenchError(f"model.device={model['device']} but torch {torch.__version__} has {build} — use "
                              f"model.device=cpu (or auto), or install a CUDA build of torch on a GPU machine")
+    threads, cpus = cfg.get("threads"), _usable_cpus()
+    if threads and threads > cpus:
+        raise EditbenchError(f"threads={threads} is more than the {cpus} CPUs this process may use — use "
+                             f"threads={cpus} or fewer (threads=null: torch's default)")
+    if model["source"] == "gguf" and model.get("path"):
+        p, file = Path(model["path"]).expanduser(), model["gguf"]["file"]
+        if not (p.is_file() or (p / file).is_file()):
+            raise EditbenchError(f"model.path={model['path']} is neither a GGUF file nor a folder holding {file} — "
+                                 f"point it at one, or drop model.path to load {file} from the package "
+                                 f"{model['gguf']['package']}")
+    if model["source"] == "gguf" and not model.get("path") and model["gguf"].get("parts"):
+        from omegaconf import OmegaConf
+
+        from editbench.models.loading import gguf_part_paths
+
+        gguf_part_paths(OmegaConf.create(model["gguf"]))  # every part installed, or one line naming the install
     if model["source"] == "hub" and model.get("path"):
         p = Path(model["path"]).expanduser()
         if not p.is_dir():
@@ -235,6 +280,10 @@ def check_environment(cfg: dict) -> None:
         if not (p / "config.json").is_file():
             raise EditbenchError(f"model.path={model['path']} holds no config.json — point it at a transformers "
                                  f"checkpoint folder (e.g. from `huggingface-cli download {model.get('hf_id') or '<id>'}`)")
+    for group in ("data", "editor", "logger"):
+        hook = getattr(get_object(cfg[group]["_target_"]), "check_environment", None)
+        if callable(hook):
+            hook({k: v for k, v in cfg[group].items() if k not in ("_target_", "name")})
     for key in ("out_dir", "cache_dir"):
         where = Path(cfg[key]).expanduser()
         base = where

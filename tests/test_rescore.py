@@ -1,0 +1,68 @@
+"""`editbench rescore`: a run's kept checkpoints scored under another scoring mode equal a run
+scored that way from the start, row for row and record for record."""
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import read_rows, read_summary, run_dirs  # noqa: E402
+
+BASE = ["model=tiny_llama", "editor=horen", "n_edits=6", "protocol.checkpoints=[3]", "threads=1"]
+
+
+def editbench(*args: str) -> tuple[int, str]:
+    from editbench.__main__ import main
+
+    err, saved = io.StringIO(), sys.argv
+    sys.argv = ["editbench", *args]
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            try:
+                main()
+                code = 0
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = saved
+    return code, err.getvalue()
+
+
+def records(run: Path, n: int) -> list[dict]:
+    with gzip.open(run / "records" / f"step_{n:06d}.jsonl.gz", "rt") as f:
+        return [json.loads(x) for x in f]
+
+
+def test_rescored_checkpoints_equal_a_run_scored_that_way(tmp_path):
+    cache = f"cache_dir={tmp_path / 'cache'}"
+    assert editbench(*BASE, "keep_checkpoints=grid", f"out_dir={tmp_path / 'g'}", cache)[0] == 0
+    assert editbench(*BASE, "protocol=lifelong_v1_tf", f"out_dir={tmp_path / 't'}", cache)[0] == 0
+    (greedy,), (tf,) = run_dirs(tmp_path / "g"), run_dirs(tmp_path / "t")
+    assert sorted(p.name for p in (greedy / "ckpt").glob("step_*")) == ["step_000003", "step_000006"]
+    code, err = editbench("rescore", str(greedy), "scoring=teacher_forced")
+    assert code == 0, err
+    out = greedy / "rescore" / "teacher_forced"
+    got, want = read_rows(out), read_rows(tf)
+    keys = ("N", "rel", "gen", "loc", "op", "n_eval", "scoring")
+    assert [{k: r[k] for k in keys} for r in got] == [{k: r[k] for k in keys} for r in want]
+    assert got[0]["rescored_from"] == read_rows(greedy)[0]["run_id"] and read_summary(out)["status"] == "complete"
+    for n in (3, 6):
+        assert records(out, n) == records(tf, n)
+
+
+def test_rescore_refuses_bad_input_in_one_line(tmp_path):
+    assert editbench("rescore", str(tmp_path), "scoring=free")[0] == 2
+    code, err = editbench("rescore", str(tmp_path), "scoring=fuzzy")
+    assert code == 2 and err.strip().count("\n") == 0 and "fuzzy" in err
+    assert editbench(*BASE, f"out_dir={tmp_path / 'g'}", f"cache_dir={tmp_path / 'cache'}")[0] == 0
+    (run,) = run_dirs(tmp_path / "g")
+    code, err = editbench("rescore", str(run), "scoring=free", "step=4")
+    assert code == 2 and "no checkpoint at step 4" in err
+    code, err = editbench("rescore", str(run), "scoring=greedy")
+    assert code == 2 and "scored greedy already" in err
