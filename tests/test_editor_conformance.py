@@ -1,8 +1,9 @@
 """Every editor in conf/editor/ honours the protocol in editors/base.py (STYLE G1, G4, G6, G8).
 
 Parametrised over the YAML files, so a new editor is picked up with no change here. Each editor is
-built exactly as the runner builds it (`build.build`) on
-`model=tiny_llama`, edits real ZsRE records one at a time, and must:
+built exactly as the runner builds it (`build.build`) on `model=tiny_llama` and on `model=tiny_gemma3`
+(Gemma-3's block: sliding-window and global attention layers, the scaled embedding), edits real ZsRE
+records one at a time, and must:
 * leave no parameter of the model trainable;
 * round-trip `state_dict()` (through torch.save / torch.load, as checkpoints do) into a fresh model
   and a fresh editor with identical logits, and continue editing from it exactly as an
@@ -30,11 +31,24 @@ from editbench.metrics import OP  # noqa: E402
 
 EDITORS = sorted(p.stem for p in (CONF / "editor").glob("*.yaml"))
 SITE_KEYS = {"layer", "layers", "edit_site", "module", "modules", "edit_modules", "inner_params", "site"}
+MODELS = ["tiny_llama", "tiny_gemma3"]  # a LLaMA block, and Gemma-3's (sliding-window + global layers)
+# On tiny_gemma3 one editor per mechanism runs in every test run (codebook, side memory, located
+# weight edit); the others are `slow` there (`make test` runs them, `make test-fast` does not), so
+# the second model costs this file about a quarter more time instead of double.
+FAST_ON_GEMMA = {"horen", "wise", "rome"}
 
 
-def build(name: str, *overrides: str, seed: int = 0):
+def cases(*pairs) -> list:
+    """pytest params (editor, *pair) for every editor and pair; tiny_gemma3 outside FAST_ON_GEMMA is slow."""
+    def marks(name, arch):
+        return [pytest.mark.slow] if arch == "tiny_gemma3" and name not in FAST_ON_GEMMA else []
+
+    return [pytest.param(name, *pair, marks=marks(name, pair[0])) for name in EDITORS for pair in pairs]
+
+
+def build(name: str, *overrides: str, seed: int = 0, model: str = "tiny_llama"):
     """(model, editor) the way run.py builds them (conftest.build_editor, 16 stream cases' aux)."""
-    model, editor, _ = build_editor(name, *overrides, n_cases=16, seed=seed)
+    model, editor, _ = build_editor(name, *overrides, model=model, n_cases=16, seed=seed)
     return model, editor
 
 
@@ -70,9 +84,9 @@ def probe_prompts(records, zsre_records):
             + [probe(r, "loc").prompt for r in zsre_records[10:13]])
 
 
-@pytest.mark.parametrize("name", EDITORS)
-def test_editor_conformance(name, records, probe_prompts):
-    model, editor = build(name)
+@pytest.mark.parametrize("name,arch", cases(*[(m,) for m in MODELS]))
+def test_editor_conformance(name, arch, records, probe_prompts):
+    model, editor = build(name, model=arch)
     assert isinstance(editor.method, str) and editor.method.strip() and editor.method != "?"
     base_logits = logits(model, editor, probe_prompts)
     pre = {s: Evaluator(model, s).reference(records) for s in ("greedy", "teacher_forced")}  # unedited
@@ -93,14 +107,14 @@ def test_editor_conformance(name, records, probe_prompts):
         assert not torch.equal(end_logits, base_logits), f"{name}: 3 edits left every logit unchanged"
 
     # a fresh model + fresh editor (other seed, so constructor randomness differs) restores exactly
-    model2, editor2 = build(name, seed=99)
+    model2, editor2 = build(name, seed=99, model=arch)
     editor2.load_state_dict(end_state)
     torch.testing.assert_close(logits(model2, editor2, probe_prompts), end_logits, rtol=0, atol=0)
     assert editor2.num_params() == n and editor2.method == editor.method
     assert trainable(model2) == []
 
     # resume equivalence: restore after 2 edits, apply the 3rd -> the same as never stopping
-    model3, editor3 = build(name, seed=7)
+    model3, editor3 = build(name, seed=7, model=arch)
     loaded = roundtrip(mid_state)
     editor3.load_state_dict(loaded)
     torch.testing.assert_close(logits(model3, editor3, probe_prompts), mid_logits, rtol=0, atol=0)
@@ -138,7 +152,8 @@ def test_editor_yaml_declares_no_edit_site_of_its_own(name):
     raw = OmegaConf.to_container(OmegaConf.load(CONF / "editor" / f"{name}.yaml"), resolve=False)
     for key in SITE_KEYS & set(raw):
         if raw[key] is None:
-            for model in ("smollm2_135m", "tiny_llama", "tiny_qwen2", "llama3_8b", "llama31_8b", "qwen25_7b"):
+            for model in ("smollm2_135m", "gemma3_270m", "tiny_llama", "tiny_qwen2", "tiny_gemma3", "llama3_8b",
+                          "llama31_8b", "qwen25_7b"):
                 pair = CONF / "editor_model" / f"{name}_{model}.yaml"
                 assert pair.is_file() and key in OmegaConf.load(pair), f"{pair.name} must set {key}"
             continue
@@ -164,21 +179,20 @@ def _differences(pristine, edited) -> set[str]:
     return diff
 
 
-@pytest.mark.parametrize("layer", [None, 1])
-@pytest.mark.parametrize("name", EDITORS)
-def test_editor_changes_only_what_it_declares(name, layer, records):
+@pytest.mark.parametrize("name,arch,layer", cases(("tiny_llama", None), ("tiny_llama", 1), ("tiny_gemma3", None)))
+def test_editor_changes_only_what_it_declares(name, arch, layer, records):
     """An editor changes the model only at the sites `touches()` declares (what the evaluator's
     reuse of unedited states relies on); aligned editors declare the model config's edit site,
     and moving it with model.edit_site.layer moves them (G4)."""
     over = [] if layer is None else [f"model.edit_site.layer={layer}"]
-    model, editor = build(name, *over)
+    model, editor = build(name, *over, model=arch)
     assert model.site.layer == (2 if layer is None else layer)
     declared = [f"model.layers.{s.layer}.{s.module}" for s in editor.touches()]
     if editor.aligned:
         assert all(s == model.site for s in editor.touches()), f"{name} declares sites off the model's edit site"
     else:  # located editors: their own layers (editor_model pair file), whatever the model's edit site
-        assert editor.touches() == build(name)[1].touches()
-    pristine = load_model(compose_config(["model=tiny_llama", *over]).model).model
+        assert editor.touches() == build(name, model=arch)[1].touches()
+    pristine = load_model(compose_config([f"model={arch}", *over]).model).model
     editor.edit([records[0].request])
     outside = sorted(d for d in _differences(pristine, model.model)
                      if not any(d == site or d.startswith(site + ".") for site in declared))

@@ -117,9 +117,10 @@ def build(cfg: DictConfig, *, n_cases: int | None = None, references: bool = Tru
     seed_everything(seed)
     data = instantiate_group(cfg.data)
     cases = data.stream(int(cfg.n_edits) if n_cases is None else n_cases)
-    text, context = load_prompt_format(cfg.model)
+    cache_dir = Path(cfg.cache_dir).expanduser()
+    text, context = load_prompt_format(cfg.model, cache_dir)
     check_lengths(cases, text, context, cfg.model.name)
-    model = load_model(cfg.model, text)
+    model = load_model(cfg.model, text, cache_dir)
     proto = cfg.protocol
     evaluator = Evaluator(model, proto.scoring, proto.eval_batch_size, state_cache(cfg, proto.scoring),
                           max_new_tokens=max_new_tokens(proto))
@@ -132,6 +133,6 @@ def build(cfg: DictConfig, *, n_cases: int | None = None, references: bool = Tru
     baseline_gb = resident_gb(model.device)  # before the editor exists: its growth is measured from here
     editor = instantiate_group(cfg.editor, model=model)
     t0 = time.perf_counter()
-    editor.setup(SetupContext(cache_dir=Path(cfg.cache_dir).expanduser(), seed=seed, aux=data.aux(cases)))
+    editor.setup(SetupContext(cache_dir=cache_dir, seed=seed, aux=data.aux(cases)))
     setup_s = time.perf_counter() - t0
     return Run(cfg, data, cases, model, evaluator, editor, refs, baseline_gb, setup_s)

@@ -184,18 +184,22 @@ class DeltaResult:
 
 
 def optimise_delta(model: EditableModel, rows: Rows, layer: int, init_norm: float, lr: float, n_steps: int,
-                   kl_factor: float, weight_decay: float, clamp_factor: float, stop_loss: float = 5e-2) -> DeltaResult:
+                   kl_factor: float, weight_decay: float, clamp_factor: float, stop_loss: float = 5e-2,
+                   at: EditSite | None = None) -> DeltaResult:
     """Optimise δ added to the hidden state leaving block `layer` at each row's subject-last token
-    (= ROME's δ on that block's MLP output; AlphaEdit's on its residual output). Loss: mean over
-    edit rows of the target NLL / |target| + kl_factor · KL(p_δ ‖ p_0) at the KL row's lookup +
-    weight_decay · ‖δ‖ / init_norm². Adam; stop once the loss < `stop_loss`; no step after the last
-    evaluation; after each step ‖δ‖ ≤ clamp_factor · init_norm. The blocks up to `layer` and every
-    position before the earliest lookup run once (δ cannot reach them)."""
+    (AlphaEdit's and UnKE's δ on that block's residual output), or, with `at` (a site in block
+    `layer`), to that module's output there (ROME's δ on the MLP output, for a block that does not
+    add it to the residual as it is: `EditableModel.output_reaches_residual`; where it does, the
+    two are the same δ and the residual is used). Loss: mean over edit rows of the target NLL /
+    |target| + kl_factor · KL(p_δ ‖ p_0) at the KL row's lookup + weight_decay · ‖δ‖ / init_norm².
+    Adam; stop once the loss < `stop_loss`; no step after the last evaluation; after each step
+    ‖δ‖ ≤ clamp_factor · init_norm. The blocks below where δ enters and every position before the
+    earliest lookup run once (δ cannot reach them)."""
     if layer + 1 >= len(model.blocks):
         raise EditbenchError(f"the value layer {layer} is the model's last block — edit a lower layer")
     b = rows.batch
     start = int(rows.lookup.min())
-    pre = model.prefix(b, layer=layer + 1, start=start)
+    pre = model.prefix(b, layer=layer + 1 if at is None else layer, start=start)
     look = rows.lookup - start
     n_edit = rows.n_edit
     labels = pre.batch.labels
@@ -210,35 +214,42 @@ def optimise_delta(model: EditableModel, rows: Rows, layer: int, init_norm: floa
     row_of = torch.nonzero(nxt)[:, 0]
     per_row = torch.bincount(row_of, minlength=n_edit).clamp(min=1).to(torch.float32)
 
-    delta = torch.zeros(pre.h.shape[-1], dtype=torch.float32, device=pre.h.device, requires_grad=True)
+    width = pre.h.shape[-1] if at is None else nn_linear(model, at).out_features
+    delta = torch.zeros(width, dtype=torch.float32, device=pre.h.device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
     max_norm = clamp_factor * init_norm
     kl_init = None
     steps, value = 0, math.inf
-    for it in range(n_steps):
-        h = pre.h + add_mask[..., None] * delta.to(pre.h.dtype)
-        hidden = model.suffix_hidden(replace(pre, h=h), Pass("train", pre.batch.prompt_mask, {}), needed=needed)
-        logp = F.log_softmax(model.model.lm_head(hidden[nxt]).float(), -1)
-        tok_nll = -logp.gather(1, tgt[:, None])[:, 0]
-        nll = (torch.zeros(n_edit, device=delta.device).index_add(0, row_of, tok_nll) / per_row[:n_edit]).mean()
-        loss = nll
-        if kl_row:
-            kl_logp = F.log_softmax(model.model.lm_head(hidden[n_edit, look[n_edit]][None]).float(), -1)
-            if kl_init is None:
-                kl_init = kl_logp.detach()
-            loss = loss + kl_factor * F.kl_div(kl_init, kl_logp, log_target=True, reduction="batchmean")
-        loss = loss + weight_decay * delta.norm() / init_norm ** 2
-        value = loss.item()
-        steps = it
-        if value < stop_loss or it == n_steps - 1:
-            break
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            n = delta.norm()
-            if n > max_norm:
-                delta.mul_(max_norm / n)
+    hook = None if at is None else model.module_at(at).register_forward_hook(
+        lambda _m, _args, y: y + add_mask[..., None].to(y.dtype) * delta.to(y.dtype))
+    try:
+        for it in range(n_steps):
+            h = pre.h + add_mask[..., None] * delta.to(pre.h.dtype) if at is None else pre.h
+            hidden = model.suffix_hidden(replace(pre, h=h), Pass("train", pre.batch.prompt_mask, {}), needed=needed)
+            logp = F.log_softmax(model.model.lm_head(hidden[nxt]).float(), -1)
+            tok_nll = -logp.gather(1, tgt[:, None])[:, 0]
+            nll = (torch.zeros(n_edit, device=delta.device).index_add(0, row_of, tok_nll) / per_row[:n_edit]).mean()
+            loss = nll
+            if kl_row:
+                kl_logp = F.log_softmax(model.model.lm_head(hidden[n_edit, look[n_edit]][None]).float(), -1)
+                if kl_init is None:
+                    kl_init = kl_logp.detach()
+                loss = loss + kl_factor * F.kl_div(kl_init, kl_logp, log_target=True, reduction="batchmean")
+            loss = loss + weight_decay * delta.norm() / init_norm ** 2
+            value = loss.item()
+            steps = it
+            if value < stop_loss or it == n_steps - 1:
+                break
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                n = delta.norm()
+                if n > max_norm:
+                    delta.mul_(max_norm / n)
+    finally:
+        if hook is not None:
+            hook.remove()
     return DeltaResult(delta.detach(), steps, value)
 
 

@@ -30,7 +30,6 @@ from typing import Annotated
 import torch
 from pydantic import Field
 from torch import nn
-from transformers.activations import ACT2FN
 
 from editbench.editors._common import SiteWrapper
 from editbench.editors.base import Editor, SetupContext
@@ -91,7 +90,7 @@ class SideMemoryEditor(Editor):
                                  f"layer at the edit site, found {type(site).__name__} — point "
                                  f"model.edit_site.module at an MLP down_proj")
         self.W = site.weight.detach()
-        self.act = ACT2FN[model.model.config.hidden_act]
+        self.act = model.mlp_activation()  # the model's own MLP activation
         self.side = self.W.clone()  # W': the current shard's side memory
         self.mask: torch.Tensor | None = None  # the current shard's gradient mask
         self.min_a = math.inf  # smallest in-scope training score among the current shard's edits

