@@ -4,8 +4,6 @@ a failed run never leaves a complete-looking result behind. Every call runs from
 `out_dir` under it, so nothing touches the repository."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import re
 import subprocess
@@ -15,7 +13,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import cli_env, run_cli  # noqa: E402
+from conftest import cli_env, run_cli, run_in_process  # noqa: E402
 
 from editbench.__main__ import GROUPS, options  # noqa: E402
 
@@ -61,21 +59,7 @@ def cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     """`editbench model=tiny_llama out_dir=<tmp>/out <args>`, in this process (seconds saved per
     call); the process boundary itself is tested by test_stderr_holds_nothing_but_the_error,
     test_help_passes_through and test_console_script."""
-    from editbench.__main__ import main
-
-    argv = ["editbench", "model=tiny_llama", f"out_dir={tmp_path / 'out'}", *args]
-    out, err, saved = io.StringIO(), io.StringIO(), sys.argv
-    sys.argv = argv
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                main()
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = saved
-    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+    return run_in_process("model=tiny_llama", f"out_dir={tmp_path / 'out'}", *args)
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -6,9 +6,7 @@ runs for both. HoReN, GRACE and ROME (a weight editor with its second-moment sta
 edit a few records to the end of the grid."""
 from __future__ import annotations
 
-import contextlib
 import gzip
-import io
 import json
 import sys
 from pathlib import Path
@@ -17,7 +15,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import compose_config, read_rows, read_summary, run_dirs  # noqa: E402
+from conftest import run_in_process, compose_config, read_rows, read_summary, run_dirs  # noqa: E402
 from paper_models import ARCHITECTURES, save_parquet_records, save_random_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -39,20 +37,8 @@ def read_pool_ids(folder: Path) -> list[str]:
 
 def editbench(*args: str) -> tuple[int, str]:
     """`python -m editbench <args>` in this process: exit code and stderr."""
-    from editbench.__main__ import main
-
-    err, saved = io.StringIO(), sys.argv
-    sys.argv = ["editbench", *args]
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-            try:
-                main()
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = saved
-    return code, err.getvalue()
+    p = run_in_process(*args)
+    return p.returncode, p.stderr
 
 
 def test_the_saved_model_is_the_real_architecture_in_bf16(folders):

@@ -2,36 +2,22 @@
 scored that way from the start, row for row and record for record."""
 from __future__ import annotations
 
-import contextlib
 import gzip
-import io
 import json
 import sys
 from pathlib import Path
 
-import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import read_rows, read_summary, run_dirs  # noqa: E402
+from conftest import run_in_process, read_rows, read_summary, run_dirs  # noqa: E402
 
 BASE = ["model=tiny_llama", "editor=horen", "n_edits=6", "protocol.checkpoints=[3]", "threads=1"]
 
 
 def editbench(*args: str) -> tuple[int, str]:
-    from editbench.__main__ import main
-
-    err, saved = io.StringIO(), sys.argv
-    sys.argv = ["editbench", *args]
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-            try:
-                main()
-                code = 0
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = saved
-    return code, err.getvalue()
+    """`python -m editbench <args>` in this process: exit code and stderr."""
+    p = run_in_process(*args)
+    return p.returncode, p.stderr
 
 
 def records(run: Path, n: int) -> list[dict]:

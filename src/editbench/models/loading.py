@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from editbench.checkpoint import sha256_file
 from editbench.errors import EditbenchError
 from editbench.models.editable import EditableModel
 from editbench.models.sites import EditSite
@@ -71,14 +72,6 @@ def _part_packages(gguf) -> str:
     return " ".join(dict.fromkeys(n.replace("_", "-") for n in names))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def default_cache_dir() -> Path:
     """The cache folder when a caller names none: the config's default `cache_dir`."""
     return Path(os.environ.get("EDITBENCH_CACHE") or "~/.cache/editbench").expanduser()
@@ -92,7 +85,7 @@ def _joined_gguf(gguf, cache_dir: Path | None) -> tuple[str, str]:
     already there is checked again before use (re-joined if it fails)."""
     folder = Path(cache_dir or default_cache_dir()).expanduser() / "gguf" / gguf.sha256[:16]
     target = folder / gguf.file
-    if target.is_file() and _sha256(target) == gguf.sha256:
+    if target.is_file() and sha256_file(target) == gguf.sha256:
         return str(folder), gguf.file
     parts = gguf_part_paths(gguf)
     folder.mkdir(parents=True, exist_ok=True)
