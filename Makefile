@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 ARGS ?=
 
-.PHONY: install gemma run test test-fast test-slow faults slurm-test figures bench clean
+.PHONY: install gemma run test test-fast test-slow faults slurm-test figures bench stress clean
 
 $(BIN)/editbench: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -61,6 +61,12 @@ figures: install
 bench: install
 	$(BIN)/python benchmarks/bench_cost.py $(ARGS)
 	$(BIN)/python benchmarks/bench_edit.py
+
+# The 50,000-edit mechanics rehearsal (not CI; about an hour per editor on one core): HoReN, GRACE+Norm and
+# FT-L on the tiny model over generated facts (data=synthetic) to 50,000 edits; per-N time, memory, checkpoint
+# and cache sizes, and growth checks (FAIL: exit 1) -> results/stress/stress.json. Resumes where it stopped.
+stress: install
+	$(BIN)/python benchmarks/stress.py $(ARGS)
 
 clean:
 	rm -rf outputs multirun .pytest_cache

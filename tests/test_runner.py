@@ -36,7 +36,7 @@ SCHEMA_KEYS = {
     "resident_mem_gb", "editor_params", "protocol_version", "scoring", "config_hash", "git_hash", "versions",
     "hardware", "hparams", "method", "schema", "run_id", "tag", "editor", "model", "data", "protocol", "seed", "n_edits",
     "edit_layer", "edit_module", "chat_template", "data_info", "time", "metric_names", "mem_device",
-    "mem_growth_gb",
+    "mem_growth_gb", "ckpt_mb", "cache_mb", "state_growth",
 }
 
 
@@ -181,6 +181,9 @@ def test_end_to_end_result_files(ft_run):
         assert r["mem_device"] == "cpu" and r["peak_mem_gb"] is None and r["resident_mem_gb"] > 0
         assert abs(r["mem_growth_gb"]) < r["resident_mem_gb"]
     assert rows[1]["edit_s_total"] >= rows[0]["edit_s_total"]
+    for r in rows:  # the checkpoint's own size on disk; the shared state cache's size
+        assert r["ckpt_mb"] == (ft_run / "ckpt" / f"step_{r['N']:06d}" / "state.pt").stat().st_size / 2**20
+        assert r["cache_mb"] > 0 and r["state_growth"] == "fixed"
     assert rows[0]["config_hash"] == rows[1]["config_hash"]
     summary = read_summary(ft_run)
     assert summary["status"] == "complete" and summary["done"] == 8 and summary["n_edits"] == 8

@@ -231,6 +231,13 @@ class RunStore:
             if int(old.name.removeprefix("step_")) not in self.keep_steps:
                 shutil.rmtree(old, ignore_errors=True)
 
+    def state_mb(self, step: int) -> float | None:
+        """Size of checkpoint `step`'s editor state on disk (MB), None when there is none."""
+        try:
+            return (self.ckpt_dir / f"step_{step:06d}" / "state.pt").stat().st_size / 2**20
+        except FileNotFoundError:
+            return None
+
     def update_meta(self, step: int, **fields) -> None:
         """Add `fields` to checkpoint `step`'s meta.json (its state unchanged; written atomically)."""
         path = self.ckpt_dir / f"step_{step:06d}" / "meta.json"

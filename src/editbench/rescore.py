@@ -119,7 +119,7 @@ STATIC = ("schema", "tag", "method", "editor", "model", "data", "protocol", "pro
           "data_info", "git_hash", "code_version", "versions", "hardware")
 #: ... and, at the same N, what the edits cost (the edits are the run's)
 COSTS = ("edit_s_mean", "edit_s_total", "editor_params", "resident_mem_gb", "peak_mem_gb", "mem_device",
-         "mem_growth_gb", "editor_info")
+         "mem_growth_gb", "editor_info", "ckpt_mb")
 
 
 def main(argv: list[str]) -> int:

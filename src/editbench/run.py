@@ -115,7 +115,7 @@ class Runner:
             "hparams": {k: v for k, v in OmegaConf.to_container(cfg.editor, resolve=True).items()
                         if k not in ("_target_", "name")},
             "edit_layer": model.site.layer, "edit_module": model.site.module, "chat_template": model.chat_template,
-            "touched": [f"{s.layer}.{s.module}" for s in editor.touches()],
+            "touched": [f"{s.layer}.{s.module}" for s in editor.touches()], "state_growth": editor.state_growth,
             "model_revision": getattr(model.model.config, "_commit_hash", None),  # the hub commit actually loaded
             "data_info": {"order_seed": r.data.order_seed, "skip": r.data.skip},
             "config_hash": self.chash, "git_hash": git_hash(), "code_version": self.code, "versions": versions(),
@@ -161,7 +161,8 @@ class Runner:
         edit_s = float(np.sum(self.costs.edit_s))
         row = {**self.static, "N": n, **scores.metrics, "metric_names": scores.names,
                "edit_s_mean": edit_s / n, "edit_s_total": edit_s, "eval_s": time.perf_counter() - t0,
-               **self.costs.row(), "editor_params": int(r.editor.num_params()), "editor_info": r.editor.report(),
+               **self.costs.row(), "ckpt_mb": self.store.state_mb(n), "cache_mb": r.evaluator.cache.size_gb() * 1024,
+               "editor_params": int(r.editor.num_params()), "editor_info": r.editor.report(),
                "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         return row, scores.records
 

@@ -120,6 +120,7 @@ class CodebookEditor(Editor):
     """An editor whose whole state is a codebook (`self.book`), its counts of insertion cases
     (`self.cases`, name -> count) and the random generator that initialises new values (`self.gen`,
     the run's, from `setup`); the subclass builds the first two in its constructor."""
+    state_growth = "per_edit"
 
     book: Codebook
     cases: dict[str, int]

@@ -80,6 +80,7 @@ class Trained:
 class SideMemoryEditor(Editor):
     """WISE-Retrieve's mechanism; `hparams` must hold lr, n_iter, mask_ratio, act_margin, act_ratio,
     norm_constraint, weight_decay, save_freq, merge_freq, density, template_seeds, template_lengths."""
+    state_growth = "per_edit"
 
     def __init__(self, model, **hparams):
         super().__init__(model, **hparams)

@@ -52,6 +52,11 @@ class Editor(ABC):
     #: True: the editor changes only the model config's edit site (the paper's aligned comparison);
     #: False: it edits layers of its own, named per model in `conf/editor_model/` (ROME family)
     aligned: bool = True
+    #: how the state (`state_dict`) grows with the edits held — what `make stress` holds memory,
+    #: checkpoint size and per-edit time to: "fixed" (weights or statistics changed in place: the
+    #: same size after any number of edits) or "per_edit" (entries added as edits arrive — codebook
+    #: rows, side-memory copies — so size grows at most linearly and a lookup scans them all)
+    state_growth: str = "fixed"
 
     def __init__(self, model: EditableModel, **hparams):
         """Subclasses name every hyper-parameter in their signature, with no default: the values

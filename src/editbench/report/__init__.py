@@ -47,6 +47,7 @@ Modules, each importing only the ones above it:
   bench      the cost benchmark's table and figure (``make bench`` -> results/bench/cost.json)
   capacity   the routing capacity study's figures (scripts/routing_capacity.py -> results/capacity/)
   projection the 50K GPU projection's README block (scripts/project_50k.py -> results/projection/)
+  stress     the 50,000-edit rehearsal's growth checks, table and figure (benchmarks/stress.py -> results/stress/)
   cli        the command line (``__main__`` runs it)
 """
 

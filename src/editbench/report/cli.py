@@ -14,6 +14,7 @@ from editbench.report.capacity import capacity_figures
 from editbench.report.projection import BEGIN as PROJECTION_BEGIN
 from editbench.report.projection import END as PROJECTION_END
 from editbench.report.projection import load_projection, projection_markdown
+from editbench.report.stress import load_stress, plot_stress, stress_markdown
 from editbench.report.rows import ReportError, ResultsWarning, load_rows, run_counts
 from editbench.report.writer import (README_BEGIN, README_END, RESULTS_DOC, check_readme, render_rows, write_marked,
                                      save_figure, write_readme, write_results_doc)
@@ -50,7 +51,14 @@ def main(argv=None) -> int:
             pngs = [p for p in save_figure(fig, out / "figures", "bench_cost") if p.suffix == ".png"] if fig else []
             bench_text = bench_markdown(bench) + "".join(
                 f"\nFigure: [{p.name}]({os.path.relpath(p, args.docs or out)})\n" for p in pngs)
-        doc = write_results_doc(args.docs, rendered, out, args.results, rows, bench_text) if args.docs else None
+        sections = [("Cost benchmark", bench_text)] if bench_text else []
+        stress = load_stress(args.results)
+        if stress is not None:  # `make stress` has run: its table and figure
+            fig = plot_stress(stress)
+            pngs = [p for p in save_figure(fig, out / "figures", "stress") if p.suffix == ".png"] if fig else []
+            sections.append(("Stress rehearsal (50,000 edits)", stress_markdown(stress) + "".join(
+                f"\nFigure: [{p.name}]({os.path.relpath(p, args.docs or out)})\n" for p in pngs)))
+        doc = write_results_doc(args.docs, rendered, out, args.results, rows, sections) if args.docs else None
         if args.readme:
             write_readme(args.readme, rendered.settings, doc or out / "index.md")
             projection = load_projection(args.results)

@@ -35,7 +35,7 @@ MAX_NEW_TOKENS: int = Protocol.model_fields["max_new_tokens"].default
 # Numeric row fields that identify a row rather than measure something.
 NOT_AVERAGED = {"schema", "seed", "N", "protocol_version", "n_edits", "edit_layer", "max_new_tokens"}
 COSTS = ("edit_s_mean", "edit_s_total", "eval_s", "peak_mem_gb", "resident_mem_gb", "mem_growth_gb",
-         "editor_params")
+         "editor_params", "ckpt_mb", "cache_mb")
 UNKNOWN_DEVICE = "unknown"  # mem_device of rows written before the field existed
 HINT = "run an experiment first (python -m editbench ...)"
 # A table spans one value of each of these; runs of one method that differ in anything else

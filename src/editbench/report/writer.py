@@ -9,6 +9,7 @@ import stat
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 from matplotlib.figure import Figure
@@ -288,11 +289,12 @@ def write_marked(path, begin_marker: str, end_marker: str, text: str) -> None:
 # ------------------------------------------------------------------------------ docs/results.md
 
 def results_doc(rendered: Rendered, out_dir: Path, docs_dir: Path, source, n_rows: int, n_runs: int,
-                n_partial: int, bench: str | None = None) -> str:
+                n_partial: int, sections: Sequence[tuple[str, str]] = ()) -> str:
     """docs/results.md: every main table (all metrics per N with their intervals, then its cost
     table), the paired comparisons, the paper's Table 6 / 7 / 8 layouts with the published numbers
-    beside, and the calibration sweeps, each with links to its figures; a pointer to the
-    hand-written findings (:data:`NOTES_DOC`)."""
+    beside, the generated `sections` ((title, Markdown): the cost benchmark, the stress rehearsal)
+    and the calibration sweeps, each with links to its figures; a pointer to the hand-written
+    findings (:data:`NOTES_DOC`)."""
     def link(path: Path) -> str:
         return _relative(path, docs_dir)
 
@@ -346,8 +348,8 @@ def results_doc(rendered: Rendered, out_dir: Path, docs_dir: Path, source, n_row
                   "beside.", ""]
         for table in paper:
             lines += [f"### {table.title}", "", markdown_body(table)]
-    if bench:
-        lines += ["## Cost benchmark", "", bench, ""]
+    for title, text in sections:
+        lines += [f"## {title}", "", text, ""]
     if rendered.calibration:
         lines += ["## Calibration sweeps", ""]
         for table, pngs in rendered.calibration:
@@ -358,13 +360,13 @@ def results_doc(rendered: Rendered, out_dir: Path, docs_dir: Path, source, n_row
 
 
 def write_results_doc(docs_dir, rendered: Rendered, out_dir, source, rows: pd.DataFrame,
-                      bench: str | None = None) -> Path:
+                      sections: Sequence[tuple[str, str]] = ()) -> Path:
     """Write ``docs_dir/results.md`` (:func:`results_doc`), creating the folder; return its path.
     An unwritable folder raises :class:`ReportError`."""
     docs_dir, out_dir = Path(docs_dir), Path(out_dir)
     path = docs_dir / RESULTS_DOC
     n_runs, partial = run_counts(rows)
-    text = results_doc(rendered, out_dir, docs_dir, source, len(rows), n_runs, len(partial), bench)
+    text = results_doc(rendered, out_dir, docs_dir, source, len(rows), n_runs, len(partial), sections)
     try:
         docs_dir.mkdir(parents=True, exist_ok=True)
         _write_atomically(path, text)
