@@ -892,3 +892,22 @@ def test_report_package_has_no_import_cycle_and_no_private_cross_imports():
         visit(name)
     assert not (Path(report.__file__).parents[1] / "report.py").exists()
     assert not (Path(report.__file__).parents[1] / "paper_tables.py").exists()
+
+
+def test_cells_past_a_shorter_stream_say_not_run_and_a_running_stream_stays_dash(tmp_path):
+    """GRACE asked for 100 edits (its cell at N = 1,000 is "n/r"); HoReN asked for 10,000 and has
+    reached 100 so far (its cell at N = 1,000 is "—", not measured yet)."""
+    results = tmp_path / "results"
+    write_run(results, "horen", [row("HoReN", 0, N, n_edits=10_000) for N in (10, 100)], complete=False)
+    write_run(results, "grace", [row("GRACE", 0, N, op=0.2) for N in (10, 100)])
+    write_run(results, "ft", [row("FT-L", 0, N, op=0.3, n_edits=1000) for N in (10, 100, 1000)])
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert run_report(results, tmp_path / "reports", readme, "--docs", str(tmp_path / "docs")) == 0
+    text = readme.read_text()
+    grace = next(line for line in text.splitlines() if line.startswith("| GRACE |"))
+    horen = next(line for line in text.splitlines() if line.startswith("| HoReN |"))
+    assert grace.split("|")[-2].strip() == "n/r" and "n/r = not run" in text
+    assert horen.split("|")[-2].strip() == "—"
+    docs = (tmp_path / "docs" / "results.md").read_text()
+    assert "n/r = not run: every run of that row asked for a shorter stream" in docs

@@ -204,6 +204,8 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     out["n_partial"] = grouped["complete"].agg(lambda s: int((~s.astype(bool)).sum()))
     out["metric_names"] = grouped["metric_names"].agg(union_names)
     out["mem_device"] = grouped["mem_device"].agg(devices)
+    if "n_edits" in rows:  # the stream length asked for: a label's cells past its longest are "not run"
+        out["n_edits"] = grouped["n_edits"].max()
     if "run_dir" in rows:  # where each kept row came from: its run's records/ give the row's intervals
         run = rows.assign(run=list(zip(rows["seed"], rows["run_dir"])))
         out["runs"] = run.groupby(GROUP_KEYS, sort=True)["run"].agg(lambda s: tuple(sorted(s)))

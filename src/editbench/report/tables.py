@@ -19,6 +19,10 @@ NO_CI = "no CI"  # a measured cell without an interval: its run kept no records/
 CI_NOTE = (f"(±h) = half the width of the {CONFIDENCE:.0%} bootstrap interval over edit cases ({RESAMPLES:,} "
            "resamples of the run's records/, a case's probes together; OP recomputed from each resample's "
            f"means); ({NO_CI}) = the run kept no records/ there.")
+NOT_RUN = "n/r"
+NOT_RUN_NOTE = ("n/r = not run: every run of that row asked for a shorter stream (n_edits); which longer "
+                "streams are under way and which editors were not continued (collapsed by N = 1,000) is in "
+                "docs/results-notes.md; — = not measured (yet).")
 PUBLISHED_NOTE = ("Published rows: the HoReN paper's tables, transcribed in baselines/ (baselines/README.md); "
                   "* = the paper's N for that column is inferred, not stated.")
 
@@ -134,9 +138,10 @@ def _method_rows(agg: pd.DataFrame, baselines: pd.DataFrame, Ns: list[int], metr
     for position, (method, label) in enumerate(labels):
         cells = agg[agg["label"] == label].set_index("N")
         row, nums = [label, _n_range(cells["n"])], []
+        stream = cells["n_edits"].max() if "n_edits" in cells else float("nan")
         for n, m in ((n, m) for n in Ns for m in metrics):
             present = n in cells.index and not pd.isna(cells.at[n, m])
-            row.append(format_measured(cells.loc[n], m) if present else "—")
+            row.append(format_measured(cells.loc[n], m) if present else NOT_RUN if n > stream else "—")
             nums.append(round(float(cells.at[n, m]), DIGITS) if present else None)
         rows.append(row)
         numbers.append(None if method in REFERENCE_METHODS else nums)
@@ -159,6 +164,8 @@ def metric_table(agg: pd.DataFrame, baselines: pd.DataFrame, name: str, title: s
     rows, bold, has_published = _method_rows(agg, baselines, Ns, metrics)
     notes = ["Cells: mean ± sample std over n seeds (mean only when n = 1), then the interval: " + CI_NOTE
              + " Bold = best measured mean per column (published and Unedited rows excluded)."]
+    if any(cell == NOT_RUN for row in rows for cell in row):
+        notes.append(NOT_RUN_NOTE)
     if has_published:
         notes.append(PUBLISHED_NOTE)
     return Table(name, title, header, rows, bold, notes)
