@@ -206,7 +206,8 @@ def readme_block(settings: list[Setting], details: str = f"docs/{RESULTS_DOC}") 
              "seeds (the mean alone when n = 1), then (±h), half the width of its 95 % bootstrap interval "
              "over edit cases, or (no CI) for a run that kept no per-probe records; bold = best measured "
              "per N (Unedited and published rows excluded); n/r = not run (the row's runs asked for a shorter "
-             f"stream; which are under way and which were not continued: docs/{NOTES_DOC}), — = not measured (yet); a `(published, T…)` row is the HoReN paper's "
+             f"stream; which are under way and which were not continued: docs/{NOTES_DOC}), — = not measured "
+             "(yet); a `(published, T…)` row is the HoReN paper's "
              "number for the same model, data and N (* = N inferred). Every metric per N, the intervals' "
              "bounds, the paired comparisons (which differences are significant), the costs, the "
              f"calibration sweeps and the paper's Table 6 / 7 / 8 layouts: {link}.", ""]
