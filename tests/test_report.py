@@ -911,3 +911,20 @@ def test_cells_past_a_shorter_stream_say_not_run_and_a_running_stream_stays_dash
     assert horen.split("|")[-2].strip() == "—"
     docs = (tmp_path / "docs" / "results.md").read_text()
     assert "n/r = not run: every run of that row asked for a shorter stream" in docs
+
+
+def test_routing_diagnostics_get_a_figure_only_where_rows_have_them(tmp_path):
+    results = tmp_path / "results"
+    routed = {"route_gen_own": 0.6, "route_gen_wrong": 0.1, "route_gen_none": 0.3, "route_loc_retrieved": 0.05,
+              "route_gen_disp": 0.2, "route_loc_disp": 0.05, "route_keys_nn_median": 0.7, "route_keys_nn_p01": 0.4}
+    write_run(results, "horen", [row("HoReN", 0, N, **routed) for N in (10, 100)])
+    write_run(results, "ft", [row("FT-L", 0, N) for N in (10, 100)])
+    out = tmp_path / "reports"
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert run_report(results, out, readme) == 0
+    figures = sorted(p.name for p in (out / "figures").glob("routing_vs_n__*.png"))
+    assert figures == ["routing_vs_n__zsre__qwen25_7b__lifelong_v1-v1__greedy.png"]
+    write_run(results, "horen", [row("HoReN", 0, N) for N in (10, 100)])  # no diagnostics at all
+    out2 = tmp_path / "reports2"
+    assert run_report(results, out2, readme) == 0 and not list((out2 / "figures").glob("routing_vs_n__*"))

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from editbench.build import build, instantiate_group, max_new_tokens, validate
 from editbench.checkpoint import RunLock, RunStore, rng_equal, rng_state, set_rng_state
 from editbench.costs import Costs
+from editbench.diagnostics import routing_diagnostics
 from editbench.errors import EditbenchError
 from editbench.progress import Bar, duration
 from editbench.provenance import code_version, config_hash, git_hash, hardware, versions
@@ -158,6 +159,7 @@ class Runner:
         idx = eval_indices(n, self.cfg.protocol.retention, n)
         scores = r.evaluator.evaluate(r.editor.module(), [r.cases[i] for i in idx], [r.refs[i] for i in idx],
                                       self.reuse_layer, overall=r.data.overall)
+        scores.metrics.update(routing_diagnostics(r.editor, r.model.encode_prompt, [r.cases[i] for i in idx], idx))
         edit_s = float(np.sum(self.costs.edit_s))
         row = {**self.static, "N": n, **scores.metrics, "metric_names": scores.names,
                "edit_s_mean": edit_s / n, "edit_s_total": edit_s, "eval_s": time.perf_counter() - t0,

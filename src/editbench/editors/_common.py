@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from editbench.editors.base import Editor, SetupContext
+from editbench.editors.base import Editor, Routing, SetupContext
 
 
 TRAINED = "trained_value"  # Pass.state key: (value parameter, retrieval hit?) during a training pass
@@ -130,13 +130,46 @@ class CodebookEditor(Editor):
 
     def setup(self, ctx: SetupContext) -> None:
         self.gen = ctx.generator()
+        self.entries = []
+
+    #: the entry each edit was written to (stream order; None: resumed from a checkpoint without it)
+    entries: list[int] | None = None
+
+    def written(self, row: int) -> None:
+        """Record the entry the current edit was written to (routing diagnostics: "own entry")."""
+        if self.entries is not None:
+            self.entries.append(row)
+
+    def edit_entries(self) -> list[int] | None:
+        return self.entries
+
+    def routing_keys(self) -> torch.Tensor:
+        rows = sorted(set(self.entries)) if self.entries else []
+        return self.book.K[rows]
+
+    def routing(self, prompts) -> Routing:
+        """The site wrapper's decision at a prefill pass over each prompt, in batches."""
+        entry, disp = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0)]
+        for k in range(0, len(prompts), 64):
+            batch = self.model.batch([(list(ids), len(ids)) for ids in prompts[k:k + 64]])
+            with torch.no_grad():
+                x, _ = self.model.site_io(batch)
+                j, d = self.routed(x, batch.prompt_mask)
+            entry.append(j.cpu())
+            disp.append(d.float().cpu())
+        return Routing(torch.cat(entry), torch.cat(disp))
+
+    def routed(self, x: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(entry or -1, query displacement) per row of the edit site's input `x`."""
+        raise NotImplementedError
 
     def trained(self, steps: int) -> None:
         """Count one edit's optimisation steps."""
         self.last_steps, self.steps_total = steps, self.steps_total + steps
 
     def report(self) -> dict:
-        return {"last_edit": {"steps": self.last_steps}, "steps_total": self.steps_total}
+        return {"last_edit": {"steps": self.last_steps}, "steps_total": self.steps_total, "entries": self.book.n,
+                "cases": dict(self.cases)}
 
     def draw(self, fn: Callable, n: int, device) -> torch.Tensor:
         """`fn` (torch.rand / torch.randn) of n float32 values from the editor's generator, on `device`."""
@@ -144,12 +177,13 @@ class CodebookEditor(Editor):
 
     def state_dict(self) -> dict:
         return {"book": self.book.state_dict(), "cases": dict(self.cases), "gen": self.gen.get_state(),
-                "steps_total": self.steps_total}
+                "steps_total": self.steps_total, "entries": None if self.entries is None else list(self.entries)}
 
     def load_state_dict(self, sd: dict) -> None:
         self.book.load_state_dict(sd["book"])
         self.cases = dict(sd["cases"])
         self.steps_total = sd.get("steps_total", 0)  # absent from checkpoints written before it was counted
+        self.entries = None if sd.get("entries") is None else list(sd["entries"])  # ditto: own entries unknown
         # A checkpoint written before codebook editors kept their own generator has none: their draws
         # came from the global RNG, which the runner restores from the same checkpoint before this call.
         self.gen.set_state(sd["gen"] if "gen" in sd else torch.get_rng_state())

@@ -43,6 +43,16 @@ class SetupContext:
         return torch.Generator(device="cpu").manual_seed(self.seed)
 
 
+@dataclass(frozen=True)
+class Routing:
+    """Where an editor's router sends a batch of prompts (diagnostics; routing changes nothing):
+    per prompt, the entry it is routed to (-1: none, the model's own output) and how far the
+    router's refinement moved its query (0 where the router does not refine)."""
+
+    entry: torch.Tensor         # (B,) long
+    displacement: torch.Tensor  # (B,) float
+
+
 class Editor(ABC):
     #: the method's name in results tables; editors whose ablation switches change what the
     #: method *is* (e.g. HoReN with 0 Hopfield steps = GRACE+Norm) override `method`.
@@ -98,6 +108,22 @@ class Editor(ABC):
         """JSON-serialisable facts about the editor's state, written into every result row as
         `editor_info` (e.g. generated templates, memory counts). Nothing by default."""
         return {}
+
+    def routing(self, prompts: Sequence[Sequence[int]]) -> Routing | None:
+        """Where this editor's router sends each prompt (token ids, all of them prompt), read-only,
+        for the runner's routing diagnostics at each checkpoint; None: the editor does not route
+        (weight editors). An editor that routes also says which entry each edit was written to
+        (`edit_entries`) and what its keys are (`routing_keys`)."""
+        return None
+
+    def edit_entries(self) -> Sequence[int] | None:
+        """The entry each edit so far was written to, in stream order (None: not known, e.g. a run
+        resumed from a checkpoint written before editors kept it)."""
+        return None
+
+    def routing_keys(self) -> torch.Tensor | None:
+        """The keys prompts are routed by (one row per entry), for their nearest-neighbour spread."""
+        return None
 
     @abstractmethod
     def num_params(self) -> int:

@@ -37,6 +37,13 @@ class GRACE(CodebookEditor):
         d = torch.cdist(q.float(), self.book.K.float())
         return d.min(dim=-1)
 
+    def routed(self, x: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        last, _ = prompt_positions(prompt_mask)
+        if self.book.n == 0:
+            return torch.full((len(x),), -1, dtype=torch.long), torch.zeros(len(x))
+        d, j = self.nearest(x[torch.arange(len(x), device=x.device), last])
+        return torch.where(d <= self.book.R[j], j, -1), torch.zeros(len(x))  # no refinement: the raw key
+
     def _intervene(self, x: torch.Tensor, y: torch.Tensor, p) -> torch.Tensor:
         if p.kind == "decode":
             return y  # a cached decoding step: the value went in at the last prompt token, at prefill
@@ -88,6 +95,7 @@ class GRACE(CodebookEditor):
                         self.cases["expand"] += 1
                     else:
                         self.cases["reuse"] += 1
+            self.written(row)
             d, j = self.nearest(key[None])
             hit = bool(int(j[0]) == row and float(d[0]) <= float(self.book.radii[row]))
             self.trained(train_entry(self, row, hit, batch, self.hparams["lr"]))

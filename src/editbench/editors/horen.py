@@ -86,6 +86,14 @@ class HoReN(CodebookEditor):
         scores = q @ self.book.K.float().T
         return scores.max(dim=-1)
 
+    def routed(self, x: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.query(x, prompt_mask)
+        if self.book.n <= 1:  # the dummy alone routes nothing (as `_intervene`)
+            return torch.full((len(q),), -1, dtype=torch.long), torch.zeros(len(q))
+        r = self.refine(q)
+        s, j = self.match(r)
+        return torch.where(s > self.tau, j, -1), (r - q).norm(dim=-1)
+
     # ------------------------------------------------------------------ the site intervention
     def _intervene(self, x: torch.Tensor, y: torch.Tensor, p) -> torch.Tensor:
         if p.kind == "decode":
@@ -147,6 +155,7 @@ class HoReN(CodebookEditor):
                 self.cases["insert_no_match" if s <= self.tau else "insert_conflict"] += 1
             # As in the reference, the value is trained where retrieval sends this prompt: after an
             # insertion the new key normally wins; if the refined query lands elsewhere, nothing trains.
+            self.written(row)
             s_after, j_after = self.match(self.refine(q0))
             hit = bool(s_after[0] > self.tau and int(j_after[0]) == row)
             hp = self.hparams

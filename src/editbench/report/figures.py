@@ -344,6 +344,49 @@ def plot_cost_vs_n(agg: pd.DataFrame, title="") -> Figure | None:
     return fig
 
 
+#: (title, [(column, line label)], y label, fraction axis) of the routing panels; a panel without
+#: any value is dropped (editbench.diagnostics names the columns)
+ROUTING_PANELS = [
+    ("Paraphrases (gen) routed", [("route_gen_own", "own entry"), ("route_gen_wrong", "wrong entry"),
+                                  ("route_gen_none", "no entry")], "share of probes", True),
+    ("Locality prompts retrieved", [("route_loc_retrieved", "any entry (false retrieval)")], "share of probes", True),
+    ("Hopfield displacement ‖r − q‖", [("route_gen_disp", "paraphrases"), ("route_loc_disp", "locality")],
+     "median", False),
+    ("Nearest other key (cosine)", [("route_keys_nn_median", "median"), ("route_keys_nn_p01", "1st percentile")],
+     "cosine", False),
+]
+ROUTING_DASHES = ["-", "--", ":"]
+
+
+def plot_routing_vs_n(agg: pd.DataFrame, title="") -> Figure | None:
+    """The routing diagnostics against N for every editor that routes (rows with ``route_*``
+    columns): one panel per :data:`ROUTING_PANELS` entry, the editor by colour, the line within a
+    panel by dash.  None when no row has them."""
+    columns = [c for _, lines, _, _ in ROUTING_PANELS for c, _ in lines]
+    present = [c for c in columns if c in agg and agg[c].notna().any()]
+    if not present:
+        return None
+    routed = agg[agg[present].notna().any(axis=1)]
+    styled = series(routed)
+    panels = [p for p in ROUTING_PANELS if any(c in present for c, _ in p[1])]
+    fig, area, axes, legend_area = _figure(len(panels), _legend_labels(styled), width=4.6)
+    for ax, (name, lines, ylabel, fraction) in zip(axes, panels):
+        for dash, (column, line) in zip(ROUTING_DASHES, lines):
+            if column not in present:
+                continue
+            for s in styled:
+                rows = s.rows.dropna(subset=[column])
+                if len(rows):
+                    ax.plot(rows["N"].astype(float), rows[column], color=s.color, linestyle=dash, marker=s.marker,
+                            markersize=4, label=s.label if dash == "-" else "_nolegend_")
+        _style_n_axis(ax, ylabel, routed["N"], ylim=FRACTION_LIMITS if fraction else None)
+        _axes_title(ax, name + "  (" + ", ".join(f"{d} {line}" for d, (c, line) in zip(("—", "--", "··"), lines)
+                                                 if c in present) + ")")
+    _legend(legend_area, axes)
+    _suptitle(area, title)
+    return fig
+
+
 # ----------------------------------------------------------------------------------- calibration
 
 def _calibration_heading(final: pd.DataFrame, what: str = "") -> str:

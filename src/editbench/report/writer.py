@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 
 from editbench.report.baselines import load_baselines, table_rank, unmatched_published
 from editbench.report.comparisons import paired_results, paired_table, stream_keys
-from editbench.report.figures import plot_calibration, plot_cost_vs_n, plot_metrics_vs_n, plot_op_vs_n, plot_pareto
+from editbench.report.figures import (plot_calibration, plot_cost_vs_n, plot_metrics_vs_n, plot_op_vs_n, plot_pareto,
+                                      plot_routing_vs_n)
 from editbench.report.intervals import CONFIDENCE, RecordStore, add_intervals
 from editbench.report.paper import paper_tables
 from editbench.report.rows import (GROUP_KEYS, TABLE_KEYS, ReportError, aggregate, load_rows, metric_names,
@@ -122,7 +123,8 @@ def render_rows(rows: pd.DataFrame, out_dir: Path, baselines: pd.DataFrame, sour
                                       f"Paired comparisons — {title}")
         if setting.paired is not None:
             write_table(setting.paired)
-        setting.figures |= save_figures(stem, {"cost_vs_n": plot_cost_vs_n(group, f"Cost — {title}")})
+        setting.figures |= save_figures(stem, {"cost_vs_n": plot_cost_vs_n(group, f"Cost — {title}"),
+                                               "routing_vs_n": plot_routing_vs_n(group, f"Routing — {title}")})
         rendered.settings.append(setting)
 
     for table in paper_tables(main, baselines):
@@ -318,7 +320,7 @@ def results_doc(rendered: Rendered, out_dir: Path, docs_dir: Path, source, n_row
     for setting in rendered.settings:
         lines += [f"### {setting.title}", ""]
         lines += figures(setting.figures, {"op_vs_n": "OP vs N", "metrics_vs_n": "metrics vs N",
-                                           "cost_vs_n": "cost vs N"})
+                                           "cost_vs_n": "cost vs N", "routing_vs_n": "routing vs N"})
         if setting.intervals is not None:
             path = out_dir / "tables" / f"{setting.intervals.name}.md"
             lines += [f"Interval bounds per method and N: [{path.name}]({link(path)}); paired comparisons: "

@@ -1,0 +1,86 @@
+"""Routing diagnostics (`editbench.diagnostics`): the codebook editors' `route`, the own-entry
+bookkeeping, the nearest-key cosines, and the `route_*` fields of a run's rows — checked against
+values computed by hand from the codebook."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import build_editor, run_in_process  # noqa: E402
+from editbench.diagnostics import nearest_key_cosines, routing_diagnostics
+
+
+def test_nearest_key_cosines_by_hand():
+    keys = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])  # cosines: k0·k1 = 0, k0·k2 = k1·k2 = 1/√2
+    got = nearest_key_cosines(keys)
+    assert got["route_keys_nn_min"] == pytest.approx(2 ** -0.5)
+    assert got["route_keys_nn_median"] == pytest.approx(2 ** -0.5)
+    assert nearest_key_cosines(keys[:1]) == dict.fromkeys(got)  # one key: no neighbour
+
+
+@pytest.mark.parametrize("name", ["horen", "grace"])
+def test_route_is_the_site_wrappers_decision_and_edits_record_their_entry(name):
+    model, editor, cases = build_editor(name, model="tiny_llama", n_cases=6)
+    editor.edit([c.request for c in cases[:5]])
+    entries = editor.edit_entries()
+    assert len(entries) == 5 and all(0 <= e < editor.book.n for e in entries)
+    prompts = [model.encode_prompt(c.probes[s].probes[0].prompt) for c in cases for s in ("rel", "gen", "loc")]
+    routed = editor.routing(prompts)
+    # by hand: the query, refinement and threshold (HoReN) / nearest key within its radius (GRACE)
+    for ids, entry, disp in zip(prompts, routed.entry.tolist(), routed.displacement.tolist()):
+        batch = model.batch([(ids, len(ids))])
+        with torch.no_grad():
+            x, _ = model.site_io(batch)
+            if name == "horen":
+                q = editor.query(x, batch.prompt_mask)
+                r = editor.refine(q)
+                s, j = editor.match(r)
+                want = int(j) if float(s) > editor.tau else -1
+                assert disp == pytest.approx(float((r - q).norm()), abs=1e-6)
+            else:
+                key = x[0, len(ids) - 1]
+                d = (editor.book.K - key).norm(dim=-1)
+                j = int(d.argmin())
+                want = j if float(d[j]) <= float(editor.book.R[j]) else -1
+                assert disp == 0.0
+        assert entry == want
+    # an edit prompt routes to the entry its edit was written to (its key is that prompt's query)
+    own = editor.routing([model.encode_prompt(c.request.prompt) for c in cases[:5]]).entry.tolist()
+    assert own == entries
+    # the state carries the entries: a resumed editor knows them
+    _, fresh, _ = build_editor(name, model="tiny_llama", n_cases=1)
+    fresh.load_state_dict(editor.state_dict())
+    assert fresh.edit_entries() == entries
+
+
+def test_diagnostics_rates_are_the_routed_shares():
+    model, editor, cases = build_editor("horen", model="tiny_llama", n_cases=8)
+    editor.edit([c.request for c in cases])
+    d = routing_diagnostics(editor, model.encode_prompt, cases, list(range(8)))
+    entries = editor.edit_entries()
+    gen = editor.routing([model.encode_prompt(c.probes["gen"].probes[0].prompt) for c in cases]).entry.tolist()
+    loc = editor.routing([model.encode_prompt(c.probes["loc"].probes[0].prompt) for c in cases]).entry.tolist()
+    assert d["route_gen_own"] == sum(g == e for g, e in zip(gen, entries)) / 8
+    assert d["route_gen_none"] == sum(g < 0 for g in gen) / 8
+    assert d["route_gen_own"] + d["route_gen_wrong"] + d["route_gen_none"] == pytest.approx(1.0)
+    assert d["route_loc_retrieved"] == sum(g >= 0 for g in loc) / 8
+    assert d["route_rel_own"] == 1.0 and d["route_entries"] == len(set(entries)) and d["route_s"] > 0
+
+
+def test_weight_editors_do_not_route():
+    model, editor, cases = build_editor("ft", model="tiny_llama", n_cases=2)
+    assert routing_diagnostics(editor, model.encode_prompt, cases, [0, 1]) == {}
+
+
+def test_a_run_logs_routing_fields_at_every_checkpoint(tmp_path):
+    done = run_in_process("editor=horen", "model=tiny_llama", "n_edits=6", "protocol.checkpoints=[3]",
+                          f"out_dir={tmp_path}", "threads=1")
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in next(tmp_path.rglob("metrics.jsonl")).read_text().splitlines()]
+    assert [r["N"] for r in rows] == [3, 6]
+    for r in rows:
+        assert {"route_rel_own", "route_gen_own", "route_gen_wrong", "route_gen_none", "route_loc_retrieved",
+                "route_gen_disp", "route_loc_disp", "route_keys_nn_median", "route_entries"} <= set(r)
+        assert r["editor_info"]["cases"] and r["route_entries"] <= r["N"]
