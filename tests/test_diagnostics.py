@@ -29,7 +29,9 @@ def test_route_is_the_site_wrappers_decision_and_edits_record_their_entry(name):
     prompts = [model.encode_prompt(c.probes[s].probes[0].prompt) for c in cases for s in ("rel", "gen", "loc")]
     routed = editor.routing(prompts)
     # by hand: the query, refinement and threshold (HoReN) / nearest key within its radius (GRACE)
-    for ids, entry, disp in zip(prompts, routed.entry.tolist(), routed.displacement.tolist()):
+    assert (routed.displacement is None) == (name == "grace")  # GRACE does not refine its queries
+    disps = routed.displacement.tolist() if routed.displacement is not None else [None] * len(prompts)
+    for ids, entry, disp in zip(prompts, routed.entry.tolist(), disps):
         batch = model.batch([(ids, len(ids))])
         with torch.no_grad():
             x, _ = model.site_io(batch)
@@ -44,7 +46,6 @@ def test_route_is_the_site_wrappers_decision_and_edits_record_their_entry(name):
                 d = (editor.book.K - key).norm(dim=-1)
                 j = int(d.argmin())
                 want = j if float(d[j]) <= float(editor.book.R[j]) else -1
-                assert disp == 0.0
         assert entry == want
     # an edit prompt routes to the entry its edit was written to (its key is that prompt's query)
     own = editor.routing([model.encode_prompt(c.request.prompt) for c in cases[:5]]).entry.tolist()
@@ -67,6 +68,18 @@ def test_diagnostics_rates_are_the_routed_shares():
     assert d["route_gen_own"] + d["route_gen_wrong"] + d["route_gen_none"] == pytest.approx(1.0)
     assert d["route_loc_retrieved"] == sum(g >= 0 for g in loc) / 8
     assert d["route_rel_own"] == 1.0 and d["route_entries"] == len(set(entries)) and d["route_s"] > 0
+
+
+def test_side_memory_router_shares_and_false_retrieval():
+    model, editor, cases = build_editor("wise", model="tiny_llama", n_cases=4)
+    for c in cases[:2]:
+        editor.edit([c.request])  # one edit per call (batch_size 1)
+    d = routing_diagnostics(editor, model.encode_prompt, cases[:2], [0, 1])
+    loc = editor.routing([model.encode_prompt(c.probes["loc"].probes[0].prompt) for c in cases[:2]])
+    assert loc.displacement is None and editor.edit_entries() is None
+    assert d["route_loc_retrieved"] == float((loc.entry >= 0).float().mean())
+    assert "route_gen_none" in d and "route_gen_own" not in d and "route_gen_disp" not in d
+    assert d["route_keys_nn_median"] is None and d["route_entries"] is None
 
 
 def test_weight_editors_do_not_route():

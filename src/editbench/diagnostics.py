@@ -1,15 +1,17 @@
 """Routing diagnostics at a checkpoint, for editors that route (`Editor.routing` is not None:
-HoReN and its ablations, GRACE): where the router sends the prompts of the cases just scored.
+HoReN and its ablations, GRACE; WISE and REPAIR's side-memory router): where the router sends the
+prompts of the cases just scored.
 The runner adds them to the checkpoint's row as flat `route_*` columns (so the report averages
 and plots them like any metric) with the time they took (`route_s`).
 
 - `route_<set>_own` / `_wrong` / `_none` for every set scored by accuracy (ZsRE: `rel` = the
   edit prompt, `gen` = its paraphrase): the share routed to the entry its own case's edit was
-  written to, to another entry, or to none;
+  written to, to another entry, or to none (editors whose entries are shared and renumbered, the
+  side memories, give only `_none`);
 - `route_<set>_retrieved` for every set scored by locality: the share routed to any entry (false
   retrieval);
 - `route_<set>_disp`: the median distance the router's refinement moved a query (‖r − q‖, the
-  Hopfield displacement; 0 for GRACE), per set — the selectivity HoReN claims is a larger
+  Hopfield displacement; absent for routers that do not refine), per set — the selectivity HoReN claims is a larger
   displacement for paraphrases than for unrelated prompts;
 - `route_keys_nn_min` / `_p01` / `_median`: the cosine between a key and its nearest other key,
   over the keys edits were written to (a seeded sample of at most `NN_SAMPLE` keys against all of
@@ -58,7 +60,8 @@ def routing_diagnostics(editor, encode_prompt, cases: Sequence[EditCase], case_i
             out[f"route_{name}_none"] = float((~hit).mean())
         else:  # own entries unknown (a run resumed from an older checkpoint): matched or not only
             out[f"route_{name}_none"] = float((~hit).mean())
-        out[f"route_{name}_disp"] = float(routed.displacement.median()) if len(items) else None
+        if routed.displacement is not None and len(items):
+            out[f"route_{name}_disp"] = float(routed.displacement.median())
     out.update(nearest_key_cosines(editor.routing_keys()))
     out["route_entries"] = len(set(entries)) if entries is not None else None
     out["route_s"] = time.perf_counter() - t0

@@ -156,11 +156,12 @@ class CodebookEditor(Editor):
                 x, _ = self.model.site_io(batch)
                 j, d = self.routed(x, batch.prompt_mask)
             entry.append(j.cpu())
-            disp.append(d.float().cpu())
-        return Routing(torch.cat(entry), torch.cat(disp))
+            disp.append(torch.full((len(j),), float("nan")) if d is None else d.float().cpu())
+        displacement = torch.cat(disp)
+        return Routing(torch.cat(entry), None if displacement.isnan().all() and len(displacement) else displacement)
 
-    def routed(self, x: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(entry or -1, query displacement) per row of the edit site's input `x`."""
+    def routed(self, x: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(entry or -1, query displacement or None) per row of the edit site's input `x`."""
         raise NotImplementedError
 
     def trained(self, steps: int) -> None:

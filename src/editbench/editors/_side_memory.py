@@ -32,7 +32,7 @@ from pydantic import Field
 from torch import nn
 
 from editbench.editors._common import SiteWrapper
-from editbench.editors.base import Editor, SetupContext
+from editbench.editors.base import Editor, Routing, SetupContext
 from editbench.errors import EditbenchError
 from editbench.models import EditableModel, Pass, TokenBatch
 from editbench.validate import NonNegativeFloat
@@ -183,6 +183,18 @@ class SideMemoryEditor(Editor):
                 route = torch.where(take, i, route)
                 best = torch.where(take, s, best)
         return route
+
+    def routing(self, prompts) -> Routing:
+        """The prefill pass's routing decision per prompt: -1 (the unedited weight) or a memory
+        (`_weights()` index). Memories are shared by many edits and renumbered as shards are
+        saved and merged, so no edit has an entry of its own (`edit_entries` stays None)."""
+        entry = [torch.zeros(0, dtype=torch.long)]
+        for k in range(0, len(prompts), 64):
+            batch = self.model.batch([(list(ids), len(ids)) for ids in prompts[k:k + 64]])
+            with torch.no_grad():
+                x, y0 = self.model.site_io(batch)
+                entry.append(self.route(x, y0, batch.prompt_mask).cpu())
+        return Routing(torch.cat(entry), None)
 
     def apply_route(self, x: torch.Tensor, y0: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
         y = y0.clone()

@@ -47,10 +47,10 @@ class SetupContext:
 class Routing:
     """Where an editor's router sends a batch of prompts (diagnostics; routing changes nothing):
     per prompt, the entry it is routed to (-1: none, the model's own output) and how far the
-    router's refinement moved its query (0 where the router does not refine)."""
+    router's refinement moved its query (None: the router does not refine queries)."""
 
-    entry: torch.Tensor         # (B,) long
-    displacement: torch.Tensor  # (B,) float
+    entry: torch.Tensor                # (B,) long
+    displacement: torch.Tensor | None  # (B,) float
 
 
 class Editor(ABC):

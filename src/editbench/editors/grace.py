@@ -40,9 +40,9 @@ class GRACE(CodebookEditor):
     def routed(self, x: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         last, _ = prompt_positions(prompt_mask)
         if self.book.n == 0:
-            return torch.full((len(x),), -1, dtype=torch.long), torch.zeros(len(x))
+            return torch.full((len(x),), -1, dtype=torch.long), None
         d, j = self.nearest(x[torch.arange(len(x), device=x.device), last])
-        return torch.where(d <= self.book.R[j], j, -1), torch.zeros(len(x))  # no refinement: the raw key
+        return torch.where(d <= self.book.R[j], j, -1), None  # no refinement: the raw key decides
 
     def _intervene(self, x: torch.Tensor, y: torch.Tensor, p) -> torch.Tensor:
         if p.kind == "decode":
