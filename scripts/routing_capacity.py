@@ -1,7 +1,8 @@
 """How far does HoReN's routing carry? A routing-only capacity study of the codebook (issue #38,
 item 3): no value is trained.
 
-    python scripts/routing_capacity.py [--n N] [--out DIR] [--runs DIR] [--boot B] [KEY=VALUE ...]
+    python scripts/routing_capacity.py [--study capacity|damping] [--n N] [--out DIR] [--runs DIR] [--boot B]
+                                       [KEY=VALUE ...]
 
 KEY=VALUE are config overrides (`data=wikibigedit`, `model=...`); the default config is HoReN on
 the embedded SmolLM2 and the ZsRE stream `data.order_seed=0` of the committed runs. `--n` (default
@@ -50,6 +51,12 @@ beyond the measured range (and, for ZsRE, beyond the pool's 10,037 records): the
 the sampling of cases, not the choice of curve (the held-out error and `all_grid` show that).
 
 Writes `<out>/<data>_<model>.json` (default out: results/capacity).
+
+`--study damping` (the paper's damping ablation, its Table 10 / Figure 10 analogue): the same replay
+for the damping α ∈ {0.05, 0.1, 0.2, 0.5, 1.0} × Hopfield steps M ∈ {1, 2, 3}, and GRACE+Norm (M = 0)
+as the reference, with every rate's 95 % bootstrap interval over cases at each checkpoint (no
+projection); writes `<out>/<data>_<model>_damping.json`, which `make figures` draws as a Gen-vs-Loc
+trade-off (paraphrases routed to their own entry against locality prompts falsely retrieved).
 """
 from __future__ import annotations
 
@@ -92,6 +99,16 @@ def compose_cfg(overrides: list[str]):
     register_resolvers()
     with initialize_config_module("editbench.conf", version_base="1.3"):
         return compose("config", overrides=list(overrides))
+
+
+DAMPING_ALPHAS = (0.05, 0.1, 0.2, 0.5, 1.0)
+DAMPING_STEPS = (1, 2, 3)
+
+
+def damping_variants() -> list[tuple[str, list[str]]]:
+    """(name, overrides) of the damping ablation: α × M, then GRACE+Norm (M = 0)."""
+    return [(f"alpha={a:g} M={m}", [f"editor.alpha={a:g}", f"editor.hopfield_steps={m}"])
+            for m in DAMPING_STEPS for a in DAMPING_ALPHAS] + [("GRACE+Norm", ["experiment=grace_norm"])]
 
 
 def variants(tau: float) -> list[tuple[str, list[str]]]:
@@ -264,6 +281,22 @@ def evaluate(editor, n: int, sid: StreamIds, index: dict, QM: torch.Tensor, rows
         same = np.array([c == WRONG and o >= 0 and labels[e] == labels[o] for c, e, o in zip(cat, jj, own)], dtype=bool)
         own_case = (cat != NO_MATCH) & (jj == case_row)
         out[name] = Routed(case, np.array([pi for _, pi, _ in items]), cat, s.numpy(), jj, same, own_case)
+    return out
+
+
+def rate_intervals(routed: dict[str, Routed], sid: StreamIds, n_cases: int, boot: int, seed: int = 0) -> dict:
+    """95 % bootstrap intervals over cases (a case's probes together) of each set's own-entry rate
+    (accuracy sets) or false retrieval (locality sets)."""
+    rng = np.random.default_rng(seed)
+    W = np.stack([np.bincount(rng.integers(0, n_cases, n_cases), minlength=n_cases) for _ in range(boot)]).astype(float)
+    out = {}
+    for name, r in routed.items():
+        locality = sid.scorer[name] == "locality"
+        ind = (r.cat != NO_MATCH) if locality else (r.cat == OWN)
+        w = W[:, r.case]  # boot x probes: each probe weighted by its case's draw count
+        rates = (w * ind).sum(1) / np.maximum(w.sum(1), 1e-12)
+        lo, hi = np.quantile(rates, [0.025, 0.975])
+        out[name] = {"false_retrieval" if locality else "own": [_r(lo), _r(hi)]}
     return out
 
 
@@ -496,7 +529,7 @@ def fit_variant(curves: dict[int, dict[str, Routed]], sid: StreamIds, grid: list
 
 # ------------------------------------------------------------------------------------- one variant
 def replay_variant(name: str, run, sid: StreamIds, index: dict, QM: torch.Tensor, checkpoints: list[int],
-                   runs: list[dict], grid: list[int], boot: int) -> dict:
+                   runs: list[dict], grid: list[int], boot: int, intervals: bool = False) -> dict:
     editor, cases = run.editor, run.cases
     hp = routing_hparams(editor.hparams)
     mine = [r for r in runs if same_routing(routing_hparams(r["hparams"]), hp)]
@@ -515,6 +548,8 @@ def replay_variant(name: str, run, sid: StreamIds, index: dict, QM: torch.Tensor
             curves[n] = routed
             per_n.append({"N": n, "entries": editor.book.n - 1, "cases": dict(editor.cases), **summarize(routed, sid),
                           "route_s": round(time.perf_counter() - te, 1)})
+            if intervals:
+                per_n[-1]["ci"] = rate_intervals(routed, sid, n, boot)
             log(f"{name} N={n}: entries {editor.book.n - 1}, " + ", ".join(
                 f"{k} own {v['own']:.3f}" if "own" in v else f"{k} FR {v['false_retrieval']:.3f}"
                 for k, v in per_n[-1].items() if isinstance(v, dict) and "n" in v))
@@ -532,7 +567,8 @@ def replay_variant(name: str, run, sid: StreamIds, index: dict, QM: torch.Tensor
                             "checkpoints": [compare_checkpoint(r, N, curves[N], sid, cases)
                                             for N in sorted(r["rows"]) if N in curves]})
     return {"name": name, "method": editor.method, "routing": hp, "per_N": per_n,
-            "fit": fit_variant(curves, sid, grid, len(rows), boot), "runs": comparisons, "state_checks": state_checks,
+            "fit": {} if intervals else fit_variant(curves, sid, grid, len(rows), boot), "runs": comparisons,
+            "state_checks": state_checks,
             "chunk_check": chunk_check, "replay_s": round(time.perf_counter() - t0, 1), "_curves": curves}
 
 
@@ -582,6 +618,7 @@ def query_checks(model, editor, cases, index: dict, QM: torch.Tensor, sid: Strea
 
 def main(argv: list[str]) -> dict:
     ap = argparse.ArgumentParser(usage=__doc__)
+    ap.add_argument("--study", choices=("capacity", "damping"), default="capacity")
     ap.add_argument("--n", type=int, default=max(GRID))
     ap.add_argument("--out", type=Path, default=REPO / "results" / "capacity")
     ap.add_argument("--runs", type=Path, default=REPO / "results")
@@ -596,7 +633,8 @@ def main(argv: list[str]) -> dict:
     torch.set_num_threads(int(cfg.threads or 1))
     quiet = lambda *_: None  # noqa: E731
     tau = float(cfg.editor.threshold)
-    plan = variants(tau)
+    damping = args.study == "damping"
+    plan = damping_variants() if damping else variants(tau)
 
     data = instantiate_group(cfg.data)
     pool = len(data.records()) - int(cfg.data.get("skip") or 0)
@@ -606,7 +644,8 @@ def main(argv: list[str]) -> dict:
     grid = sorted({N for N in GRID if N <= n} | {n})
     log(f"{cfg.data.name}: {n} of {pool} cases, checkpoints {checkpoints}, runs: {[r['name'] for r in runs]}")
 
-    result = {"data": cfg.data.name, "model": cfg.model.name, "n_cases": n, "pool": pool, "grid": grid,
+    result = {"study": args.study, "data": cfg.data.name, "model": cfg.model.name, "n_cases": n, "pool": pool,
+              "grid": grid,
               "checkpoints": checkpoints, "overrides": args.overrides, "commit": git_hash(),
               "started": started.isoformat(timespec="seconds"),
               "config": {"editor": OmegaConf.to_container(cfg.editor, resolve=True),
@@ -644,15 +683,16 @@ def main(argv: list[str]) -> dict:
             shared = (run.editor.rho, run.editor.normalize)
         elif (run.editor.rho, run.editor.normalize) != shared:  # every variant routes the same pooled queries
             raise SystemExit(f"{name}: rho / normalize differ from {plan[0][0]}'s — the cached queries do not apply")
-        var = replay_variant(name, run, sid, index, QM, checkpoints, runs, grid, args.boot)
+        var = replay_variant(name, run, sid, index, QM, checkpoints, runs, grid, args.boot, intervals=damping)
         var.pop("_curves")
         var["overrides"] = extra
-        var["projected_metrics"] = projected_metrics(var)
+        var["alpha"], var["steps"] = float(run.editor.alpha), int(run.editor.steps)
+        var["projected_metrics"] = [] if damping else projected_metrics(var)
         result["variants"].append(var)
         del run
     result["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"{cfg.data.name}_{cfg.model.name}.json"
+    path = args.out / f"{cfg.data.name}_{cfg.model.name}{'_damping' if damping else ''}.json"
     path.write_text(json.dumps(result, indent=1, default=str) + "\n")
     log(f"wrote {path}")
     return result

@@ -144,3 +144,42 @@ def test_capacity_figures_render_a_study_file(tmp_path):
     written = capacity_figures(tmp_path, tmp_path / "figures")
     assert sorted(p.name for p in written) == ["capacity_zsre_tiny.pdf", "capacity_zsre_tiny.png"]
     assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_rate_intervals_bracket_the_rate_and_collapse_when_every_case_agrees():
+    """Bootstrap over cases: a case's probes move together; all-equal indicators give a zero-width
+    interval at that value."""
+    sid = cap.StreamIds(edit=[], labels=[], scorer={"gen": "accuracy", "loc": "locality"}, probes={})
+    n = 200
+    case = np.arange(n)
+    own = np.where(np.arange(n) % 4 == 0, cap.NO_MATCH, cap.OWN).astype(np.int8)  # 75 % own entry
+    z = np.zeros(n)
+    routed = {"gen": cap.Routed(case, z, own, z, z, z.astype(bool), z.astype(bool)),
+              "loc": cap.Routed(case, z, np.full(n, cap.NO_MATCH, dtype=np.int8), z, z, z.astype(bool),
+                                z.astype(bool))}
+    ci = cap.rate_intervals(routed, sid, n, boot=500)
+    lo, hi = ci["gen"]["own"]
+    assert lo < 0.75 < hi and hi - lo < 0.2
+    assert ci["loc"]["false_retrieval"] == [0.0, 0.0]
+
+
+def test_damping_plan_and_figure(tmp_path):
+    import json
+
+    from editbench.report.capacity import capacity_figures
+
+    plan = cap.damping_variants()
+    assert len(plan) == 16 and plan[-1] == ("GRACE+Norm", ["experiment=grace_norm"])
+    assert ("alpha=0.5 M=2", ["editor.alpha=0.5", "editor.hopfield_steps=2"]) in plan
+    variants = []
+    for name, _ in plan:
+        a, m = (0.1, 0) if name == "GRACE+Norm" else (float(name.split()[0][6:]), int(name.split()[1][2:]))
+        per_n = [{"N": N, "gen": {"own": 0.7 + 0.01 * m}, "loc": {"false_retrieval": 0.01 * m},
+                  "ci": {"gen": {"own": [0.65, 0.75]}, "loc": {"false_retrieval": [0.0, 0.05]}}} for N in (1000, 2000)]
+        variants.append({"name": name, "alpha": a, "steps": m, "per_N": per_n})
+    study = {"study": "damping", "data": "zsre", "model": "tiny", "n_cases": 2000, "checkpoints": [1000, 2000],
+             "variants": variants}
+    (tmp_path / "capacity").mkdir()
+    (tmp_path / "capacity" / "zsre_tiny_damping.json").write_text(json.dumps(study))
+    written = capacity_figures(tmp_path, tmp_path / "figures")
+    assert sorted(p.name for p in written) == ["damping_zsre_tiny.pdf", "damping_zsre_tiny.png"]

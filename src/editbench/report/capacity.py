@@ -146,16 +146,72 @@ def plot_capacity(study: dict) -> Figure:
     return fig
 
 
+DAMPING_MARKERS = {0: "*", 1: "o", 2: "s", 3: "^"}
+
+
+def _damping_point(var: dict, N: int, acc: str, loc: str):
+    """(false retrieval, own rate, their intervals) of one variant at checkpoint N, or None."""
+    at = next((p for p in var["per_N"] if p["N"] == N), None)
+    if at is None or acc not in at or loc not in at:
+        return None
+    ci = at.get("ci", {})
+    x, y = at[loc]["false_retrieval"], at[acc]["own"]
+    xl, xh = ci.get(loc, {}).get("false_retrieval", [x, x])
+    yl, yh = ci.get(acc, {}).get("own", [y, y])
+    return x, y, (x - xl, xh - x), (y - yl, yh - y)
+
+
+def plot_damping(study: dict, acc: str = "gen", loc: str = "loc") -> Figure:
+    """The damping ablation as a Gen-vs-Loc trade-off: per checkpoint (1,000 and the largest), each
+    (α, M) variant's paraphrases routed to their own entry against locality prompts falsely
+    retrieved, with 95 % bootstrap intervals over cases; colour = α, marker = M (★ = GRACE+Norm,
+    no Hopfield step)."""
+    import matplotlib as mpl
+
+    Ns = [N for N in (1000, study["n_cases"]) if N in study["checkpoints"]] or study["checkpoints"][-1:]
+    alphas = sorted({v["alpha"] for v in study["variants"] if v["steps"] > 0})
+    cmap = mpl.colormaps["viridis"]
+    colour = {a: cmap(i / max(len(alphas) - 1, 1)) for i, a in enumerate(alphas)}
+    fig = Figure(figsize=(5.2 * len(Ns) + 1.6, 4.6), layout="constrained")
+    axes = fig.subplots(1, len(Ns), squeeze=False)[0]
+    for ax, N in zip(axes, Ns):
+        for var in study["variants"]:
+            pt = _damping_point(var, N, acc, loc)
+            if pt is None:
+                continue
+            x, y, xerr, yerr = pt
+            c = "k" if var["steps"] == 0 else colour[var["alpha"]]
+            ax.errorbar([x], [y], xerr=[[xerr[0]], [xerr[1]]], yerr=[[yerr[0]], [yerr[1]]], fmt="none", ecolor=c,
+                        alpha=0.6, capsize=2)
+            ax.plot([x], [y], DAMPING_MARKERS.get(var["steps"], "o"), color=c, ms=9 if var["steps"] == 0 else 6)
+        ax.set_xlabel(f"{loc}: falsely retrieved (share of locality prompts)")
+        ax.set_ylabel(f"{acc}: routed to own entry (share of paraphrases)")
+        ax.set_title(f"N = {N:,} edits", fontsize=10)
+        ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=colour[a], marker="o", ls="", label=f"α = {a:g}") for a in alphas]
+    handles += [Line2D([], [], color="0.4", marker=DAMPING_MARKERS[m], ls="", label=f"M = {m}")
+                for m in sorted({v["steps"] for v in study["variants"] if v["steps"] > 0})]
+    handles.append(Line2D([], [], color="k", marker="*", ls="", ms=9, label="GRACE+Norm (M = 0)"))
+    fig.legend(handles=handles, loc="outside right center", fontsize=8)
+    fig.suptitle(f"Damping ablation (routing only) — {study['data']} · {study['model']}; bars: 95 % bootstrap "
+                 f"intervals over cases", fontsize=10)
+    return fig
+
+
 def capacity_figures(results_dir, figures_dir) -> list[Path]:
-    """Write ``capacity_<data>_<model>.png`` and ``.pdf`` into `figures_dir` for every study file
-    under ``<results_dir>/capacity/``; returns the paths written."""
+    """Write ``capacity_<data>_<model>.png`` and ``.pdf`` into `figures_dir` for every capacity
+    study file under ``<results_dir>/capacity/`` (``damping_<data>_<model>`` for a damping study);
+    returns the paths written."""
     from editbench.report.writer import save_figure
 
     folder = Path(figures_dir)
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for study in load_capacity(results_dir):
-        written += save_figure(plot_capacity(study), folder, f"capacity_{study['data']}_{study['model']}")
+        if study.get("study") == "damping":
+            written += save_figure(plot_damping(study), folder, f"damping_{study['data']}_{study['model']}")
+        else:
+            written += save_figure(plot_capacity(study), folder, f"capacity_{study['data']}_{study['model']}")
     return written
 
 
