@@ -192,3 +192,25 @@ def test_results_doc_includes_paper_tables_with_published_numbers(tmp_path):
     assert "0.992 / 0.767 / 0.682" in text  # HoReN (published, T6) at N = 500
     block = report.readme_block(rendered.settings)
     assert "Paper Table" not in block and "| HoReN | 1 | **0.796 (no CI)** |" in block  # OP = (.9 x .8 x .7)^(1/3); no records
+
+
+def test_table2_spans_models_only_when_two_have_zsre_rows(tmp_path):
+    """Rows = model x method, a column per N, cells Rel / Gen / Loc / OP; one model: no table."""
+    from editbench.report.paper import paper_tables
+    from editbench.report.rows import aggregate, load_rows
+
+    results = tmp_path / "results"
+    for model in ("smollm2_135m", "gemma3_270m"):
+        for method, op in (("HoReN", 0.9), ("GRACE", 0.3)):
+            write_run(results, f"{model}_{method}", [row(method, 0, N, rel=1.0, gen=op, loc=0.99, op=op, model=model)
+                                                     for N in (100, 1000)])
+    agg = aggregate(load_rows(results))
+    t2 = [t for t in paper_tables(agg, agg.iloc[0:0]) if t.name.startswith("paper_table2")]
+    assert len(t2) == 1
+    table = t2[0]
+    assert [r[:2] for r in table.rows] == [["gemma3_270m", "GRACE"], ["", "HoReN"], ["smollm2_135m", "GRACE"],
+                                           ["", "HoReN"]]
+    assert table.rows[1][2:] == ["1.00 / 0.90 / 0.99 / 0.90"] * 2
+    one = aggregate(load_rows(results))
+    one = one[one["model"] == "smollm2_135m"]
+    assert not [t for t in paper_tables(one, one.iloc[0:0]) if t.name.startswith("paper_table2")]

@@ -17,6 +17,11 @@ numbers (:func:`editbench.report.baselines.load_baselines`):
 
 The paper states no model for any of the three, so their published numbers appear in every
 model's table, labelled with the table they come from.
+
+* **Table 2** (the cross-model table): ZsRE, one row per model × method, one column per N, each
+  cell "Rel / Gen / Loc / OP"; built when at least two models have ZsRE rows in one (protocol,
+  scoring, ...) setting. Its published numbers are for other (7B–32B) models, so none sit beside
+  the measured rows: the table compares the models measured here.
 """
 from __future__ import annotations
 
@@ -41,7 +46,8 @@ PUBLISHED_NOTE = ("Published cells: the HoReN paper's, transcribed in baselines/
 
 
 def paper_tables(main: pd.DataFrame, baselines: pd.DataFrame) -> list[Table]:
-    """Tables 6, 7 and 8 for every (model, protocol, scoring, ...) that has the rows they need."""
+    """Tables 6, 7 and 8 for every (model, protocol, scoring, ...) that has the rows they need, and
+    Table 2 for every (protocol, scoring, ...) with ZsRE rows of two models or more."""
     keys = [k for k in TABLE_KEYS if k != "data"]
     tables = []
     for key, group in main.groupby(keys, sort=True):
@@ -50,7 +56,46 @@ def paper_tables(main: pd.DataFrame, baselines: pd.DataFrame) -> list[Table]:
             table = build(group, baselines, setting)
             if table is not None:
                 tables.append(table)
+    across = [k for k in keys if k != "model"]
+    for key, group in main.groupby(across, sort=True):
+        table = table2(group, dict(zip(across, key if isinstance(key, tuple) else (key,))))
+        if table is not None:
+            tables.append(table)
     return tables
+
+
+# ------------------------------------------------------------------------------------- Table 2
+
+TABLE2_METRICS = ("rel", "gen", "loc", "op")
+
+
+def table2(group: pd.DataFrame, setting: dict) -> Table | None:
+    """ZsRE across models: rows = model × method (paper order), columns = N, cells "Rel / Gen /
+    Loc / OP" (None with fewer than two models)."""
+    zsre = group[group["data"] == "zsre"]
+    models = sorted(zsre["model"].unique())
+    if len(models) < 2:
+        return None
+    Ns = sorted(int(n) for n in zsre["N"].unique())
+    header = [("", ["Model", "Method"])] + [("Rel / Gen / Loc / OP", [f"N={n}" for n in Ns])]
+    rows = []
+    for model in models:
+        at = zsre[zsre["model"] == model]
+        at = at.assign(label=method_labels(at))
+        for i, (_, label) in enumerate(ordered_labels(at)):
+            cells = at[at["label"] == label].set_index("N")
+            row = [model if i == 0 else "", label]
+            for n in Ns:
+                values = [_cell(cells.loc[[n]], m) if n in cells.index else None for m in TABLE2_METRICS]
+                row.append("—" if all(v is None for v in values) else _joined(values, digits=2))
+            rows.append(row)
+    title = (f"Paper Table 2 layout (ZsRE across models: {', '.join(models)}) — "
+             + table_title("zsre", "models", *setting.values()).split(" · ", 2)[2])
+    notes = ["Cells: Rel / Gen / Loc / OP, the mean over seeds (their spread and 95 % intervals: each model's "
+             "generic table); — = not measured at this N. The paper's Table 2 reports other models (Qwen2.5-7B, "
+             "DeepSeek-R1-Distill-Llama-8B, GPT-OSS-20B, SEA-LION-32B): baselines/ has its numbers."]
+    stem = table_stem("paper_table2", "zsre_models", *setting.values())
+    return Table(stem, title, header, rows, set(), notes, kind="paper")
 
 
 def _name(number: int, setting: dict) -> str:
