@@ -61,7 +61,7 @@ from bench_edit import built  # the same build as the other benchmark (this fold
 from editbench.build import Run, build
 from editbench.costs import Costs
 from editbench.editors import alphaedit, rome, unke
-from editbench.editors._side_memory import _pos_mean
+from editbench.editors._side_memory import pos_mean
 from editbench.models import Pass, TokenBatch
 from editbench.models.forward import Prefix
 
@@ -259,7 +259,7 @@ def side_memory_limit(run: Run, req, costs: Costs) -> dict:
         logits = lim.logits(lim.hidden(lim.pre.h + (y - y0)[:n]))
         scores = ed._score(ed.delta(y, y0), real)
         d_in, d_out = scores[:n], scores[n:]
-        loss = lim.ce(logits) + _pos_mean(d_out - d_in + gamma) + _pos_mean(d_out - alpha) + _pos_mean(beta - d_in)
+        loss = lim.ce(logits) + pos_mean(d_out - d_in + gamma) + pos_mean(d_out - alpha) + pos_mean(beta - d_in)
         extra = ed.extra_loss(logits, counts)
         (loss if extra is None else loss + extra).backward()
         side.grad = None

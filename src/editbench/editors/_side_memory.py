@@ -258,8 +258,8 @@ class SideMemoryEditor(Editor):
             l_ft = (per_row / (nxt.sum(1) + 1)).mean()  # the reference's denominator: one masked slot more
             scores = self._score(self.delta(y, y0), real)
             delta_in, delta_out = scores[:n_edit_rows], scores[n_edit_rows:]
-            l_act = (_pos_mean(delta_out - delta_in + gamma) + _pos_mean(delta_out - alpha)
-                     + _pos_mean(beta - delta_in))
+            l_act = (pos_mean(delta_out - delta_in + gamma) + pos_mean(delta_out - alpha)
+                     + pos_mean(beta - delta_in))
             loss = l_ft + l_act
             extra = self.extra_loss(logits, counts)
             if extra is not None:
@@ -348,7 +348,7 @@ class SideMemoryEditor(Editor):
                 "merged_memories": sum(m["merged"] for m in self.memories), "last_edit": dict(self.last)}
 
 
-def _pos_mean(v: torch.Tensor) -> torch.Tensor:
+def pos_mean(v: torch.Tensor) -> torch.Tensor:
     """Mean of the positive entries (0 when there are none): the reference's margin-loss reduction."""
     pos = v > 0
     return (v * pos).sum() / pos.sum().clamp(min=1)
