@@ -928,3 +928,28 @@ def test_routing_diagnostics_get_a_figure_only_where_rows_have_them(tmp_path):
     write_run(results, "horen", [row("HoReN", 0, N) for N in (10, 100)])  # no diagnostics at all
     out2 = tmp_path / "reports2"
     assert run_report(results, out2, readme) == 0 and not list((out2 / "figures").glob("routing_vs_n__*"))
+
+
+def test_scoring_modes_side_by_side_with_ranks(tmp_path):
+    """Two editors under greedy and free scoring: one table, rows method x scoring, the OP rank
+    within each scoring (the ranking flips under free generation here)."""
+    results = tmp_path / "results"
+    write_run(results, "horen_g", [row("HoReN", 0, N, op=0.9) for N in (10, 100)])
+    write_run(results, "grace_g", [row("GRACE", 0, N, op=0.3) for N in (10, 100)])
+    write_run(results, "horen_f", [row("HoReN", 0, N, op=0.2, scoring="free", rel_prefix=0.5, gen_prefix=0.4,
+                                       metric_names=["rel", "rel_prefix", "gen", "gen_prefix", "loc", "op"])
+                                   for N in (10, 100)])
+    write_run(results, "grace_f", [row("GRACE", 0, N, op=0.25, scoring="free", rel_prefix=0.6, gen_prefix=0.1,
+                                       metric_names=["rel", "rel_prefix", "gen", "gen_prefix", "loc", "op"])
+                                   for N in (10, 100)])
+    out = tmp_path / "reports"
+    readme = tmp_path / "README.md"
+    readme.write_text(README)
+    assert run_report(results, out, readme, "--docs", str(tmp_path / "docs")) == 0
+    text = (out / "tables" / "scorings__zsre__qwen25_7b__v1.md").read_text()
+    lines = [line for line in text.splitlines() if line.startswith("| GRACE") or line.startswith("| HoReN")]
+    assert [line.split(" | ")[1] for line in lines] == ["greedy (fixed length)", "free generation"] * 2
+    grace_free, horen_greedy = lines[1], lines[2]
+    assert grace_free.rstrip(" |").endswith("1/2") and horen_greedy.rstrip(" |").endswith("1/2")
+    assert "| 0.600 |" in grace_free  # Rel by prefix match, free scoring only
+    assert "## Scoring modes side by side" in (tmp_path / "docs" / "results.md").read_text()

@@ -38,7 +38,8 @@ class Table:
     bold: set[tuple[int, int]] = field(default_factory=set)
     notes: list[str] = field(default_factory=list)
     # "metrics" (every metric per N), "cost", "calibration", "paper" (the paper's layouts),
-    # "intervals" (interval bounds per N), "paired" (paired comparisons),
+    # "intervals" (interval bounds per N), "paired" (paired comparisons), "scorings" (one stream
+    # under several scoring modes),
     # "overview" (OP per N, for the README; never written as a file)
     kind: str = "metrics"
 

@@ -20,6 +20,7 @@ from editbench.report.figures import (plot_calibration, plot_cost_vs_n, plot_met
                                       plot_routing_vs_n)
 from editbench.report.intervals import CONFIDENCE, RecordStore, add_intervals
 from editbench.report.paper import paper_tables
+from editbench.report.scorings import scoring_tables
 from editbench.report.rows import (GROUP_KEYS, TABLE_KEYS, ReportError, aggregate, load_rows, metric_names,
                                    run_counts)
 from editbench.report.tables import (Table, calibration_table, cost_table, file_stem, interval_table, markdown_body,
@@ -127,7 +128,7 @@ def render_rows(rows: pd.DataFrame, out_dir: Path, baselines: pd.DataFrame, sour
                                                "routing_vs_n": plot_routing_vs_n(group, f"Routing — {title}")})
         rendered.settings.append(setting)
 
-    for table in paper_tables(main, baselines):
+    for table in paper_tables(main, baselines) + scoring_tables(main):
         write_table(table)
 
     calibration = agg[agg["tag"] == "calibration"]
@@ -351,6 +352,13 @@ def results_doc(rendered: Rendered, out_dir: Path, docs_dir: Path, source, n_row
                   "The same measurements in the HoReN paper's own table shapes, its published numbers "
                   "beside.", ""]
         for table in paper:
+            lines += [f"### {table.title}", "", markdown_body(table)]
+    scorings = [table for table in rendered.tables if table.kind == "scorings"]
+    if scorings:
+        lines += ["## Scoring modes side by side", "",
+                  "The same edits under fixed-length greedy, teacher-forced and free-generation scoring, with each "
+                  "editor's OP rank within each mode.", ""]
+        for table in scorings:
             lines += [f"### {table.title}", "", markdown_body(table)]
     for title, text in sections:
         lines += [f"## {title}", "", text, ""]
