@@ -57,6 +57,14 @@ def command(key: str, args, cache: Path) -> list[str]:
             f"n_edits={args.n}", f"out_dir={args.results / 'stress'}", "tag=stress", "threads=1", f"cache_dir={cache}"]
 
 
+def _shown(arg: str) -> str:
+    """A command-line argument as recorded: paths inside the repository relative to it."""
+    key, _, value = arg.partition("=")
+    if value.startswith(str(ROOT) + os.sep):
+        return f"{key}={os.path.relpath(value, ROOT)}"
+    return arg
+
+
 def new_cases(n: int, max_eval: int) -> dict[int, int]:
     """Per grid checkpoint: how many cases it scores that no earlier checkpoint scored."""
     retention = OmegaConf.create({"mode": "all_so_far", "max_eval": max_eval, "sample_seed": 0})
@@ -126,7 +134,7 @@ def main(argv=None) -> int:
         failed |= not all(c["pass"] for c in checks)
         editors.append({"key": key, "label": EDITORS[key][0], "state_growth": growth,
                         "run": d.relative_to(args.results).as_posix(),
-                        "command": "python -m editbench " + " ".join(command(key, args, Path("CACHE"))[3:]),
+                        "command": "python -m editbench " + " ".join(_shown(a) for a in command(key, args, Path("CACHE"))[3:]),
                         "table": table, "checks": checks})
         for c in checks:
             print(f"stress: {EDITORS[key][0]:<11} {c['check']:<19} {'PASS' if c['pass'] else 'FAIL'}  {c['detail']}")
