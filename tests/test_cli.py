@@ -216,7 +216,7 @@ def test_console_script(tmp_path):
         pytest.skip("the editbench console script is not installed next to this interpreter")
     proc = subprocess.run([str(script), "ls", "data"], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
                           timeout=120)
-    assert proc.returncode == 0 and [x.split()[0] for x in proc.stdout.splitlines()] == ["unke", "wikibigedit", "zsre"]
+    assert proc.returncode == 0 and [x.split()[0] for x in proc.stdout.splitlines()] == ["synthetic", "unke", "wikibigedit", "zsre"]
 
 
 def test_help_passes_through(tmp_path):

@@ -97,3 +97,11 @@ def test_a_run_logs_routing_fields_at_every_checkpoint(tmp_path):
         assert {"route_rel_own", "route_gen_own", "route_gen_wrong", "route_gen_none", "route_loc_retrieved",
                 "route_gen_disp", "route_loc_disp", "route_keys_nn_median", "route_entries"} <= set(r)
         assert r["editor_info"]["cases"] and r["route_entries"] <= r["N"]
+
+
+def test_diagnostics_false_leaves_them_out(tmp_path):
+    done = run_in_process("editor=horen", "model=tiny_llama", "n_edits=3", "protocol.checkpoints=[3]",
+                          f"out_dir={tmp_path}", "threads=1", "diagnostics=false")
+    assert done.returncode == 0, done.stderr
+    row = json.loads(next(tmp_path.rglob("metrics.jsonl")).read_text().splitlines()[-1])
+    assert not [k for k in row if k.startswith("route_")]

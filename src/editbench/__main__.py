@@ -58,7 +58,7 @@ config groups (`editbench ls GROUP` for their entries):
   logger        an extra sink (wandb, offline by default); result files are always written
   experiment    bundles of overrides for the paper's runs and ablations
   hydra/launcher  where sweep jobs run: basic, slurm, local
-top-level keys: n_edits seed resume(auto|never|force) tag out_dir threads cache_dir cache_max_gb save_every_min keep_checkpoints
+top-level keys: n_edits seed resume(auto|never|force) tag out_dir threads cache_dir cache_max_gb save_every_min keep_checkpoints diagnostics
 
 Bad input is one line on stderr (`editbench: error: <problem> — <fix>`) and exit status 2.
 The manual: README.md and docs/ in the repository."""

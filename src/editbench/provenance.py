@@ -16,7 +16,7 @@ from editbench import __version__
 
 #: top-level keys that do not change what a run computes (left out of `config_hash`)
 RUNTIME_KEYS = ("resume", "out_dir", "logger", "tag", "threads", "cache_dir", "cache_max_gb", "save_every_min",
-                "keep_checkpoints")
+                "keep_checkpoints", "diagnostics")
 
 
 def config_hash(cfg: DictConfig) -> str:

@@ -159,7 +159,8 @@ class Runner:
         idx = eval_indices(n, self.cfg.protocol.retention, n)
         scores = r.evaluator.evaluate(r.editor.module(), [r.cases[i] for i in idx], [r.refs[i] for i in idx],
                                       self.reuse_layer, overall=r.data.overall)
-        scores.metrics.update(routing_diagnostics(r.editor, r.model.encode_prompt, [r.cases[i] for i in idx], idx))
+        if self.cfg.get("diagnostics", True):  # where the editor's router sends the scored prompts
+            scores.metrics.update(routing_diagnostics(r.editor, r.model.encode_prompt, [r.cases[i] for i in idx], idx))
         edit_s = float(np.sum(self.costs.edit_s))
         row = {**self.static, "N": n, **scores.metrics, "metric_names": scores.names,
                "edit_s_mean": edit_s / n, "edit_s_total": edit_s, "eval_s": time.perf_counter() - t0,

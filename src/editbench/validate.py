@@ -104,7 +104,7 @@ TOP_LEVEL = {  # key -> annotation; the groups are checked by their own schema o
     "n_edits": PositiveInt, "seed": NonNegativeInt, "resume": Literal["auto", "never", "force"], "tag": str,
     "out_dir": Annotated[str, Field(min_length=1)], "threads": PositiveInt | None,
     "cache_dir": Annotated[str, Field(min_length=1)], "cache_max_gb": NonNegativeFloat,
-    "save_every_min": NonNegativeFloat, "keep_checkpoints": PositiveInt | Literal["grid"],
+    "save_every_min": NonNegativeFloat, "keep_checkpoints": PositiveInt | Literal["grid"], "diagnostics": bool,
 }
 GROUPS = ("editor", "model", "data", "protocol", "logger")
 
