@@ -284,11 +284,17 @@ def evaluate(editor, n: int, sid: StreamIds, index: dict, QM: torch.Tensor, rows
     return out
 
 
+def case_weights(rng: np.random.Generator, n_cases: int) -> np.ndarray:
+    """One bootstrap resample of the cases, as how many times each case was drawn (its probes
+    weighted by it)."""
+    return np.bincount(rng.integers(0, n_cases, n_cases), minlength=n_cases).astype(float)
+
+
 def rate_intervals(routed: dict[str, Routed], sid: StreamIds, n_cases: int, boot: int, seed: int = 0) -> dict:
     """95 % bootstrap intervals over cases (a case's probes together) of each set's own-entry rate
     (accuracy sets) or false retrieval (locality sets)."""
     rng = np.random.default_rng(seed)
-    W = np.stack([np.bincount(rng.integers(0, n_cases, n_cases), minlength=n_cases) for _ in range(boot)]).astype(float)
+    W = np.stack([case_weights(rng, n_cases) for _ in range(boot)])
     out = {}
     for name, r in routed.items():
         locality = sid.scorer[name] == "locality"
@@ -462,7 +468,7 @@ def fit_rate(points: list[tuple[int, np.ndarray, np.ndarray]], n_cases: int, boo
     rng = np.random.default_rng(seed)
     proj = np.empty((boot, len(band_N)))
     for k in range(boot):
-        w = np.bincount(rng.integers(0, n_cases, n_cases), minlength=n_cases).astype(float)
+        w = case_weights(rng, n_cases)
         rb = [float((w[ci] * ind).sum() / max(w[ci].sum(), 1e-12)) for _, ci, ind in points]
         ab, bb = fit_curve(Ns, rb, ns)
         proj[k] = [project(ab, bb, N) for N in band_N]

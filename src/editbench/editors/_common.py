@@ -147,18 +147,13 @@ class CodebookEditor(Editor):
         rows = sorted(set(self.entries)) if self.entries else []
         return self.book.K[rows]
 
+    @torch.no_grad()
     def routing(self, prompts) -> Routing:
         """The site wrapper's decision at a prefill pass over each prompt, in batches."""
-        entry, disp = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0)]
-        for k in range(0, len(prompts), 64):
-            batch = self.model.batch([(list(ids), len(ids)) for ids in prompts[k:k + 64]])
-            with torch.no_grad():
-                x, _ = self.model.site_io(batch)
-                j, d = self.routed(x, batch.prompt_mask)
-            entry.append(j.cpu())
-            disp.append(torch.full((len(j),), float("nan")) if d is None else d.float().cpu())
-        displacement = torch.cat(disp)
-        return Routing(torch.cat(entry), None if displacement.isnan().all() and len(displacement) else displacement)
+        routed = [self.routed(x, mask) for x, _, mask in site_batches(self.model, prompts)]
+        entry = torch.cat([torch.zeros(0, dtype=torch.long)] + [j.cpu() for j, _ in routed])
+        disp = [d.float().cpu() for _, d in routed if d is not None]  # a router that refines: every batch
+        return Routing(entry, torch.cat([torch.zeros(0)] + disp) if len(disp) == len(routed) else None)
 
     def routed(self, x: torch.Tensor, prompt_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(entry or -1, query displacement or None) per row of the edit site's input `x`."""
@@ -188,6 +183,16 @@ class CodebookEditor(Editor):
         # A checkpoint written before codebook editors kept their own generator has none: their draws
         # came from the global RNG, which the runner restores from the same checkpoint before this call.
         self.gen.set_state(sd["gen"] if "gen" in sd else torch.get_rng_state())
+
+
+def site_batches(model, prompts, size: int = 64):
+    """(x, y0, prompt_mask) at the edit site for `prompts` (token ids, all of them prompt), `size`
+    at a time, left-padded: what a site wrapper sees at a prefill pass over them."""
+    for k in range(0, len(prompts), size):
+        batch = model.batch([(list(ids), len(ids)) for ids in prompts[k:k + size]])
+        with torch.no_grad():
+            x, y0 = model.site_io(batch)
+        yield x, y0, batch.prompt_mask
 
 
 def edit_labels(batch) -> tuple[tuple[int, ...], float]:

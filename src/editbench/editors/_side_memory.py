@@ -31,7 +31,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from editbench.editors._common import SiteWrapper
+from editbench.editors._common import SiteWrapper, site_batches
 from editbench.editors.base import Editor, Routing, SetupContext
 from editbench.errors import EditbenchError
 from editbench.models import EditableModel, Pass, TokenBatch
@@ -188,13 +188,8 @@ class SideMemoryEditor(Editor):
         """The prefill pass's routing decision per prompt: -1 (the unedited weight) or a memory
         (`_weights()` index). Memories are shared by many edits and renumbered as shards are
         saved and merged, so no edit has an entry of its own (`edit_entries` stays None)."""
-        entry = [torch.zeros(0, dtype=torch.long)]
-        for k in range(0, len(prompts), 64):
-            batch = self.model.batch([(list(ids), len(ids)) for ids in prompts[k:k + 64]])
-            with torch.no_grad():
-                x, y0 = self.model.site_io(batch)
-                entry.append(self.route(x, y0, batch.prompt_mask).cpu())
-        return Routing(torch.cat(entry), None)
+        entry = [self.route(x, y0, mask).cpu() for x, y0, mask in site_batches(self.model, prompts)]
+        return Routing(torch.cat([torch.zeros(0, dtype=torch.long)] + entry), None)
 
     def apply_route(self, x: torch.Tensor, y0: torch.Tensor, route: torch.Tensor) -> torch.Tensor:
         y = y0.clone()

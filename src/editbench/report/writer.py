@@ -346,20 +346,11 @@ def results_doc(rendered: Rendered, out_dir: Path, docs_dir: Path, source, n_row
             lines += [f"### {setting.title}", ""]
             table = setting.paired
             lines.append(markdown_body(table) if table.rows else "".join(f"{note}\n" for note in table.notes))
-    paper = [table for table in rendered.tables if table.kind == "paper"]
-    if paper:
-        lines += ["## The paper's layouts (its Tables 6, 7 and 8)", "",
-                  "The same measurements in the HoReN paper's own table shapes, its published numbers "
-                  "beside.", ""]
-        for table in paper:
-            lines += [f"### {table.title}", "", markdown_body(table)]
-    scorings = [table for table in rendered.tables if table.kind == "scorings"]
-    if scorings:
-        lines += ["## Scoring modes side by side", "",
-                  "The same edits under fixed-length greedy, teacher-forced and free-generation scoring, with each "
-                  "editor's OP rank within each mode.", ""]
-        for table in scorings:
-            lines += [f"### {table.title}", "", markdown_body(table)]
+    lines += _kind_section(rendered, "paper", "The paper's layouts (its Tables 6, 7 and 8)",
+                           "The same measurements in the HoReN paper's own table shapes, its published numbers beside.")
+    lines += _kind_section(rendered, "scorings", "Scoring modes side by side",
+                           "The same edits under fixed-length greedy, teacher-forced and free-generation scoring, "
+                           "with each editor's OP rank within each mode.")
     for title, text in sections:
         lines += [f"## {title}", "", text, ""]
     if rendered.calibration:
@@ -369,6 +360,17 @@ def results_doc(rendered: Rendered, out_dir: Path, docs_dir: Path, source, n_row
             lines += figures(pngs, {"calibration": "heat-maps", "pareto": "Pareto front"})
             lines.append(markdown_body(table))
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _kind_section(rendered: Rendered, kind: str, heading: str, intro: str) -> list[str]:
+    """docs/results.md lines for every rendered table of `kind` under one heading (none: no lines)."""
+    tables = [table for table in rendered.tables if table.kind == kind]
+    if not tables:
+        return []
+    lines = [f"## {heading}", "", intro, ""]
+    for table in tables:
+        lines += [f"### {table.title}", "", markdown_body(table)]
+    return lines
 
 
 def write_results_doc(docs_dir, rendered: Rendered, out_dir, source, rows: pd.DataFrame,
