@@ -171,14 +171,16 @@ def plot_stress(stress: dict) -> Figure | None:
         return None
     fig = Figure(figsize=(16, 3.6), layout="constrained")
     for ax, (key, title) in zip(fig.subplots(1, len(PANELS)), PANELS):
-        for ed in editors:
+        for i, ed in enumerate(editors):  # editors with equal values (same state, same cache) overlap: dashes tell
             pts = [(t["N"], t[key]) for t in ed["table"] if t.get(key) is not None]
             if pts:
-                ax.plot(*zip(*pts), "o-", ms=3, label=ed["label"])
+                ax.plot(*zip(*pts), marker="o", ms=5 - 1.5 * (i % 3), ls=("-", "--", ":")[i % 3], lw=2.2 - 0.6 * (i % 3),
+                        label=ed["label"])
         ax.set_xscale("log")
         ax.set_xlabel("edits N")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
     fig.axes[0].legend(fontsize=8)
-    fig.suptitle(f"make stress: {stress['meta']['model']}, {stress['meta']['n_edits']:,} generated edits", fontsize=11)
+    fig.suptitle(f"make stress: {stress['meta']['model']}, {stress['meta']['n_edits']:,} generated edits (N on a log "
+                 f"axis: linear growth curves up)", fontsize=11)
     return fig
