@@ -268,6 +268,50 @@ def test_alphaedit_updates_stay_in_the_null_space_and_accumulate_keys(zsre_recor
         torch.testing.assert_close(ed.Cp[i], torch.outer(k, k).float(), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gemma3"])
+def test_site_change_for_moves_the_block_output_by_the_asked_change(arch, zsre_records):
+    """The down_proj output change that moves its block's output by r: r itself in a LLaMA block
+    (returned as given); in a Gemma-3 block, which normalises the MLP output before adding it, a
+    change found through the block whose effect, measured here by a hooked block run, is r."""
+    from editbench.editors import _locate
+
+    m = load_model(compose_config([f"model={arch}"]).model)
+    site = EditSite(1, "mlp.down_proj")
+    r0 = zsre_records[0].request
+    b0, l0 = _locate.prompt_rows(m, ["{}"], r0.prompt, r0.subject)
+    pos = int(l0[0])
+    h = m.prefix(b0, layer=1).h
+
+    def effect(d):
+        def add(_m, _a, y):
+            y = y.clone()
+            y[:, pos] += d.to(y.dtype)
+            return y
+        handle = m.module_at(site).register_forward_hook(add)
+        try:
+            with torch.no_grad():
+                moved = m.run_block(1, h, b0)
+        finally:
+            handle.remove()
+        with torch.no_grad():
+            base = m.run_block(1, h, b0)
+        others = torch.ones(moved.shape[1], dtype=torch.bool)
+        others[pos] = False
+        assert torch.equal(moved[0, others], base[0, others])  # no other position moves
+        return (moved - base)[0, pos].double()
+
+    g = torch.Generator().manual_seed(0)
+    y = m.site_io(b0, site)[1][0, pos]
+    d_true = 0.3 * y.norm() * torch.randn(y.shape[-1], generator=g) / y.shape[-1] ** 0.5
+    r = effect(d_true)  # a change the block can make
+    d = m.site_change_for(site, b0, pos, r)
+    if arch == "tiny_llama":
+        assert d is r and m.output_reaches_residual(site)
+    else:
+        assert not m.output_reaches_residual(site) and not torch.allclose(d, r)
+        assert float((effect(d) - r).norm()) < 1e-3 * float(r.norm())
+
+
 # ----------------------------------------------------------------------------- UltraEdit
 def test_running_moments_by_hand():
     from editbench.editors.ultraedit import RunningMoments

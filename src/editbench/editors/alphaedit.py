@@ -8,7 +8,10 @@ Per edit: z* = z₀ + δ, δ added to the last edited block's output at the subj
 (optimised as in ROME, `_locate.optimise_delta`); then for each layer l in order, with the updates
 of the lower layers already applied: k_l = the down_proj input at the subject's last token
 (averaged within the "{}" group and within the sampled-template group, then across the two),
-R = (z* − z_cur) / (#layers − i), Δ_l = solve(P_l (k_l k_lᵀ + C_p,l) + λI, P_l k_l Rᵀ), W_l += Δ_lᵀ;
+R = (z* − z_cur) / (#layers − i), D the change of layer l's down_proj output that moves its block's
+output by R (R itself in LLaMA / Qwen blocks, which add that output to the residual as it is; found
+through the block where it normalises the output first, as Gemma-3's does:
+`EditableModel.site_change_for`), Δ_l = solve(P_l (k_l k_lᵀ + C_p,l) + λI, P_l k_l Dᵀ), W_l += Δ_lᵀ;
 finally each k_l is recomputed with the edited model and C_p,l += k_l k_lᵀ. The layers are per
 model: `conf/editor_model/alphaedit_<model>.yaml`.
 """
@@ -100,9 +103,10 @@ class AlphaEdit(Editor):
             k = self._keys(r, s)
             z_cur = at_lookup(block_output(m, b0, z_layer), l0)[0].double()
             R = (z_star - z_cur) / (n - i)
+            D = m.site_change_for(s, b0, int(l0[0]), R)  # R itself where down_proj's output reaches the residual
             P = self.P[i]
             A = P @ (torch.outer(k, k) + self.Cp[i].double()) + hp["l2"] * torch.eye(len(k), dtype=k.dtype, device=k.device)
-            upd = torch.linalg.solve(A, P @ torch.outer(k, R))  # d_in x d_out
+            upd = torch.linalg.solve(A, P @ torch.outer(k, D))  # d_in x d_out
             self.deltas.add(s, upd.T.float())
         for i, s in enumerate(self.sites):
             k = self._keys(r, s)

@@ -9,7 +9,8 @@ addressing of `sites.py`, `batch` and `bind`). Each binds its passes to a `Pass`
   prefix;
 * `run_block()`: one decoder block alone on given hidden states;
 * `site_io()`: the input and unedited output of a site's module;
-* `output_reaches_residual()`: whether a site's output is added to the residual stream as it is.
+* `output_reaches_residual()`: whether a site's output is added to the residual stream as it is;
+  `site_change_for()`: the change of a site's output that moves its block's output by a given one.
 """
 from __future__ import annotations
 
@@ -249,6 +250,48 @@ class ForwardPasses:
         expect = torch.zeros_like(changed)
         expect[:, 2] = eps
         return float((changed - base - expect).float().norm()) <= 0.01 * float(eps.float().norm())
+
+    def site_change_for(self, site: EditSite, batch: TokenBatch, pos: int, r: torch.Tensor,
+                        max_iter: int = 100) -> torch.Tensor:
+        """The change of the output of the module at `site`, at position `pos` of `batch` (one row),
+        that moves block `site.layer`'s output there by `r`, with the current weights. Where the
+        output reaches the residual as it is (`output_reaches_residual`) that change is `r` itself,
+        returned as given. Otherwise it is the least-squares change, found through the block itself
+        by L-BFGS from zero: a block that normalises the MLP output before adding it (Gemma-2 / 3)
+        can move its output only along the directions the norm allows, so the result is the change
+        whose effect is closest to `r`. The change at `pos` leaves every other position as it was
+        (the module acts position by position after the block's attention)."""
+        if self.output_reaches_residual(site):
+            return r
+        if batch.input_ids.shape[0] != 1:
+            raise ValueError(f"site_change_for takes one row, got {batch.input_ids.shape[0]}")
+        h = self.prefix(batch, layer=site.layer).h
+        with torch.no_grad():
+            target = self.run_block(site.layer, h, batch)[0, pos].float() + r.float()
+        width = self.site_io(batch, site)[1].shape[-1]
+        d = torch.zeros(width, dtype=torch.float32, device=self.device, requires_grad=True)
+
+        def add(_module, _args, y):
+            y = y.clone()
+            y[:, pos] = y[:, pos] + d.to(y.dtype)
+            return y
+
+        opt = torch.optim.LBFGS([d], lr=1.0, max_iter=max_iter, history_size=20, tolerance_grad=1e-9,
+                                tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = 0.5 * (self.run_block(site.layer, h, batch)[0, pos].float() - target).square().sum()
+            loss.backward()
+            return loss
+
+        handle = self.module_at(site).register_forward_hook(add)
+        try:
+            with torch.enable_grad():
+                opt.step(closure)
+        finally:
+            handle.remove()
+        return d.detach().to(r.dtype)
 
     def target_loss(self, pre: Prefix, state: dict | None = None) -> torch.Tensor:
         """Mean next-token cross-entropy over the target tokens, scoring only those positions, in
