@@ -224,6 +224,21 @@ def test_the_run_seed_reaches_editor_initialisation(model):
     assert torch.equal(before, torch.get_rng_state())  # editing draws nothing from the global RNG
 
 
+def test_horen_draws_what_the_reference_draws_after_seeding_the_global_rng():
+    """With run seed s the dummy key is randn(d_in) and the first cold value the next rand(d_out)
+    of a generator seeded with s: the numbers the reference draws from the global RNG after
+    torch.manual_seed(s). A record-by-record comparison with it therefore needs the same seed on
+    both sides (docs/conformance.md#horen); this pins the order of the draws."""
+    model, ed = build("horen", seed=42)
+    drawn, draw = [], ed.draw
+    ed.draw = lambda *a: drawn.append(draw(*a)) or drawn[-1]
+    ed.edit([rec("What is the capital of France?", "Paris")])
+    torch.manual_seed(42)
+    dummy, cold = torch.randn(model.d_in), torch.rand(model.d_out)
+    assert torch.equal(ed.book.keys[0], (dummy / dummy.norm()).to(ed.book.keys.dtype))
+    assert len(drawn) == 1 and torch.equal(drawn[0], cold)  # the new entry's initial value
+
+
 @pytest.mark.parametrize("layer,module", [(0, "mlp.down_proj"), (1, "self_attn.o_proj"), (3, "mlp.up_proj")])
 def test_any_site_can_be_addressed_and_split_at(tiny_model, layer, module):
     """The adapter addresses any (layer, module) site, and the network splits exactly at any

@@ -187,7 +187,7 @@ def test_results_doc_includes_paper_tables_with_published_numbers(tmp_path):
     out, docs = tmp_path / "out", tmp_path / "docs"
     rendered = report.render_rows(rows, out, report.load_baselines(BASELINES), "results")
     text = (report.write_results_doc(docs, rendered, out, "results", rows)).read_text()
-    assert "## The paper's layouts (its Tables 6, 7 and 8)" in text
+    assert "## The paper's layouts (its Tables 2, 6, 7 and 8)" in text
     assert "### Paper Table 6 layout (WikiBigEdit, Rel / Gen / Loc)" in text
     assert "0.992 / 0.767 / 0.682" in text  # HoReN (published, T6) at N = 500
     block = report.readme_block(rendered.settings)

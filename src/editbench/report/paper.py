@@ -1,7 +1,7 @@
-"""The HoReN paper's own table layouts (its Tables 6, 7 and 8), built from aggregated results.
+"""The HoReN paper's own table layouts (its Tables 2, 6, 7 and 8), built from aggregated results.
 
 :mod:`editbench.report.tables` builds one generic table per (data, model, protocol, scoring): methods
-x N x metrics.  The paper prints three tables in other shapes; this module builds those shapes from
+x N x metrics.  The paper prints four tables in other shapes; this module builds those shapes from
 the same aggregate (:func:`editbench.report.rows.aggregate`, main rows only) and the same published
 numbers (:func:`editbench.report.baselines.load_baselines`):
 
@@ -15,7 +15,7 @@ numbers (:func:`editbench.report.baselines.load_baselines`):
   written "value (+gap to HoReN)" as the paper prints it, at the largest N at which HoReN was
   measured on both datasets (the paper does not state its N).
 
-The paper states no model for any of the three, so their published numbers appear in every
+The paper states no model for Tables 6, 7 and 8, so their published numbers appear in every
 model's table, labelled with the table they come from.
 
 * **Table 2** (the cross-model table): ZsRE, one row per model × method, one column per N, each

@@ -346,7 +346,7 @@ def results_doc(rendered: Rendered, out_dir: Path, docs_dir: Path, source, n_row
             lines += [f"### {setting.title}", ""]
             table = setting.paired
             lines.append(markdown_body(table) if table.rows else "".join(f"{note}\n" for note in table.notes))
-    lines += _kind_section(rendered, "paper", "The paper's layouts (its Tables 6, 7 and 8)",
+    lines += _kind_section(rendered, "paper", "The paper's layouts (its Tables 2, 6, 7 and 8)",
                            "The same measurements in the HoReN paper's own table shapes, its published numbers beside.")
     lines += _kind_section(rendered, "scorings", "Scoring modes side by side",
                            "The same edits under fixed-length greedy, teacher-forced and free-generation scoring, "
