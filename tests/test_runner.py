@@ -3,6 +3,7 @@ as a contract (STYLE G6): "run 0->N" equals "run 0->k, kill, resume->N", in-proc
 SIGKILL of `python -m editbench`."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -300,6 +301,32 @@ def test_timed_checkpoints_bound_the_loss_of_a_kill_and_resume_exactly(ft_run, t
     assert_same(a["rng"]["torch"], b["rng"]["torch"], "rng")
     assert a["rng"]["python"] == b["rng"]["python"]
     assert len(b["edit_s"]) == 8
+
+
+def test_a_resume_reads_the_unedited_references_back(ft_run, tmp_path, interrupt_at, monkeypatch):
+    """The unedited model's reference outputs are computed once, before the first edit, and kept in
+    the run directory under a key of what they depend on: a resumed run reads them back instead of
+    asking the evaluator again, with the same rows; a file kept under another key is computed again."""
+    from editbench.evaluate import Evaluator
+
+    d = tmp_path / "run"
+    interrupt_at(6)
+    with pytest.raises(SimulatedKill):
+        do_run(FT, d)
+    kept = json.loads(gzip.decompress((d / "references.json.gz").read_bytes()))
+    asked = []
+    orig = Evaluator.reference
+    monkeypatch.setattr(Evaluator, "reference", lambda self, cases: asked.append(len(cases)) or orig(self, cases))
+    assert kept == json.loads(gzip.decompress((ft_run / "references.json.gz").read_bytes()))
+    interrupt_at(None)
+    do_run(FT, d)
+    assert asked == []
+    assert metrics_of(read_rows(d)) == metrics_of(read_rows(ft_run))
+
+    (d / "references.json.gz").write_bytes(gzip.compress(json.dumps({**kept, "key": "another"}).encode()))
+    do_run(FT, d)  # a complete run: nothing to edit, but its references are built again
+    assert asked == [8]
+    assert json.loads(gzip.decompress((d / "references.json.gz").read_bytes())) == kept
 
 
 def test_cold_and_warm_state_cache_give_the_same_rows(ft_run, tmp_path):

@@ -12,8 +12,11 @@ build exactly what the runner builds.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from editbench.checkpoint import read_references, write_references
 from editbench.costs import resident_gb
 from editbench.data import EditCase
 from editbench.data.stream import RecordStream
@@ -104,11 +108,25 @@ def max_new_tokens(protocol: DictConfig) -> int:
     return int(protocol.get("max_new_tokens", Protocol.model_fields["max_new_tokens"].default))
 
 
+def reference_key(cfg: DictConfig, model, cases: Sequence[EditCase]) -> str:
+    """What the unedited reference outputs of `cases` depend on, hashed: the model's config and
+    device, the scoring, the generation cap, every probe, and the evaluator's reference version."""
+    what = {"model": OmegaConf.to_container(cfg.model, resolve=True), "device": str(model.device),
+            "scoring": cfg.protocol.scoring, "max_new_tokens": max_new_tokens(cfg.protocol),
+            "version": Evaluator.REFERENCE_VERSION,
+            "probes": [[c.id, name, p.prompt, p.answer] for c in cases for name, ps in c.probes.items()
+                       for p in ps.probes]}
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def build(cfg: DictConfig, *, n_cases: int | None = None, references: bool = True, validated: bool = False,
-          log=print) -> Run:
+          references_file: Path | None = None, log=print) -> Run:
     """Validate `cfg` (unless the caller just did: `validated=True`) and build its run: the first
     `n_cases` cases of the stream (default `cfg.n_edits`), the model, the evaluator, the unedited
-    references (unless `references=False`) and the editor, set up on the unedited model."""
+    references (unless `references=False`) and the editor, set up on the unedited model. With
+    `references_file` (the run directory's), references kept there for this very key are read
+    back instead of computed, and computed ones are kept there: a resumed run does not pay for
+    them again."""
     if not validated:
         validate(cfg)
     if cfg.get("threads"):
@@ -127,9 +145,17 @@ def build(cfg: DictConfig, *, n_cases: int | None = None, references: bool = Tru
     refs = None
     if references:
         t0 = time.perf_counter()
-        refs = evaluator.reference(cases)  # the unedited model's outputs, before any editor touches it
-        log(f"[editbench] unedited reference outputs: {sum(len(v) for r in refs for v in r.values())} probes "
-            f"in {time.perf_counter() - t0:.1f}s")
+        key = reference_key(cfg, model, cases) if references_file else None
+        refs = read_references(references_file, key) if references_file else None
+        if refs is not None:
+            log(f"[editbench] unedited reference outputs: {sum(len(v) for r in refs for v in r.values())} probes "
+                f"read from {references_file.name}")
+        else:
+            refs = evaluator.reference(cases)  # the unedited model's outputs, before any editor touches it
+            if references_file:
+                write_references(references_file, key, refs)
+            log(f"[editbench] unedited reference outputs: {sum(len(v) for r in refs for v in r.values())} probes "
+                f"in {time.perf_counter() - t0:.1f}s")
     baseline_gb = resident_gb(model.device)  # before the editor exists: its growth is measured from here
     editor = instantiate_group(cfg.editor, model=model)
     t0 = time.perf_counter()

@@ -7,6 +7,8 @@ Layout of a run directory:
   metrics.jsonl     one row per completed checkpoint (rewritten atomically at each checkpoint)
   summary.json      {"status": "running" | "stopped" | "requeued" | "failed" | "complete", "done": edits so far, ...}
   records/step_NNNNNN.jsonl.gz   per-probe scores and outputs at each checkpoint (audit, `editbench diff`)
+  references.json.gz  the unedited model's outputs the scorers compare with, under a key of what they
+                    depend on (computed once, before the first edit; a resume reads them back)
   ckpt/step_NNNNNN/ state.pt (editor state, stream cursor, RNG states, per-edit costs) + meta.json
 Every file is written under a temporary name, fsync'd, renamed into place and its directory
 fsync'd, so a name that exists is complete and survives a power cut; a kill at any moment loses at
@@ -95,6 +97,22 @@ def set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def write_references(path: Path, key: str, refs: list) -> None:
+    """The unedited model's reference outputs (`Evaluator.reference`) under `key`, atomically."""
+    data = json.dumps({"key": key, "refs": refs}, separators=(",", ":")).encode()
+    atomic_write_bytes(path, gzip.compress(data, mtime=0))
+
+
+def read_references(path: Path, key: str) -> list | None:
+    """The reference outputs `write_references` kept under `key`; None where the file is absent,
+    unreadable or holds another key (then they are computed again)."""
+    try:
+        kept = json.loads(gzip.decompress(path.read_bytes()))
+    except (OSError, EOFError, ValueError):
+        return None
+    return kept["refs"] if isinstance(kept, dict) and kept.get("key") == key else None
+
+
 class RunLock:
     """One process per run directory: an exclusive flock on `run_dir/.lock`, which names its holder.
     The kernel drops the lock when its process dies (kill -9 included), so a lock file left behind
@@ -172,6 +190,10 @@ class RunStore:
         except (OSError, ValueError):  # no summary yet, or no room to write one
             return
 
+    @property
+    def references_path(self) -> Path:
+        return self.dir / "references.json.gz"
+
     def write_records(self, step: int, records: list[dict]) -> None:
         """One gzipped JSON line per scored probe at checkpoint `step` (written atomically)."""
         data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
@@ -186,7 +208,7 @@ class RunStore:
         """Forget a previous run in this directory (resume=never)."""
         shutil.rmtree(self.dir / "records", ignore_errors=True)
         shutil.rmtree(self.ckpt_dir, ignore_errors=True)
-        for name in ("metrics.jsonl", "summary.json"):
+        for name in ("metrics.jsonl", "summary.json", "references.json.gz"):
             (self.dir / name).unlink(missing_ok=True)
 
     def sweep_temporaries(self) -> None:

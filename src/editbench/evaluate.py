@@ -73,6 +73,9 @@ class Evaluator:
                "freetext_rouge": "_score_freetext_rouge"}
     #: scorers that compare with the unedited model's own outputs (computed once by `reference`)
     NEEDS_REFERENCE = {"locality"}
+    #: part of the key under which a run keeps its reference outputs (`build.reference_key`): bump
+    #: it with any change to what `reference` computes, so that kept outputs are computed again
+    REFERENCE_VERSION = 1
 
     def __init__(self, model: EditableModel, scoring: str = "greedy", batch_size: int = 32,
                  cache: StateCache | None = None, max_new_tokens: int = 512):
