@@ -32,7 +32,7 @@ from editbench import metrics
 from editbench.cache import StateCache
 from editbench.data import EditCase, Probe
 from editbench.errors import EditbenchError
-from editbench.models import EditableModel, Pass, TokenBatch
+from editbench.models import EditableModel, Pass
 
 SCORINGS = ("greedy", "teacher_forced", "free")
 
@@ -228,17 +228,32 @@ class Evaluator:
         candidate is first confirmed teacher-forced from cached states at that layer."""
         prompts = [self.m.encode_prompt(x) for x, _ in pairs]
         n_new = [len(self.m.encode_answer(self.m.answer_sep + y)) for _, y in pairs]
-        out: list = [None] * len(pairs)
+        cut = None if candidates is None else [list(c[:n]) for c, n in zip(candidates, n_new)]
+        return self._confirmed_or_generated(module, prompts, cut, n_new, fast, unedited, free=False)
+
+    def _confirmed_or_generated(self, module, prompts, candidates, caps, fast: int | None, unedited: bool,
+                                free: bool) -> list[list[int]]:
+        """Per prompt: its candidate where `fast` is given and the candidate is confirmed from
+        cached states (`_confirm`: greedy rows for `caps[i]` tokens; free rows for the candidate's
+        own length, ending at a stop token or the cap), else a greedy generation of up to `caps[i]`
+        tokens (free: stopping at, and cut after, the first stop token)."""
+        out: list = [None] * len(prompts)
         if fast is not None and candidates is not None:
-            for i, ok in enumerate(self._confirm(prompts, candidates, n_new, fast)):
+            lengths = [len(c) for c in candidates] if free else caps
+            for i, ok in enumerate(self._confirm(prompts, candidates, lengths, fast, stopped=free)):
                 if ok:
-                    out[i] = list(candidates[i][:n_new[i]])
-        todo = [i for i in range(len(pairs)) if out[i] is None]
-        gens = self._batched([prompts[i] for i in todo],
-                             lambda idx: self.greedy(module, [prompts[todo[i]] for i in idx],
-                                                     [n_new[todo[i]] for i in idx], unedited=unedited))
-        for i, g in zip(todo, gens):
-            out[i] = g
+                    out[i] = candidates[i]
+        todo = [i for i in range(len(prompts)) if out[i] is None]
+        if free:
+            def generate(idx):
+                return self.m.greedy(module, [prompts[todo[i]] for i in idx], [caps[todo[i]] for i in idx],
+                                     unedited=unedited, stop_ids=self.stop_ids)
+        else:
+            def generate(idx):
+                return self.greedy(module, [prompts[todo[i]] for i in idx], [caps[todo[i]] for i in idx],
+                                   unedited=unedited)
+        for i, g in zip(todo, self._batched([prompts[i] for i in todo], generate)):
+            out[i] = self._through_stop(g) if free else g
         return out
 
     # ------------------------------------------------------------------ free generation
@@ -259,21 +274,11 @@ class Evaluator:
         `fast`, each row's candidate is first confirmed from cached states (see module doc)."""
         prompts = [self.m.encode_prompt(x) for x, _ in pairs]
         caps = self._free_caps(pairs)
-        out: list = [None] * len(pairs)
-        if fast is not None and candidates is not None:
+        whole = None
+        if candidates is not None:  # a candidate that neither stops nor fills its cap cannot be confirmed
             cut = [self._through_stop(list(c)[:n]) for c, n in zip(candidates, caps)]
             whole = [c if (c and c[-1] in self.stop_ids) or len(c) == n else [] for c, n in zip(cut, caps)]
-            for i, ok in enumerate(self._confirm(prompts, whole, [len(c) for c in whole], fast, stopped=True)):
-                if ok:
-                    out[i] = whole[i]
-        todo = [i for i in range(len(pairs)) if out[i] is None]
-        gens = self._batched([prompts[i] for i in todo],
-                             lambda idx: self.m.greedy(module, [prompts[todo[i]] for i in idx],
-                                                       [caps[todo[i]] for i in idx], unedited=unedited,
-                                                       stop_ids=self.stop_ids))
-        for i, g in zip(todo, gens):
-            out[i] = self._through_stop(g)
-        return out
+        return self._confirmed_or_generated(module, prompts, whole, caps, fast, unedited, free=True)
 
     def _through_stop(self, ids: list[int]) -> list[int]:
         ends = [k for k, t in enumerate(ids) if t in self.stop_ids]
@@ -283,7 +288,7 @@ class Evaluator:
     def _confirm(self, prompts, candidates, n_new, layer: int, stopped: bool = False) -> list[bool]:
         """True where greedy decoding would produce candidates[i][:n_new[i]] (see module doc);
         `stopped`: the candidates are whole free generations (through their stop token)."""
-        rows, checks = [], []
+        rows = []
         for p, c, n in zip(prompts, candidates, n_new):
             c = list(c[:n])
             if len(c) < n or not c:
