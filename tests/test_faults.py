@@ -443,6 +443,31 @@ def test_a_stop_during_an_evaluation_redoes_it_on_resume(reference, tmp_path, mo
     assert metrics(d) == metrics(reference)
 
 
+def test_a_stop_while_the_references_are_computed_ends_the_run_at_once(reference, tmp_path, monkeypatch):
+    """The unedited references and the editor's setup can take an hour on a long stream: a stop
+    signal then ends the run at once (not after them), leaves no references file, and the re-run
+    computes them and equals the uninterrupted run."""
+    from editbench.evaluate import Evaluator
+    from editbench.run import RunStopped
+
+    real = Evaluator.reference
+    seen = []
+
+    def reference_then_signal(self, cases):
+        signal.raise_signal(signal.SIGTERM)  # arrives mid-computation
+        seen.append("after the signal")  # not reached: the signal interrupts
+        return real(self, cases)
+
+    monkeypatch.setattr(Evaluator, "reference", reference_then_signal)
+    d = tmp_path / "run"
+    with pytest.raises(RunStopped, match="stopped at edit 0 of 8"):
+        run(_ft_cfg(tmp_path), d)
+    assert seen == [] and not (d / "references.json.gz").exists() and not (d / "metrics.jsonl").exists()
+    monkeypatch.setattr(Evaluator, "reference", real)
+    run(_ft_cfg(tmp_path), d)
+    assert metrics(d) == metrics(reference)
+
+
 def test_stop_signals_hup_stops_and_usr2_asks_a_requeue():
     from editbench.signals import RunStopped, StopSignals, hand_over
 

@@ -212,7 +212,8 @@ class Runner:
         cfg, store, p = self.cfg, self.store, self.progress
         store.sweep_temporaries()
         self.refuse_foreign_checkpoint()
-        self.built = r = build(cfg, validated=True, references_file=store.references_path)
+        with self.stop.interrupting():  # minutes to hours before the first edit: a stop ends it at once
+            self.built = r = build(cfg, validated=True, references_file=store.references_path)
         self.costs = Costs(r.model.device, baseline_gb=r.baseline_gb)
         # blocks below the lowest touched layer stay unedited: their output states are cached once
         self.reuse_layer = min((s.layer for s in r.editor.touches()), default=r.model.site.layer)

@@ -38,8 +38,9 @@ class RunStopped(Exception):
 
 class StopSignals:
     """Stop signals ask the run to stop at its next safe point: between edits, after a checkpoint of
-    the edits so far; or at once during a checkpoint's evaluation (its edits were saved before it
-    began; resuming redoes it). A second signal stops at once (the files stay consistent either
+    the edits so far; or at once while the run is being built (model, unedited references,
+    statistics: kept or cached once complete, redone otherwise) and during a checkpoint's evaluation
+    (its edits were saved before it began; resuming redoes it). A second signal stops at once (the files stay consistent either
     way: every write is atomic).
 
     SIGTERM, SIGINT and SIGHUP (the terminal hung up, e.g. a lost ssh session) leave the run
