@@ -6,7 +6,7 @@ with the standard metric:
 |---|---|
 | `sacrebleu` | sacreBLEU sentence BLEU (4-gram, exponential smoothing, its own tokenizer), in [0, 1] |
 | `bleu1_horen` | the HoReN code's "BLEU": clipped unigram precision on whitespace tokens × brevity penalty exp(1 − \\|ref\\|/\\|hyp\\|) when \\|hyp\\| ≤ \\|ref\\|; 0 for an empty hypothesis or reference |
-| `rouge1_r`, `rouge2_r`, `rougeL_r` / `..._f` | `rouge-score` ROUGE-1/2/L recall (what the paper reports) and F1 |
+| `rouge1_r`, `rouge2_r`, `rougeL_r` / `..._f` | `rouge-score` ROUGE-1/2/L recall and F1 (lowercased, no punctuation: not the case- and punctuation-sensitive `rouge` 1.0.1 recall the paper's code computes) |
 | `bertscore_f` | `bert-score` F1 with the offline encoder all-MiniLM-L6-v2 (6 layers, no baseline rescaling) |
 | `minilm_cosine` | the paper's "BERTScore": cosine of the mean-pooled all-MiniLM-L6-v2 sentence embeddings |
 

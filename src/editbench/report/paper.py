@@ -201,7 +201,9 @@ def table7(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
     notes = ["Cells: mean over seeds of each case's score (sub-questions: averaged within a case first); "
              "bold = best measured editor per N (Unedited excluded). BLEU and BERTScore are the paper's "
              "variants (`bleu1_horen`, `minilm_cosine`); sacreBLEU and bert-score F1 are the library "
-             "metrics of the same names. " + CI_NOTE,
+             "metrics of the same names. ROUGE is `rouge-score`'s recall (lowercased, no punctuation); the "
+             "paper's code uses the `rouge` 1.0.1 package, which keeps both and scores lower on the same "
+             "texts, so its ROUGE cells are not comparable one to one. " + CI_NOTE,
              PUBLISHED_NOTE + " The paper's three UnKE / HoReN pairs most likely grow in N (their N was lost in extraction)."]
     return Table(_name(7, setting), _title_for(7, "unke", setting, "UnKE, free-text answers"),
                  header, rows, bold, notes, kind="paper")
