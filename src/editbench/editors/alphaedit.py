@@ -54,6 +54,8 @@ class AlphaEdit(Editor):
         for s in self.sites:
             nn_linear(model, s)
         self.deltas = WeightDeltas(model, self.sites)
+        # per layer, once (as ROME's `delta_at`): whether down_proj's output reaches the residual as it is
+        self.direct = [model.output_reaches_residual(s) for s in self.sites]
         self.templates: list[str] = ["{}"]
         self.P: list[torch.Tensor] = []  # null-space projector per layer (set up from the statistics)
         self.Cp = [torch.zeros(d_in, d_in, device=model.device) for _ in self.sites]  # Σ k kᵀ of past edits
@@ -103,7 +105,7 @@ class AlphaEdit(Editor):
             k = self._keys(r, s)
             z_cur = at_lookup(block_output(m, b0, z_layer), l0)[0].double()
             R = (z_star - z_cur) / (n - i)
-            D = m.site_change_for(s, b0, int(l0[0]), R)  # R itself where down_proj's output reaches the residual
+            D = R if self.direct[i] else m.site_change_for(s, b0, int(l0[0]), R)
             P = self.P[i]
             A = P @ (torch.outer(k, k) + self.Cp[i].double()) + hp["l2"] * torch.eye(len(k), dtype=k.dtype, device=k.device)
             upd = torch.linalg.solve(A, P @ torch.outer(k, D))  # d_in x d_out
