@@ -147,15 +147,13 @@ def build(cfg: DictConfig, *, n_cases: int | None = None, references: bool = Tru
         t0 = time.perf_counter()
         key = reference_key(cfg, model, cases) if references_file else None
         refs = read_references(references_file, key) if references_file else None
-        if refs is not None:
-            log(f"[editbench] unedited reference outputs: {sum(len(v) for r in refs for v in r.values())} probes "
-                f"read from {references_file.name}")
-        else:
+        how = f"read from {references_file.name}" if refs is not None else None
+        if refs is None:
             refs = evaluator.reference(cases)  # the unedited model's outputs, before any editor touches it
             if references_file:
                 write_references(references_file, key, refs)
-            log(f"[editbench] unedited reference outputs: {sum(len(v) for r in refs for v in r.values())} probes "
-                f"in {time.perf_counter() - t0:.1f}s")
+            how = f"in {time.perf_counter() - t0:.1f}s"
+        log(f"[editbench] unedited reference outputs: {sum(len(v) for r in refs for v in r.values())} probes {how}")
     baseline_gb = resident_gb(model.device)  # before the editor exists: its growth is measured from here
     editor = instantiate_group(cfg.editor, model=model)
     t0 = time.perf_counter()
