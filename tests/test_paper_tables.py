@@ -12,7 +12,8 @@ from report_fixtures import row, write_run
 
 BASELINES = Path(__file__).resolve().parents[1] / "baselines"
 WBE = ("rel", "gen", "loc", "personas", "mhop", "op")
-UNKE = ("orig_bleu1_horen", "orig_sacrebleu", "orig_rougeL_r", "orig_minilm_cosine", "sub_rougeL_r")
+UNKE = ("orig_bleu1_horen", "orig_sacrebleu", "orig_rougeL_r_horen", "orig_minilm_cosine", "sub_rougeL_r_horen",
+        "orig_rougeL_r")
 
 
 def wbe_row(method, N, rel, gen, loc, personas, mhop, n_mhop, **kw):
@@ -47,9 +48,9 @@ def test_table7_baselines_transcribed():
     df = report.load_baselines(BASELINES)
     t7 = df[df["table"] == "7"].set_index(["method", "column"])
     assert t7.loc[("UnKE", "pair 3"), "orig_minilm_cosine"] == pytest.approx(0.183)  # HoReN paper Table 7
-    assert t7.loc[("HoReN", "pair 1"), "orig_rougeL_r"] == pytest.approx(0.551)
+    assert t7.loc[("HoReN", "pair 1"), "orig_rougeL_r_horen"] == pytest.approx(0.551)  # the rouge 1.0.1 recall
     assert t7.loc[("HoReN", "pair 2"), "para_bleu1_horen"] == pytest.approx(0.115)
-    assert t7.loc[("UnKE", "pair 1"), "sub_rouge2_r"] == pytest.approx(0.176)
+    assert t7.loc[("UnKE", "pair 1"), "sub_rouge2_r_horen"] == pytest.approx(0.176)
     assert t7["N"].isna().all() and (t7.reset_index()["model"] == "").all()
     assert t7[list(report.PAPER_METRICS)].isna().all().all()  # Table 7 has no Rel / Gen / Loc / OP
 
@@ -72,31 +73,34 @@ def test_table6_rows_are_edit_counts_with_portability_and_published(tmp_path):
 
 
 def test_table7_rows_are_split_metrics_and_bold_skips_unedited(tmp_path):
-    write_run(tmp_path / "u", "r", [unke_row("UnKE", 10, (0.2, 0.05, 0.3, 0.6, 0.2))])
-    write_run(tmp_path / "h", "r", [unke_row("HoReN", 10, (0.1, 0.04, 0.4, 0.7, 0.3))])
-    write_run(tmp_path / "n", "r", [unke_row("Unedited", 10, (0.9, 0.9, 0.9, 0.9, 0.9))])
+    write_run(tmp_path / "u", "r", [unke_row("UnKE", 10, (0.2, 0.05, 0.3, 0.6, 0.2, 0.5))])
+    write_run(tmp_path / "h", "r", [unke_row("HoReN", 10, (0.1, 0.04, 0.4, 0.7, 0.3, 0.45))])
+    write_run(tmp_path / "n", "r", [unke_row("Unedited", 10, (0.9, 0.9, 0.9, 0.9, 0.9, 0.9))])
     t7 = tables(tmp_path)["paper_table7"]
     assert t7.name.endswith("__gen128")
-    # a metric gets a row when it was measured or published (bert-score F1: neither here)
+    # a metric gets a row when it was measured or published (bert-score F1: neither here); the
+    # published ROUGE cells sit on the paper's ROUGE (rouge 1.0.1) rows, rouge-score's has its own
+    paper = [f"ROUGE-{k} (paper's: rouge 1.0.1 recall)" for k in "12L"]
     split_rows = [(r[0], r[1]) for r in t7.rows]
-    assert split_rows == [("Original", "BLEU (paper's unigram)"), ("", "sacreBLEU"), ("", "ROUGE-1 (recall)"),
-                          ("", "ROUGE-2 (recall)"), ("", "ROUGE-L (recall)"),
+    assert split_rows == [("Original", "BLEU (paper's unigram)"), ("", "sacreBLEU"), *[("", x) for x in paper],
+                          ("", "ROUGE-L recall (rouge-score)"), ("", "BERTScore (paper's: MiniLM cosine)"),
+                          ("Paraphrase", "BLEU (paper's unigram)"), *[("", x) for x in paper],
                           ("", "BERTScore (paper's: MiniLM cosine)"),
-                          ("Paraphrase", "BLEU (paper's unigram)"), ("", "ROUGE-1 (recall)"),
-                          ("", "ROUGE-2 (recall)"), ("", "ROUGE-L (recall)"),
-                          ("", "BERTScore (paper's: MiniLM cosine)"),
-                          ("Sub-question", "ROUGE-1 (recall)"), ("", "ROUGE-2 (recall)"), ("", "ROUGE-L (recall)")]
+                          ("Sub-question", paper[0]), *[("", x) for x in paper[1:]]]
     assert [block for block, _ in t7.header][1:] == ["N=10"] + [f"published T7, pair {i}" for i in (1, 2, 3)]
-    orig = {r[1]: dict(zip(t7.columns, r)) for r in t7.rows[:6]}
-    assert orig["ROUGE-L (recall)"]["N=10 HoReN"] == "0.400 (no CI)"  # the fixture run keeps no records
-    assert orig["ROUGE-L (recall)"]["N=10 Unedited"] == "0.900 (no CI)"
-    assert orig["ROUGE-L (recall)"]["published T7, pair 1 HoReN"] == "0.551"
+    orig = {r[1]: dict(zip(t7.columns, r)) for r in t7.rows[:7]}
+    assert orig[paper[2]]["N=10 HoReN"] == "0.400 (no CI)"  # the fixture run keeps no records
+    assert orig[paper[2]]["N=10 Unedited"] == "0.900 (no CI)"
+    assert orig[paper[2]]["published T7, pair 1 HoReN"] == "0.551"
+    assert orig["ROUGE-L recall (rouge-score)"]["N=10 HoReN"] == "0.450 (no CI)"
+    assert orig["ROUGE-L recall (rouge-score)"]["published T7, pair 1 HoReN"] == ""  # not the paper's metric
     assert orig["BERTScore (paper's: MiniLM cosine)"]["published T7, pair 3 UnKE"] == "0.183"
     assert orig["sacreBLEU"]["published T7, pair 1 UnKE"] == ""  # the paper has no sacreBLEU
-    assert orig["ROUGE-1 (recall)"]["N=10 HoReN"] == "—"  # published only
-    assert cells_at(t7, 13)["N=10 UnKE"] == "0.200 (no CI)"  # sub-question ROUGE-L
+    assert orig[paper[0]]["N=10 HoReN"] == "—"  # published only
+    assert cells_at(t7, 14)["N=10 UnKE"] == "0.200 (no CI)"  # sub-question ROUGE-L
     bold = {(i, t7.columns[j]) for i, j in t7.bold}
-    assert (4, "N=10 HoReN") in bold and (0, "N=10 UnKE") in bold and (13, "N=10 HoReN") in bold
+    assert (4, "N=10 HoReN") in bold and (0, "N=10 UnKE") in bold and (14, "N=10 HoReN") in bold
+    assert (5, "N=10 UnKE") in bold
     assert not any(column == "N=10 Unedited" for _, column in bold)  # the unedited model never wins
     assert not any(column.startswith("published") for _, column in bold)
 
@@ -163,8 +167,8 @@ def test_table8_needs_horen_on_both_datasets(tmp_path):
 
 
 def test_generation_cap_separates_tables_and_old_rows_count_as_default(tmp_path):
-    write_run(tmp_path / "a", "r", [unke_row("HoReN", 10, (0.1,) * 5, max_new_tokens=128)])
-    write_run(tmp_path / "b", "r", [unke_row("HoReN", 10, (0.2,) * 5, max_new_tokens=512)])
+    write_run(tmp_path / "a", "r", [unke_row("HoReN", 10, (0.1,) * 6, max_new_tokens=128)])
+    write_run(tmp_path / "b", "r", [unke_row("HoReN", 10, (0.2,) * 6, max_new_tokens=512)])
     old = zsre_row("HoReN", 10, 0.9, 0.9)
     write_run(tmp_path / "c", "r", [old, zsre_row("HoReN", 10, 0.7, 0.7, seed=1, max_new_tokens=512)])
     agg = report.aggregate(report.load_rows(tmp_path))

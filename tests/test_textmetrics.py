@@ -27,6 +27,19 @@ def test_rouge_recall_and_f1_by_hand():
     assert short["rouge1_r"] == pytest.approx(1 / 3) and short["rouge1_f"] == pytest.approx(1 / 2)
 
 
+def test_horen_rouge_is_set_based_case_and_punctuation_sensitive_by_hand():
+    # `rouge` 1.0.1 recall: distinct reference n-grams that the hypothesis holds, words split on spaces only
+    s = tm.rouge_horen("the cat sat on the mat", "the cat sat on a mat too")
+    assert s["rouge1_r_horen"] == pytest.approx(5 / 7)  # reference words {the cat sat on a mat too}; a, too missing
+    assert s["rouge2_r_horen"] == pytest.approx(3 / 6)  # the-cat cat-sat sat-on of 6 reference bigrams
+    # "The" is not "the" and "cat," is not "cat": 1 of the 5 distinct reference words; rouge-score finds 3 of 6
+    assert tm.rouge_horen("The cat, sat", "the cat sat on the mat")["rouge1_r_horen"] == pytest.approx(1 / 5)
+    assert tm.rouge("The cat, sat", "the cat sat on the mat")["rouge1_r"] == pytest.approx(3 / 6)
+    # a hypothesis with no space gets one (as the HoReN code does), so an empty one scores 0 instead of raising
+    assert tm.rouge_horen("", REF) == {"rouge1_r_horen": 0.0, "rouge2_r_horen": 0.0, "rougeL_r_horen": 0.0}
+    assert tm.rouge_horen("mat", REF)["rouge1_r_horen"] == pytest.approx(1 / 5)
+
+
 def test_sacrebleu_sentence_bleu():
     import sacrebleu
 
@@ -43,6 +56,7 @@ def test_embedding_metrics_are_distinct_and_sane():
     assert f[0] == pytest.approx(1.0, abs=1e-5) and f[1] < 1.0 and f[1] != pytest.approx(cos[1])
     rows = tm.score_pairs([HYP], [REF])
     assert set(rows[0]) == {"sacrebleu", "bleu1_horen", "rouge1_r", "rouge2_r", "rougeL_r", "rouge1_f", "rouge2_f",
-                            "rougeL_f", "minilm_cosine", "bertscore_f"}
+                            "rougeL_f", "rouge1_r_horen", "rouge2_r_horen", "rougeL_r_horen", "minilm_cosine",
+                            "bertscore_f"}
     with pytest.raises(ValueError, match="1 hypotheses but 2 references"):
         tm.score_pairs([HYP], [REF, REF])

@@ -67,21 +67,97 @@ def test_free_text_sets_average_within_a_case_first(tiny_model, monkeypatch):
     assert s.names == ["sub_rouge1_r"] and "op" not in s.metrics
 
 
-def test_unstructured_protocol_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def unke_run(tmp_path_factory):
+    """A 3-edit GRACE run under the unstructured protocol on tiny_llama, records kept at N = 2 and 3."""
+    tmp = tmp_path_factory.mktemp("unke")
     proc = run_cli("model=tiny_llama", "data=unke", "protocol=unstructured_v1", "editor=grace", "n_edits=3",
-                   "protocol.max_new_tokens=12", "protocol.checkpoints=[3]", f"out_dir={tmp_path / 'out'}",
-                   cwd=tmp_path, timeout=600)
+                   "protocol.max_new_tokens=12", "protocol.checkpoints=[2,3]", f"out_dir={tmp / 'out'}",
+                   cwd=tmp, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    (run,) = run_dirs(tmp_path / "out")
-    row = read_rows(run)[-1]
+    (run,) = run_dirs(tmp / "out")
+    return run
+
+
+def test_unstructured_protocol_end_to_end(unke_run):
+    row = read_rows(unke_run)[-1]
     assert row["protocol"] == "unstructured_v1" and row["max_new_tokens"] == 12
     names = row["metric_names"]
+    texts = ("sacrebleu", "bleu1_horen", "rouge1_r", "rouge2_r", "rougeL_r", "rouge1_f", "rouge2_f", "rougeL_f",
+             "rouge1_r_horen", "rouge2_r_horen", "rougeL_r_horen")
     for split in ("orig", "para"):
         assert [n for n in names if n.startswith(split + "_")] == [
-            f"{split}_{m}" for m in ("sacrebleu", "bleu1_horen", "rouge1_r", "rouge2_r", "rougeL_r", "rouge1_f",
-                                     "rouge2_f", "rougeL_f", "minilm_cosine", "bertscore_f")]
-    assert [n for n in names if n.startswith("sub_")] == [f"sub_rouge{k}_{x}" for x in "rf" for k in ("1", "2", "L")]
+            f"{split}_{m}" for m in (*texts, "minilm_cosine", "bertscore_f")]
+    assert [n for n in names if n.startswith("sub_")] == [f"sub_{m}" for m in texts if m.startswith("rouge")]
     assert "op" not in names and all(0 <= row[n] <= 1 + 1e-6 for n in names)
+
+
+def _records(path):
+    import gzip
+
+    return [json.loads(x) for x in gzip.decompress(path.read_bytes()).decode().splitlines()]
+
+
+def _strip(run, metrics):
+    """`run` as if scored before `metrics` existed: gone from its records and rows."""
+    import gzip
+
+    for path in (run / "records").glob("step_*.jsonl.gz"):
+        recs = [json.loads(x) for x in gzip.decompress(path.read_bytes()).decode().splitlines()]
+        for r in recs:
+            if isinstance(r["score"], dict):
+                r["score"] = {k: v for k, v in r["score"].items() if k not in metrics}
+        path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in recs).encode()))
+    rows = read_rows(run)
+    for row in rows:
+        for k in [k for k in row if k.split("_", 1)[-1] in metrics]:
+            del row[k]
+        row["metric_names"] = [n for n in row["metric_names"] if n.split("_", 1)[-1] not in metrics]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_retext_adds_missing_metrics_from_kept_texts_and_refuses_texts_that_disagree(unke_run, tmp_path):
+    """`editbench retext`: a run scored before the paper's ROUGE existed gets it from its kept
+    output ids, equal to what scoring at run time gives; nothing else moves; a second pass adds
+    nothing; a record whose text no longer gives its kept score is refused with nothing written."""
+    import shutil
+
+    from editbench.retext import retext
+
+    run = tmp_path / "run"
+    shutil.copytree(unke_run, run)
+    full = read_rows(run)
+    records = {p.name: _records(p) for p in (run / "records").glob("*.gz")}
+    new = {"rouge1_r_horen", "rouge2_r_horen", "rougeL_r_horen"}
+    _strip(run, new)
+    assert "orig_rouge1_r_horen" not in read_rows(run)[-1]
+    rows = retext(run, log=lambda *_: None)
+    for before, after in zip(full, rows):
+        assert after["retexted"]["added"] and set(after["retexted"]["added"]) == {
+            f"{s}_{m}" for s in ("orig", "para", "sub") for m in new}
+        assert after["metric_names"] == before["metric_names"]  # in the place scoring puts them
+        assert {k: v for k, v in after.items() if k != "retexted"} == before  # the same values scoring gave
+    assert read_rows(run) == rows
+    for name, recs in records.items():  # records as scoring wrote them, metrics in scoring's order
+        again = _records(run / "records" / name)
+        assert again == recs and [list(r["score"]) for r in again] == [list(r["score"]) for r in recs]
+    again = (run / "metrics.jsonl").read_bytes()
+    retext(run, log=lambda *_: None)
+    assert (run / "metrics.jsonl").read_bytes() == again  # nothing left to add
+    _strip(run, new)
+    import gzip
+
+    path = run / "records" / "step_000003.jsonl.gz"
+    recs = [json.loads(x) for x in gzip.decompress(path.read_bytes()).decode().splitlines()]
+    recs[0]["score"]["rouge1_r"] += 0.25  # a kept score its text does not give
+    path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in recs).encode()))
+    kept = {p.name: p.read_bytes() for p in (run / "records").glob("*.gz")} | {"rows": (run / "metrics.jsonl").read_bytes()}
+    with pytest.raises(EditbenchError, match="do not reproduce the run's scores; rescore or re-run"):
+        retext(run, log=lambda *_: None)
+    assert kept == {p.name: p.read_bytes() for p in (run / "records").glob("*.gz")} | {
+        "rows": (run / "metrics.jsonl").read_bytes()}
+    with pytest.raises(EditbenchError, match="is not a run directory"):
+        retext(tmp_path, log=lambda *_: None)
 
 
 @pytest.mark.parametrize("name", ["grace", "horen"])

@@ -14,7 +14,8 @@ here without special tokens, as the reference decodes).
 Per case and probe (orig / para / each sub-question) it prints whether the two texts are equal and,
 with --tokenizer (the exported model folder), the number of leading generated tokens they share.
 Both sides' texts are then scored with editbench's own metrics (`textmetrics`: `bleu1_horen`, the
-HoReN code's BLEU; `rouge-score` ROUGE-1/2/L recall; `minilm_cosine`; texts stripped, as the
+HoReN code's BLEU; `rouge-score` ROUGE-1/2/L recall; the HoReN code's `rouge` 1.0.1 recall,
+`rouge*_r_horen`; `minilm_cosine`; texts stripped, as the
 evaluator scores them), per case and averaged (sub-questions averaged within the case first).
 With --max-tokens K both sides' outputs are cut to their first K generated tokens before decoding
 (needs --tokenizer; compares runs made with different generation caps). --write-ref-schema writes
@@ -29,7 +30,8 @@ import json
 import sys
 from pathlib import Path
 
-KEYS = ("bleu1_horen", "rouge1_r", "rouge2_r", "rougeL_r", "minilm_cosine")
+KEYS = ("bleu1_horen", "rouge1_r", "rouge2_r", "rougeL_r", "rouge1_r_horen", "rouge2_r_horen", "rougeL_r_horen",
+        "minilm_cosine")
 
 
 def eb_outputs(run: Path, step: int) -> dict:

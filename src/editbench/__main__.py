@@ -2,7 +2,8 @@
 
 `editbench --help` is the usage page (`USAGE`); `editbench ls [group]` lists what each config group
 offers, one line each; `editbench diff RUN_A RUN_B` shows where two runs disagree, record by record;
-`editbench rescore RUN scoring=MODE` scores a run's kept checkpoints under another scoring mode.
+`editbench rescore RUN scoring=MODE` scores a run's kept checkpoints under another scoring mode;
+`editbench retext RUN` adds the free-text metrics a run lacks from the texts it kept.
 Before Hydra runs, the command line is checked by composing it once, so a bad group option or key
 is one line with a suggestion, not a Hydra traceback.
 """
@@ -31,6 +32,7 @@ usage: editbench [KEY=VALUE ...]              one run (Hydra overrides)
        editbench ls [GROUP]                   what each config group offers, one line per entry
        editbench diff RUN_DIR_A RUN_DIR_B     where two runs disagree, record by record
        editbench rescore RUN_DIR scoring=free  score a run's kept checkpoints under another scoring
+       editbench retext RUN_DIR               add the free-text metrics a run lacks, from its kept texts
        editbench --cfg job [KEY=VALUE ...]    print the composed config and exit
        editbench --hydra-help                 Hydra's own flags
 (`python -m editbench` is the same command.)
@@ -347,6 +349,10 @@ def main() -> None:
             from editbench.rescore import main as rescore_main
 
             sys.exit(rescore_main(argv[1:]))
+        if argv[:1] == ["retext"]:
+            from editbench.retext import main as retext_main
+
+            sys.exit(retext_main(argv[1:]))
         if not any(a in ("--help", "-h", "--hydra-help", "--info", "-i") for a in argv):
             check_overrides(argv)
     except EditbenchError as e:

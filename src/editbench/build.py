@@ -119,6 +119,21 @@ def reference_key(cfg: DictConfig, model, cases: Sequence[EditCase]) -> str:
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def stream_and_evaluator(cfg: DictConfig, n_cases: int | None = None) -> tuple[RecordStream, list[EditCase], Evaluator]:
+    """A run's dataset, the first `n_cases` cases of its stream (default `cfg.n_edits`), and its
+    evaluator on the loaded, unedited model (`evaluator.m`)."""
+    data = instantiate_group(cfg.data)
+    cases = data.stream(int(cfg.n_edits) if n_cases is None else n_cases)
+    cache_dir = Path(cfg.cache_dir).expanduser()
+    text, context = load_prompt_format(cfg.model, cache_dir)
+    check_lengths(cases, text, context, cfg.model.name)
+    model = load_model(cfg.model, text, cache_dir)
+    proto = cfg.protocol
+    evaluator = Evaluator(model, proto.scoring, proto.eval_batch_size, state_cache(cfg, proto.scoring),
+                          max_new_tokens=max_new_tokens(proto))
+    return data, cases, evaluator
+
+
 def build(cfg: DictConfig, *, n_cases: int | None = None, references: bool = True, validated: bool = False,
           references_file: Path | None = None, log=print) -> Run:
     """Validate `cfg` (unless the caller just did: `validated=True`) and build its run: the first
@@ -133,15 +148,8 @@ def build(cfg: DictConfig, *, n_cases: int | None = None, references: bool = Tru
         torch.set_num_threads(int(cfg.threads))
     seed = int(cfg.seed)
     seed_everything(seed)
-    data = instantiate_group(cfg.data)
-    cases = data.stream(int(cfg.n_edits) if n_cases is None else n_cases)
-    cache_dir = Path(cfg.cache_dir).expanduser()
-    text, context = load_prompt_format(cfg.model, cache_dir)
-    check_lengths(cases, text, context, cfg.model.name)
-    model = load_model(cfg.model, text, cache_dir)
-    proto = cfg.protocol
-    evaluator = Evaluator(model, proto.scoring, proto.eval_batch_size, state_cache(cfg, proto.scoring),
-                          max_new_tokens=max_new_tokens(proto))
+    data, cases, evaluator = stream_and_evaluator(cfg, n_cases)
+    model, cache_dir = evaluator.m, Path(cfg.cache_dir).expanduser()
     refs = None
     if references:
         t0 = time.perf_counter()

@@ -67,10 +67,19 @@ def state_cache(cfg, scoring: str) -> StateCache:
                       max_gb=float(cfg.cache_max_gb))
 
 
+def text_means(per_case: dict) -> dict[str, float]:
+    """A free-text probe set's values: per metric, the mean over cases of each case's mean over
+    its probes (`per_case`: case -> [{metric: score}, ...])."""
+    first = next(iter(per_case.values()))[0]
+    return {k: metrics.mean([metrics.mean([s[k] for s in v]) for v in per_case.values()]) for k in first}
+
+
 class Evaluator:
     #: probe-set scorer name -> method; a probe set names its scorer (`ProbeSet.scorer`)
     SCORERS = {"accuracy": "_score_accuracy", "locality": "_score_locality", "freetext": "_score_freetext",
                "freetext_rouge": "_score_freetext_rouge"}
+    #: the free-text scorers -> whether they keep ROUGE only (`text_scores`)
+    TEXT_SCORERS = {"freetext": False, "freetext_rouge": True}
     #: scorers that compare with the unedited model's own outputs (computed once by `reference`)
     NEEDS_REFERENCE = {"locality"}
     #: part of the key under which a run keeps its reference outputs (`build.reference_key`): bump
@@ -120,8 +129,7 @@ class Evaluator:
                                 "out": self.m.tok.decode(out), "ids": out, **(more[0] if more else {})})
             first = scored[0][0] if scored else 0.0
             if isinstance(first, dict):  # a free-text set: one value per metric, `<set>_<metric>`
-                for k in first:
-                    values[f"{name}_{k}"] = metrics.mean([metrics.mean([s[k] for s in v]) for v in per_case.values()])
+                values.update({f"{name}_{k}": v for k, v in text_means(per_case).items()})
             else:
                 values[name] = metrics.mean([metrics.mean(v) for v in per_case.values()])
             for k, by_case in extra.items():
@@ -179,17 +187,25 @@ class Evaluator:
         """Free text (docs/protocol.md#free-text-metrics): greedy generation of up to `max_new_tokens` (stopping at
         EOS), decoded without special tokens and stripped, scored against the reference answer
         with every metric of `textmetrics` (`rouge_only`: ROUGE recall and F1)."""
-        from editbench import textmetrics
 
         prompts = [self.m.encode_prompt(p.prompt) for p in probes]
         gens = self._batched(prompts, lambda idx: self.greedy(module, [prompts[i] for i in idx],
                                                                [self.max_new_tokens] * len(idx)))
         outs = [self.m.until_eos(g) for g in gens]
+        return list(zip(self.text_scores(outs, [p.answer for p in probes], rouge_only), outs))
+
+    def text_scores(self, outs: list[list[int]], answers: list[str], rouge_only: bool = False,
+                    embeddings: bool = True) -> list[dict[str, float]]:
+        """Free-text scores of generated ids `outs` (decoded without special tokens, stripped)
+        against `answers` (stripped): every `textmetrics` metric, or ROUGE only; `embeddings=False`
+        leaves out the encoder metrics (`editbench retext` recomputes only the others)."""
+        from editbench import textmetrics
+
         texts = [self.m.tok.decode(o, skip_special_tokens=True).strip() for o in outs]
-        scores = textmetrics.score_pairs(texts, [p.answer.strip() for p in probes], embeddings=not rouge_only)
+        scores = textmetrics.score_pairs(texts, [a.strip() for a in answers], embeddings=embeddings and not rouge_only)
         if rouge_only:
             scores = [{k: v for k, v in s.items() if k.startswith("rouge")} for s in scores]
-        return list(zip(scores, outs))
+        return scores
 
     def _score_freetext_rouge(self, module, probes: list[Probe], ref, fast: int | None):
         """Sub-questions: ROUGE only (docs/protocol.md#free-text-metrics), averaged within the case first."""

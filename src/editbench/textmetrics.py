@@ -7,6 +7,7 @@ with the standard metric:
 | `sacrebleu` | sacreBLEU sentence BLEU (4-gram, exponential smoothing, its own tokenizer), in [0, 1] |
 | `bleu1_horen` | the HoReN code's "BLEU": clipped unigram precision on whitespace tokens × brevity penalty exp(1 − \\|ref\\|/\\|hyp\\|) when \\|hyp\\| ≤ \\|ref\\|; 0 for an empty hypothesis or reference |
 | `rouge1_r`, `rouge2_r`, `rougeL_r` / `..._f` | `rouge-score` ROUGE-1/2/L recall and F1 (lowercased, no punctuation: not the case- and punctuation-sensitive `rouge` 1.0.1 recall the paper's code computes) |
+| `rouge1_r_horen`, `rouge2_r_horen`, `rougeL_r_horen` | the HoReN code's ROUGE: `rouge` 1.0.1 recall (whitespace tokens after its own light cleaning, case kept), a hypothesis without a space given one first as that code does |
 | `bertscore_f` | `bert-score` F1 with the offline encoder all-MiniLM-L6-v2 (6 layers, no baseline rescaling) |
 | `minilm_cosine` | the paper's "BERTScore": cosine of the mean-pooled all-MiniLM-L6-v2 sentence embeddings |
 
@@ -65,6 +66,22 @@ def rouge(hyp: str, ref: str) -> dict[str, float]:
     return {**{f"{k}_r": s[k].recall for k in ROUGE_TYPES}, **{f"{k}_f": s[k].fmeasure for k in ROUGE_TYPES}}
 
 
+@lru_cache(maxsize=1)
+def _rouge_horen():
+    from rouge import Rouge
+
+    return Rouge(metrics=["rouge-1", "rouge-2", "rouge-l"])
+
+
+def rouge_horen(hyp: str, ref: str) -> dict[str, float]:
+    """ROUGE-1/2/L recall as the HoReN code scores free text: `rouge` 1.0.1 `get_scores(hyp, ref)`,
+    after appending a space to a hypothesis that has none (so an empty one scores 0, not an error)."""
+    if " " not in hyp:
+        hyp += " "
+    s = _rouge_horen().get_scores(hyp, ref)[0]
+    return {f"{k}_r_horen": s[m]["r"] for k, m in zip(ROUGE_TYPES, ("rouge-1", "rouge-2", "rouge-l"))}
+
+
 @lru_cache(maxsize=2)
 def _encoder(path: str):
     from transformers import AutoModel, AutoTokenizer
@@ -100,7 +117,8 @@ def score_pairs(hyps: Sequence[str], refs: Sequence[str], encoder_path: str | No
     """Every metric above for each (hypothesis, reference) pair."""
     if len(hyps) != len(refs):
         raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
-    rows = [{"sacrebleu": sacrebleu_sentence(h, r), "bleu1_horen": bleu1_horen(h, r), **rouge(h, r)}
+    rows = [{"sacrebleu": sacrebleu_sentence(h, r), "bleu1_horen": bleu1_horen(h, r), **rouge(h, r),
+             **rouge_horen(h, r)}
             for h, r in zip(hyps, refs)]
     if embeddings and rows:
         for row, c, f in zip(rows, minilm_cosine(hyps, refs, encoder_path), bertscore_f(hyps, refs, encoder_path)):

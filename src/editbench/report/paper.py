@@ -9,8 +9,9 @@ numbers (:func:`editbench.report.baselines.load_baselines`):
   Rel / Gen / Loc and the portability accuracies (personas, multi-hop) that never enter OP.
 * **Table 7** (UnKE): one row per split x metric; a column block per N with one column per method,
   then the paper's three UnKE / HoReN column pairs (their N was lost in extraction).  The paper's
-  "BLEU" is its unigram variant (``bleu1_horen``) and its "BERTScore" the cosine of mean-pooled
-  MiniLM embeddings (``minilm_cosine``); sacreBLEU and bert-score's F1 are shown on their own rows.
+  "BLEU" is its unigram variant (``bleu1_horen``), its ROUGE the ``rouge`` 1.0.1 package's recall
+  (``rouge*_r_horen``) and its "BERTScore" the cosine of mean-pooled MiniLM embeddings
+  (``minilm_cosine``); sacreBLEU, rouge-score's ROUGE and bert-score's F1 are shown on their own rows.
 * **Table 8**: Rel / Gen on WikiBigEdit and ZsRE for GRACE, WISE, REPAIR and HoReN, each baseline
   written "value (+gap to HoReN)" as the paper prints it, at the largest N at which HoReN was
   measured on both datasets (the paper does not state its N).
@@ -33,8 +34,11 @@ from editbench.report.tables import (CI_NOTE, DIGITS, Table, format_measured, fo
 
 # Table 7 rows: (split title, probe set, [(row title, metric)]).
 SPLIT_METRICS = [("BLEU (paper's unigram)", "bleu1_horen"), ("sacreBLEU", "sacrebleu"),
-                 ("ROUGE-1 (recall)", "rouge1_r"), ("ROUGE-2 (recall)", "rouge2_r"),
-                 ("ROUGE-L (recall)", "rougeL_r"), ("BERTScore (paper's: MiniLM cosine)", "minilm_cosine"),
+                 ("ROUGE-1 (paper's: rouge 1.0.1 recall)", "rouge1_r_horen"),
+                 ("ROUGE-2 (paper's: rouge 1.0.1 recall)", "rouge2_r_horen"),
+                 ("ROUGE-L (paper's: rouge 1.0.1 recall)", "rougeL_r_horen"),
+                 ("ROUGE-1 recall (rouge-score)", "rouge1_r"), ("ROUGE-2 recall (rouge-score)", "rouge2_r"),
+                 ("ROUGE-L recall (rouge-score)", "rougeL_r"), ("BERTScore (paper's: MiniLM cosine)", "minilm_cosine"),
                  ("BERTScore F1 (bert-score)", "bertscore_f")]
 TABLE7_ROWS = [("Original", "orig", SPLIT_METRICS), ("Paraphrase", "para", SPLIT_METRICS),
                ("Sub-question", "sub", [m for m in SPLIT_METRICS if m[1].startswith("rouge")])]
@@ -201,9 +205,11 @@ def table7(group: pd.DataFrame, baselines: pd.DataFrame, setting: dict) -> Table
     notes = ["Cells: mean over seeds of each case's score (sub-questions: averaged within a case first); "
              "bold = best measured editor per N (Unedited excluded). BLEU and BERTScore are the paper's "
              "variants (`bleu1_horen`, `minilm_cosine`); sacreBLEU and bert-score F1 are the library "
-             "metrics of the same names. ROUGE is `rouge-score`'s recall (lowercased, no punctuation); the "
-             "paper's code uses the `rouge` 1.0.1 package, which keeps both and scores lower on the same "
-             "texts, so its ROUGE cells are not comparable one to one. " + CI_NOTE,
+             "metrics of the same names. The paper's ROUGE is the `rouge` 1.0.1 package's recall "
+             "(`rouge*_r_horen`: case and punctuation kept, distinct n-grams), the one its published cells "
+             "sit beside; `rouge-score`'s recall (lowercased, no punctuation) scores higher on the same texts "
+             "and is shown on its own rows. A run scored before the paper's ROUGE existed shows — there "
+             "until `editbench retext` adds it from the run's kept texts. " + CI_NOTE,
              PUBLISHED_NOTE + " The paper's three UnKE / HoReN pairs most likely grow in N (their N was lost in extraction)."]
     return Table(_name(7, setting), _title_for(7, "unke", setting, "UnKE, free-text answers"),
                  header, rows, bold, notes, kind="paper")
