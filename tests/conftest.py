@@ -135,6 +135,13 @@ def run_in_process(*args: str) -> subprocess.CompletedProcess:
 
     from editbench.__main__ import main
 
+    if "absl.logging" in sys.modules:  # imported by rouge-score: see below
+        import absl.logging
+
+        # absl's handler closes its stream when Hydra's logging setup closes every handler, unless
+        # that stream is sys.stderr / sys.__stderr__ at the time; with stderr redirected here, the
+        # stream it took at import (pytest's capture) would be closed under pytest
+        absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
     argv = ["editbench", *args]
     out, err, saved = io.StringIO(), io.StringIO(), sys.argv
     sys.argv = argv
