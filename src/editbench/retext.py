@@ -68,13 +68,13 @@ def retext_step(records: list[dict], row: dict | None, cases: dict, evaluator) -
             added += [k for k in f if k not in r["score"]]
             # in the order scoring writes them: the recomputed metrics, then the encoder ones kept
             r["score"] = {**{k: r["score"].get(k, v) for k, v in f.items()}, **r["score"]}
+        if row is None:
+            continue
         per_case: dict[str, list[dict]] = {}
         for r in recs:
             per_case.setdefault(r["case"], []).append(r["score"])
         for k, v in text_means(per_case).items():
             key = f"{name}_{k}"
-            if row is None:
-                continue
             if key in row and not _same(row[key], v):
                 raise EditbenchError(f"row N={row['N']}: {key} = {row[key]!r} kept, {v!r} from its records — the "
                                      f"records are not the ones this row was computed from; rescore or re-run it")
@@ -118,8 +118,6 @@ def retext(run_dir: Path, log=print) -> list[dict]:
     cfg = OmegaConf.load(cfg_file)
     _, cases, evaluator = stream_and_evaluator(cfg, max(steps))
     by_id = {c.id: c for c in cases}
-    if not any(isinstance(r["score"], dict) for r in read_records(steps[max(steps)])):
-        raise EditbenchError(f"{run_dir} has no free-text probe set — retext completes free-text metrics only")
     store, when = RunStore(run_dir), dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     todo = []
     for n in sorted(steps):  # check every step before writing any
@@ -127,6 +125,8 @@ def retext(run_dir: Path, log=print) -> list[dict]:
         row = next((r for r in rows if r["N"] == n), None)
         added, values = retext_step(records, row, by_id, evaluator)
         todo.append((n, records, row, added, values))
+    if not any(isinstance(r["score"], dict) for _, records, *_ in todo for r in records):
+        raise EditbenchError(f"{run_dir} has no free-text probe set — retext completes free-text metrics only")
     for n, records, row, added, values in todo:
         if added:
             store.write_records(n, records)
