@@ -22,7 +22,6 @@ capacity doubling to 65,536 rows) + one evaluation batch's activations. No GPU w
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 import time
@@ -49,7 +48,8 @@ def measured(run: Path) -> dict:
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
     last = rows[-1]
     steps = last["editor_info"]["steps_total"] / last["N"]
-    recs = sorted((run / "records").glob("step_*.jsonl.gz"))[-1]
+    from editbench import runrecords
+    recs = list(runrecords.steps(run).values())[-1]
     from editbench.data.zsre import ZsRE
     from editbench.models import load_prompt_format
     from hydra import compose, initialize_config_module
@@ -63,11 +63,9 @@ def measured(run: Path) -> dict:
         prompt, answer = text.encode_prompt(c.request.prompt), text.encode_answer(text.answer_sep + c.request.target)
         edit_tokens.append(len(prompt) + len(answer))
         answer_tokens.append(len(answer))
-    with gzip.open(recs, "rt") as f:
-        for line in f:
-            r = json.loads(line)
-            p = cases[r["case"]].probes[r["set"]].probes[r["i"]]
-            probe_tokens.append(len(text.encode_prompt(p.prompt)) + len(r["ids"]))
+    for r in runrecords.read(recs):
+        p = cases[r["case"]].probes[r["set"]].probes[r["i"]]
+        probe_tokens.append(len(text.encode_prompt(p.prompt)) + len(r["ids"]))
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
     return {"run": str(run), "N": last["N"], "steps_per_edit": steps, "edit_tokens": mean(edit_tokens),
             "answer_tokens": mean(answer_tokens), "probe_tokens": mean(probe_tokens),

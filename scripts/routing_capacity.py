@@ -61,7 +61,6 @@ trade-off (paraphrases routed to their own entry against locality prompts falsel
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import sys
@@ -76,6 +75,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from editbench.__main__ import register_resolvers
+from editbench import runrecords
 from editbench.build import build, instantiate_group
 from editbench.cache import StateCache
 from editbench.editors._common import edit_labels
@@ -347,11 +347,8 @@ def find_runs(root: Path, cfg) -> list[dict]:
 
 
 def read_records(run_dir: Path, N: int) -> list[dict] | None:
-    p = run_dir / "records" / f"step_{N:06d}.jsonl.gz"
-    if not p.is_file():
-        return None
-    with gzip.open(p, "rt") as f:
-        return [json.loads(line) for line in f]
+    p = runrecords.path(run_dir, N)
+    return runrecords.read(p) if p.is_file() else None
 
 
 def compare_checkpoint(run: dict, N: int, routed: dict[str, Routed], sid: StreamIds, cases) -> dict:

@@ -19,7 +19,6 @@ is written.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from omegaconf import OmegaConf
 
 from editbench.__main__ import register_resolvers
+from editbench import runrecords
 from editbench.build import build
 from editbench.editors._side_memory import SideMemoryEditor
 from editbench.models import Pass
@@ -35,7 +35,7 @@ from editbench.models import Pass
 
 def newest_step(run_dir: Path) -> int:
     steps = sorted(int(p.name.split("_")[1]) for p in (run_dir / "ckpt").glob("step_*")
-                   if (run_dir / "records" / f"step_{int(p.name.split('_')[1]):06d}.jsonl.gz").is_file())
+                   if runrecords.path(run_dir, int(p.name.split("_")[1])).is_file())
     if not steps:
         raise SystemExit(f"{run_dir} has no checkpoint with records — pass a run directory whose ckpt/ and "
                          f"records/ share a step")
@@ -72,8 +72,7 @@ def main(argv: list[str]) -> dict:
     if k and used + k > len(aux):
         raise SystemExit(f"--unrelated {k}: only {max(len(aux) - used, 0)} of the {len(aux)} unrelated prompts are still "
                          f"undrawn after {used} — pass a smaller K")
-    with gzip.open(run_dir / "records" / f"step_{step:06d}.jsonl.gz", "rt") as f:
-        records = [json.loads(line) for line in f]
+    records = runrecords.read(runrecords.path(run_dir, step))
 
     seen: list[tuple[int, float]] = []
     route = editor.route

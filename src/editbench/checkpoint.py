@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from editbench import runrecords
 from editbench.errors import EditbenchError
 
 
@@ -196,8 +197,7 @@ class RunStore:
 
     def write_records(self, step: int, records: list[dict]) -> None:
         """One gzipped JSON line per scored probe at checkpoint `step` (written atomically)."""
-        data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
-        atomic_write_bytes(self.dir / "records" / f"step_{step:06d}.jsonl.gz", gzip.compress(data, mtime=0))
+        atomic_write_bytes(runrecords.path(self.dir, step), runrecords.encode(records))
 
     def write_config(self, config_yaml: str, overrides: list[str]) -> None:
         """The run's config record (the full overrides, whatever the directory's name says)."""

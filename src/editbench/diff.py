@@ -11,11 +11,11 @@ stream order).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 from pathlib import Path
 
+from editbench import runrecords
 from editbench.errors import EditbenchError
 
 
@@ -27,11 +27,10 @@ def _rows(run: Path) -> dict[int, dict]:
 
 
 def _records(run: Path, n: int) -> dict[tuple, dict] | None:
-    path = run / "records" / f"step_{n:06d}.jsonl.gz"
+    path = runrecords.path(run, n)
     if not path.is_file():
         return None
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return {(r["case"], r["set"], r["i"]): r for r in map(json.loads, f)}
+    return {(r["case"], r["set"], r["i"]): r for r in runrecords.read(path)}
 
 
 #: what two runs must share for their records to be the same probes scored the same way

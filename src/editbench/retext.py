@@ -19,7 +19,6 @@ Exit status 0, or 2 with one line on bad input.
 from __future__ import annotations
 
 import datetime as dt
-import gzip
 import json
 import math
 import sys
@@ -27,16 +26,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from editbench import runrecords
 from editbench.errors import EditbenchError
 
 USAGE = "usage: editbench retext RUN_DIR"
 #: how far a recomputed score may sit from the kept one (same code, same library: equal in practice)
 TOLERANCE = 1e-9
-
-
-def read_records(path: Path) -> list[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def _same(a: float, b: float) -> bool:
@@ -112,7 +107,7 @@ def retext(run_dir: Path, log=print) -> list[dict]:
         raise EditbenchError(f"{run_dir} is not a run directory (no .hydra/config.yaml or metrics.jsonl) — pass a "
                              f"directory a run wrote")
     rows = [json.loads(x) for x in rows_file.read_text().splitlines() if x.strip()]
-    steps = {int(p.name.removeprefix("step_").split(".")[0]): p for p in (run_dir / "records").glob("step_*.jsonl.gz")}
+    steps = runrecords.steps(run_dir)
     if not steps:
         raise EditbenchError(f"{run_dir} keeps no records/ — only a run's kept texts can be scored again")
     cfg = OmegaConf.load(cfg_file)
@@ -121,7 +116,7 @@ def retext(run_dir: Path, log=print) -> list[dict]:
     store, when = RunStore(run_dir), dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     todo = []
     for n in sorted(steps):  # check every step before writing any
-        records = read_records(steps[n])
+        records = runrecords.read(steps[n])
         row = next((r for r in rows if r["N"] == n), None)
         added, values = retext_step(records, row, by_id, evaluator)
         todo.append((n, records, row, added, values))

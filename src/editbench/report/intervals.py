@@ -20,8 +20,6 @@ per-case values.  The interval is the percentile interval of the resampled value
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -32,6 +30,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from editbench import runrecords
 from editbench.metrics import OP, Overall
 from editbench.report.rows import ResultsWarning
 
@@ -91,11 +90,6 @@ def case_scores(records: Iterable[Mapping]) -> CaseScores:
     return CaseScores(cases, names, values)
 
 
-def records_path(run_dir, N: int) -> Path:
-    """Where a run keeps the records of checkpoint N (``records/step_NNNNNN.jsonl.gz``)."""
-    return Path(run_dir) / "records" / f"step_{int(N):06d}.jsonl.gz"
-
-
 class RecordStore:
     """Per-case scores read from runs' records, each file read once (owned by one report render)."""
 
@@ -104,7 +98,7 @@ class RecordStore:
 
     def get(self, run_dir, N: int) -> CaseScores | None:
         """The case scores of checkpoint N of the run, None when it kept no (readable) records."""
-        path = records_path(run_dir, N)
+        path = runrecords.path(run_dir, N)
         if path not in self._scores:
             self._scores[path] = self._read(path)
         return self._scores[path]
@@ -114,8 +108,7 @@ class RecordStore:
         if not path.is_file():
             return None
         try:
-            with gzip.open(path, "rt") as f:
-                scores = case_scores(json.loads(line) for line in f if line.strip())
+            scores = case_scores(runrecords.read(path))
         except (OSError, EOFError, ValueError, KeyError, TypeError) as err:
             warnings.warn(f"{path}: unreadable records, no interval from them ({err})", ResultsWarning,
                           stacklevel=3)
