@@ -183,16 +183,17 @@ class Evaluator:
                 for a, b, p in zip(ref, post, probes)]
 
     def _score_freetext(self, module, probes: list[Probe], ref, fast: int | None,
-                        rouge_only: bool = False) -> list[tuple[dict, list[int]]]:
+                        scorer: str = "freetext") -> list[tuple[dict, list[int]]]:
         """Free text (docs/protocol.md#free-text-metrics): greedy generation of up to `max_new_tokens` (stopping at
         EOS), decoded without special tokens and stripped, scored against the reference answer
-        with every metric of `textmetrics` (`rouge_only`: ROUGE recall and F1)."""
+        with every metric of `textmetrics`, or ROUGE recall and F1 only where `TEXT_SCORERS` says
+        so for `scorer`."""
 
         prompts = [self.m.encode_prompt(p.prompt) for p in probes]
         gens = self._batched(prompts, lambda idx: self.greedy(module, [prompts[i] for i in idx],
                                                                [self.max_new_tokens] * len(idx)))
         outs = [self.m.until_eos(g) for g in gens]
-        return list(zip(self.text_scores(outs, [p.answer for p in probes], rouge_only), outs))
+        return list(zip(self.text_scores(outs, [p.answer for p in probes], self.TEXT_SCORERS[scorer]), outs))
 
     def text_scores(self, outs: list[list[int]], answers: list[str], rouge_only: bool = False,
                     embeddings: bool = True) -> list[dict[str, float]]:
@@ -209,7 +210,7 @@ class Evaluator:
 
     def _score_freetext_rouge(self, module, probes: list[Probe], ref, fast: int | None):
         """Sub-questions: ROUGE only (docs/protocol.md#free-text-metrics), averaged within the case first."""
-        return self._score_freetext(module, probes, ref, fast, rouge_only=True)
+        return self._score_freetext(module, probes, ref, fast, scorer="freetext_rouge")
 
     def _unedited_outputs(self, probes: list[Probe]) -> list[list[int]]:
         pairs = [(p.prompt, p.answer) for p in probes]
