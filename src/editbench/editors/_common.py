@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from editbench.editors.base import Editor, Routing, SetupContext
+from editbench.editors.base import Editor, Routing, SetupContext, StepCount
 
 
 TRAINED = "trained_value"  # Pass.state key: (value parameter, retrieval hit?) during a training pass
@@ -125,12 +125,12 @@ class CodebookEditor(Editor):
     book: Codebook
     cases: dict[str, int]
     gen: torch.Generator
-    last_steps: int | None = None  # optimisation steps of the last edit
-    steps_total: int = 0  # ... and of every edit so far (in the state: a resumed run counts on)
+    train_steps: StepCount  # the optimisation steps its edits took
 
     def setup(self, ctx: SetupContext) -> None:
         self.gen = ctx.generator()
         self.entries = []
+        self.train_steps = StepCount()
 
     #: the entry each edit was written to (stream order; None: resumed from a checkpoint without it)
     entries: list[int] | None = None
@@ -159,12 +159,8 @@ class CodebookEditor(Editor):
         """(entry or -1, query displacement or None) per row of the edit site's input `x`."""
         raise NotImplementedError
 
-    def trained(self, steps: int) -> None:
-        """Count one edit's optimisation steps."""
-        self.last_steps, self.steps_total = steps, self.steps_total + steps
-
     def report(self) -> dict:
-        return {"last_edit": {"steps": self.last_steps}, "steps_total": self.steps_total, "entries": self.book.n,
+        return {**self.train_steps.report(), "entries": self.book.n,
                 "cases": dict(self.cases)}
 
     def draw(self, fn: Callable, n: int, device) -> torch.Tensor:
@@ -173,12 +169,12 @@ class CodebookEditor(Editor):
 
     def state_dict(self) -> dict:
         return {"book": self.book.state_dict(), "cases": dict(self.cases), "gen": self.gen.get_state(),
-                "steps_total": self.steps_total, "entries": None if self.entries is None else list(self.entries)}
+                "steps_total": self.train_steps.total, "entries": None if self.entries is None else list(self.entries)}
 
     def load_state_dict(self, sd: dict) -> None:
         self.book.load_state_dict(sd["book"])
         self.cases = dict(sd["cases"])
-        self.steps_total = sd.get("steps_total", 0)  # absent from checkpoints written before it was counted
+        self.train_steps.total = sd.get("steps_total", 0)  # absent from checkpoints written before it was counted
         self.entries = None if sd.get("entries") is None else list(sd["entries"])  # ditto: own entries unknown
         # A checkpoint written before codebook editors kept their own generator has none: their draws
         # came from the global RNG, which the runner restores from the same checkpoint before this call.

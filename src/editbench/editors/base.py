@@ -43,6 +43,22 @@ class SetupContext:
         return torch.Generator(device="cpu").manual_seed(self.seed)
 
 
+@dataclass
+class StepCount:
+    """The optimisation steps an editor took: in its last edit, and in every edit so far (the
+    total belongs in the editor's state, under `steps_total`, so that a resumed run counts on)."""
+
+    last: int | None = None
+    total: int = 0
+
+    def add(self, steps: int) -> None:
+        """Count one edit's steps."""
+        self.last, self.total = steps, self.total + steps
+
+    def report(self) -> dict:
+        return {"last_edit": {"steps": self.last}, "steps_total": self.total}
+
+
 @dataclass(frozen=True)
 class Routing:
     """Where an editor's router sends a batch of prompts (diagnostics; routing changes nothing):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from editbench.editors.base import Editor
+from editbench.editors.base import Editor, StepCount
 from editbench.validate import NonNegativeFloat, PositiveFloat, PositiveInt
 
 
@@ -20,22 +20,20 @@ class FineTune(Editor):
         super().__init__(model, lr=lr, n_iter=n_iter, stop_loss=stop_loss, norm_constraint=norm_constraint)
         self.weight = model.site_module().weight
         self.original = self.weight.detach().clone()
-        self.last_steps: int | None = None  # optimisation steps of the last edit
-        self.steps_total = 0  # ... and of every edit so far (in the state: a resumed run counts on)
+        self.train_steps = StepCount()
 
     def edit(self, requests) -> None:
         batch = self.model.batch([self.model.encode_example(r.prompt, r.target) for r in requests])
         pre = self.model.prefix(batch)  # the whole suffix reruns: a weight edit changes every position
         self.weight.requires_grad_(True)
         opt = torch.optim.Adam([self.weight], lr=self.hparams["lr"])
-        self.last_steps = 0
+        taken = 0
         try:
             for _ in range(self.hparams["n_iter"]):
                 loss = self.model.target_loss(pre)
                 if loss.item() < self.hparams["stop_loss"]:
                     break
-                self.last_steps += 1
-                self.steps_total += 1
+                taken += 1
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -45,18 +43,19 @@ class FineTune(Editor):
                         self.weight.copy_(torch.clamp(self.weight, self.original - c, self.original + c))
         finally:
             self.weight.requires_grad_(False)
+            self.train_steps.add(taken)
 
     def state_dict(self) -> dict:
         return {"weight": self.weight.detach().cpu().clone(),  # the weight itself: reload is bit-exact
-                "steps_total": self.steps_total}
+                "steps_total": self.train_steps.total}
 
     def load_state_dict(self, sd: dict) -> None:
         with torch.no_grad():
             self.weight.copy_(sd["weight"].to(self.weight))
-        self.steps_total = sd.get("steps_total", 0)  # absent from checkpoints written before it was counted
+        self.train_steps.total = sd.get("steps_total", 0)  # absent from checkpoints written before it was counted
 
     def report(self) -> dict:
-        return {"last_edit": {"steps": self.last_steps}, "steps_total": self.steps_total}
+        return self.train_steps.report()
 
     def num_params(self) -> int:
         return self.weight.numel()

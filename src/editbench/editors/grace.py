@@ -98,7 +98,7 @@ class GRACE(CodebookEditor):
             self.written(row)
             d, j = self.nearest(key[None])
             hit = bool(int(j[0]) == row and float(d[0]) <= float(self.book.radii[row]))
-            self.trained(train_entry(self, row, hit, batch, self.hparams["lr"]))
+            self.train_steps.add(train_entry(self, row, hit, batch, self.hparams["lr"]))
 
     def num_params(self) -> int:
         return self.book.n * (self.book.keys.shape[1] + self.book.values.shape[1] + 1)

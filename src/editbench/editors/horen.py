@@ -159,7 +159,7 @@ class HoReN(CodebookEditor):
             s_after, j_after = self.match(self.refine(q0))
             hit = bool(s_after[0] > self.tau and int(j_after[0]) == row)
             hp = self.hparams
-            self.trained(train_entry(self, row, hit, batch, hp["lora_lr"] if self.lora else hp["lr"]))
+            self.train_steps.add(train_entry(self, row, hit, batch, hp["lora_lr"] if self.lora else hp["lr"]))
 
     # ------------------------------------------------------------------ size (state: CodebookEditor)
     def num_params(self) -> int:
