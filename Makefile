@@ -31,7 +31,7 @@ run: install
 # Every test but the long fault injections, the `slow` ones (they load the embedded SmolLM2:
 # seconds, no network) included.
 test: install
-	$(BIN)/python -m pytest -n auto --maxprocesses=4 -m "not faults and not slurm" $(ARGS)
+	$(BIN)/python -m pytest -n auto --maxprocesses=4 -m "not faults and not slurm" --durations=20 $(ARGS)
 
 test-fast: install
 	$(BIN)/python -m pytest -n auto --maxprocesses=4 -m "not slow and not faults and not slurm" $(ARGS)

@@ -346,22 +346,18 @@ def find_runs(root: Path, cfg) -> list[dict]:
     return found
 
 
-def read_records(run_dir: Path, N: int) -> list[dict] | None:
-    p = runrecords.path(run_dir, N)
-    return runrecords.read(p) if p.is_file() else None
-
-
 def compare_checkpoint(run: dict, N: int, routed: dict[str, Routed], sid: StreamIds, cases) -> dict:
     """The run's metrics at N beside the routing rates; with its records, per-probe agreement."""
     row = run["rows"][N]
     names = list(sid.probes)
     out = {"N": N, "run": {k: _r(row.get(k)) for k in names if k in row}}
-    recs = read_records(run["dir"], N)
-    if recs is None:
+    records_file = runrecords.path(run["dir"], N)
+    if not records_file.is_file():
         out["replay"] = summarize(routed, sid)
         out["records"] = False
         return out
     out["records"] = True
+    recs = runrecords.read(records_file)
     case_index = {c.id: i for i, c in enumerate(cases)}
     score = {(case_index.get(r["case"], -1), r["set"], r["i"]): float(r["score"]) for r in recs}
     out["records_outside_stream"] = sum(1 for k in score if k[0] < 0 or k[0] >= N)

@@ -22,10 +22,11 @@ Prints per module the cosine and the relative difference |D_eb - D_ref| / |D_ref
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 from pathlib import Path
+
+from editbench import runrecords
 
 SETS = ("rel", "gen", "loc")
 
@@ -47,11 +48,10 @@ def ref_scores(path: Path) -> list[dict]:
 
 
 def eb_scores(run: Path, step: int) -> dict[tuple[str, str], dict]:
-    f = run / "records" / f"step_{step:06d}.jsonl.gz"
+    f = runrecords.path(run, step)
     if not f.is_file():
         raise SystemExit(f"no {f} — pass --step or the run directory of an editbench run")
-    with gzip.open(f, "rt") as fh:
-        return {(r["case"], r["set"]): r for r in map(json.loads, fh) if r["i"] == 0}
+    return {(r["case"], r["set"]): r for r in runrecords.read(f) if r["i"] == 0}
 
 
 def mean(xs: list[float]) -> float:

@@ -25,22 +25,23 @@ reference's own evaluator. Exit status 1 when any text differs.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 from pathlib import Path
+
+from editbench import runrecords
 
 KEYS = ("bleu1_horen", "rouge1_r", "rouge2_r", "rougeL_r", "rouge1_r_horen", "rouge2_r_horen", "rougeL_r_horen",
         "minilm_cosine")
 
 
 def eb_outputs(run: Path, step: int) -> dict:
-    path = run / "records" / f"step_{step:06d}.jsonl.gz"
+    path = runrecords.path(run, step)
+    if not path.is_file():
+        raise SystemExit(f"no {path} — pass --step or the run directory of an editbench run")
     out: dict = {}
-    with gzip.open(path, "rt") as f:
-        for line in f:
-            r = json.loads(line)
-            out.setdefault(r["case"], {}).setdefault(r["set"], {})[r["i"]] = r
+    for r in runrecords.read(path):
+        out.setdefault(r["case"], {}).setdefault(r["set"], {})[r["i"]] = r
     return out
 
 
