@@ -515,8 +515,37 @@ def test_resume_across_a_code_change_needs_force(ft_run, tmp_path, interrupt_at,
     assert sorted(p.name for p in (d / "ckpt").iterdir()) == before
     do_run([*FT, "resume=force"], d)
     segments = read_summary(d)["segments"]
-    assert segments == [first[0], {"from": 4, "code": "9.9.9+feedface0000", "forced": True}]
+    assert segments == [first[0], {"from": 4, "code": "9.9.9+feedface0000", "forced": True,
+                                   "hardware": first[0]["hardware"]}]
     assert metrics_of(read_rows(d)) == metrics_of(read_rows(ft_run))
+
+
+def test_resume_on_other_hardware_opens_a_segment_and_says_so(tmp_path, interrupt_at, monkeypatch, capsys):
+    """Floating-point kernels differ between CPUs / instruction sets: a run resumed elsewhere records
+    the new hardware as a new stretch (same code, not forced) and prints one line naming both; a
+    resume on the same hardware adds nothing."""
+    import editbench.run as runner
+    from editbench.provenance import hardware
+
+    d = tmp_path / "run"
+    interrupt_at(6)  # killed during edit 6: the checkpoint at 4 stays
+    with pytest.raises(SimulatedKill):
+        do_run(FT, d)
+    (first,) = read_summary(d)["segments"]
+    assert first["from"] == 0 and first["hardware"] == hardware(torch.device("cpu"))
+    interrupt_at(1)  # the same machine: resumed at 4, killed during its first edit
+    capsys.readouterr()
+    with pytest.raises(SimulatedKill):
+        do_run(FT, d)
+    assert "other hardware" not in capsys.readouterr().out and read_summary(d)["segments"] == [first]
+    elsewhere = {**first["hardware"], "cpu_capability": "OTHER_ISA"}
+    monkeypatch.setattr(runner, "hardware", lambda device: elsewhere)
+    interrupt_at(None)
+    do_run(FT, d)
+    (line,) = [ln for ln in capsys.readouterr().out.splitlines() if "other hardware" in ln]
+    assert "OTHER_ISA" in line and first["hardware"]["cpu_capability"] in line and "from edit 4 on" in line
+    assert read_summary(d)["segments"] == [first, {"from": 4, "code": first["code"], "forced": False,
+                                                   "hardware": elsewhere}]
 
 
 def test_state_cache_is_per_entry_bounded_and_shared(tmp_path):

@@ -71,10 +71,16 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, ...] =
             raise
 
 
+def _kernels(hw: dict) -> str:
+    """What picks a run's floating-point kernels: the CPU (its maker's library paths differ) and its
+    instruction set as torch uses it, and the GPU if any."""
+    return " ".join(str(x) for x in (hw.get("cpu"), hw.get("cpu_capability"), hw.get("gpu")) if x)
+
+
 @dataclass
 class Progress:
     """Where a run stands, besides the editor's state: the next edit (`cursor`), the result rows so
-    far, and the code that ran each stretch of the stream (`segments`)."""
+    far, and the code and hardware that ran each stretch of the stream (`segments`)."""
 
     cursor: int = 0
     rows: list[dict] = field(default_factory=list)
@@ -136,8 +142,18 @@ class Runner:
             p.cursor, p.rows = state["cursor"], meta["rows"]
             self.costs.edit_s, self.costs.peak_gb = state["edit_s"], state["peak_gb"]
             print(f"[editbench] resuming {self.run_dir} at edit {p.cursor} ({len(p.rows)} checkpoints done)")
-        if not p.segments or p.segments[-1]["code"] != self.code:  # each stretch records the code that ran it
-            p.segments.append({"from": p.cursor, "code": self.code, "forced": bool(p.segments)})
+        # each stretch of the stream records the code and the hardware that ran it: a new code (forced)
+        # or another CPU / instruction set / GPU opens a new stretch (floating-point kernels can differ
+        # between them, so the rows from there on may not be bit-identical to an uninterrupted run's)
+        hw, last = self.static["hardware"], (p.segments[-1] if p.segments else None)
+        moved = last is not None and last.get("hardware") is not None and _kernels(last["hardware"]) != _kernels(hw)
+        if moved:
+            print(f"[editbench] resuming on other hardware ({_kernels(hw)}, the checkpoint's "
+                  f"{_kernels(last['hardware'])}): results from edit {p.cursor} on may not be bit-identical to "
+                  f"an uninterrupted run's (each stretch's hardware is in summary.json segments)")
+        if last is None or last["code"] != self.code or last.get("hardware") is None or moved:
+            forced = last is not None and last["code"] != self.code
+            p.segments.append({"from": p.cursor, "code": self.code, "forced": forced, "hardware": hw})
 
     def summary(self, status: str, **extra) -> None:
         p = self.progress
