@@ -72,8 +72,7 @@ def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, ...] =
 
 
 def _kernels(hw: dict) -> str:
-    """What picks a run's floating-point kernels: the CPU (its maker's library paths differ) and its
-    instruction set as torch uses it, and the GPU if any."""
+    """`provenance.hardware()`'s record in words: the CPU, the instruction set torch uses, the GPU if any."""
     return " ".join(str(x) for x in (hw.get("cpu"), hw.get("cpu_capability"), hw.get("gpu")) if x)
 
 
@@ -146,7 +145,7 @@ class Runner:
         # or another CPU / instruction set / GPU opens a new stretch (floating-point kernels can differ
         # between them, so the rows from there on may not be bit-identical to an uninterrupted run's)
         hw, last = self.static["hardware"], (p.segments[-1] if p.segments else None)
-        moved = last is not None and last.get("hardware") is not None and _kernels(last["hardware"]) != _kernels(hw)
+        moved = last is not None and last.get("hardware") not in (None, hw)
         if moved:
             print(f"[editbench] resuming on other hardware ({_kernels(hw)}, the checkpoint's "
                   f"{_kernels(last['hardware'])}): results from edit {p.cursor} on may not be bit-identical to "
