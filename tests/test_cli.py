@@ -275,14 +275,16 @@ def test_progress_lines_give_an_eta_with_the_evaluations_ahead(capsys):
 
 @pytest.mark.slow
 def test_loading_the_gguf_model_draws_no_bar_in_a_job_log(tmp_path):
-    """transformers' GGUF de-quantisation bar (tqdm, carriage returns) stays out of a job log."""
+    """transformers' GGUF de-quantisation bar (tqdm, carriage returns) stays out of a job log (a
+    fresh cache_dir: the GGUF is de-quantised here, not read back converted)."""
     env = cli_env()
     env.pop("TQDM_DISABLE")
     proc = subprocess.run([sys.executable, "-m", "editbench", "editor=none", "n_edits=1", "threads=1",
-                           f"out_dir={tmp_path / 'out'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+                           f"out_dir={tmp_path / 'out'}", f"cache_dir={tmp_path / 'cache'}"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "\r" not in proc.stdout + proc.stderr and "de-quantizing" not in proc.stderr, proc.stderr[-2000:]
+    assert "written to" in proc.stderr and any((tmp_path / "cache" / "converted").glob("*/float32-*"))
 
 
 # ----------------------------------------------------------------------------- machine-local settings

@@ -23,6 +23,7 @@ import torch
 
 from editbench.checkpoint import sha256_file
 from editbench.errors import EditbenchError
+from editbench.models import converted
 from editbench.models.editable import EditableModel
 from editbench.models.sites import EditSite
 from editbench.models.text import PromptFormat
@@ -236,24 +237,34 @@ def _gguf_spm_tokenizer(fields: dict):
 
 def gguf_tokenizer(folder: str, filename: str):
     """The tokenizer of a GGUF model, with the special tokens and BOS / EOS behaviour the GGUF
-    declares. transformers (4.57) builds the tokenizer from the vocabulary but drops
-    `add_bos_token` (SmolLM2 would get a stray BOS on every prompt) and may pick the wrong EOS;
-    this puts the file's own values back and checks the ids a plain encode then produces.
+    declares, built from the file (`load_prompt_format` reads it from the converted-model cache
+    after the first time: `models/converted.py`)."""
+    path = Path(folder) / filename
+    return _follow_gguf_flags(_built_gguf_tokenizer(path), gguf_tokenizer_metadata(path), filename)
+
+
+def _built_gguf_tokenizer(path: Path):
+    """The tokenizer transformers builds from a GGUF's vocabulary (before `_follow_gguf_flags`).
 
     A file that declares a SentencePiece BPE vocabulary (`tokenizer.ggml.model = llama`, no merge
     list: pieces merge by score) is built by `spm_tokenizer` instead: transformers picks its GGUF
     converter by architecture, and for Gemma-3 its converter reads those scores as a Unigram
     model's log-probabilities, which splits words into fragments ("The capital" -> The ▁c ap it al)."""
-    from tokenizers.processors import TemplateProcessing
     from transformers import AutoTokenizer
 
-    path = Path(folder) / filename
     fields = gguf_fields(path)
     if fields.get("tokenizer.ggml.model") == "llama" and "tokenizer.ggml.scores" in fields:
-        tok = _gguf_spm_tokenizer(fields)
-    else:
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    meta = gguf_tokenizer_metadata(path)
+        return _gguf_spm_tokenizer(fields)
+    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+
+
+def _follow_gguf_flags(tok, meta: dict, filename: str):
+    """`tok` with the special tokens and BOS / EOS behaviour of the GGUF's tokenizer metadata
+    (`gguf_tokenizer_metadata`). transformers (4.57) builds the tokenizer from the vocabulary but
+    drops `add_bos_token` (SmolLM2 would get a stray BOS on every prompt) and may pick the wrong
+    EOS; this puts the file's own values back and checks the ids a plain encode then produces."""
+    from tokenizers.processors import TemplateProcessing
+
     for attr in GGUF_SPECIAL_IDS:
         if attr in meta:
             setattr(tok, attr, tok.convert_ids_to_tokens(meta[attr]))
@@ -271,6 +282,17 @@ def gguf_tokenizer(folder: str, filename: str):
                              f"{add_bos} / add_eos_token={add_eos} (encodes 'a' as {probe}) — report this with "
                              f"your transformers version")
     return tok
+
+
+def _gguf_text(path: Path, cache_dir: Path | None):
+    """(tokenizer, context length) of a GGUF model, through the converted-model cache."""
+    def build():
+        info = {"tokenizer_metadata": gguf_tokenizer_metadata(path), "context_length": gguf_context_length(path)}
+        return _built_gguf_tokenizer(path), info
+
+    tok, info = converted.cached_tokenizer(Path(cache_dir or default_cache_dir()).expanduser(), path, build,
+                                           lambda t, i: _follow_gguf_flags(t, i["tokenizer_metadata"], path.name))
+    return tok, int(info["context_length"])
 
 
 def _resolve_device(device: str) -> str:
@@ -363,7 +385,7 @@ def load_prompt_format(cfg, cache_dir: Path | None = None) -> tuple[PromptFormat
         tok, context = _tiny_tokenizer(PACKAGED_POOL, cfg.tiny.vocab_size, bool(cfg.tiny.add_bos)), TINY_CONTEXT
     elif cfg.source == "gguf":
         folder, filename = _gguf_file(cfg, cache_dir)
-        tok, context = gguf_tokenizer(folder, filename), gguf_context_length(Path(folder) / filename)
+        tok, context = _gguf_text(Path(folder) / filename, cache_dir)
     elif cfg.source == "hub":
         from transformers import AutoConfig, AutoTokenizer
 
@@ -405,7 +427,10 @@ def load_model(cfg, text: PromptFormat | None = None, cache_dir: Path | None = N
         model = _tiny_model(cfg, len(tok)).to(dtype)
     elif cfg.source == "gguf":
         folder, filename = _gguf_file(cfg, cache_dir)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=dtype)
+        model = converted.cached_weights(Path(cache_dir or default_cache_dir()).expanduser(), Path(folder) / filename,
+                                         cfg.dtype, dtype,
+                                         lambda: AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename,
+                                                                                      dtype=dtype))
     else:
         where = cfg.path or cfg.hf_id
         kwargs = {} if cfg.path else {"revision": cfg.revision}
