@@ -286,6 +286,33 @@ def test_evaluator_scores_computed_by_hand(tiny_model, monkeypatch):
     assert out["op"] == pytest.approx((1.0 * 0.25 * 0.75) ** (1 / 3))
 
 
+def test_an_evaluation_in_parts_aggregates_as_one(tiny_model, monkeypatch):
+    """The runner scores a long evaluation in parts (`score_records` on consecutive cases) and
+    aggregates their concatenated records: the same metrics and records as one `evaluate` (here
+    with the greedy outputs scripted, so only the bookkeeping is compared); records out of step
+    with the cases are refused."""
+    from editbench.errors import EditbenchError
+
+    m, tok = tiny_model, tiny_model.tok
+    r1, r2, r3 = record(1, "French", "Paris"), record(2, "New York", "New York"), record(3, "Rome", "Milan")
+    script = {r1.prompt: enc(tok, " French"), r1.rephrase: [m.eos_id, m.eos_id], r2.prompt: enc(tok, " New York"),
+              r2.rephrase: enc(tok, " New Jersey"), r3.prompt: enc(tok, " Rome"), r3.rephrase: enc(tok, " Rome"),
+              r1.loc_prompt: enc(tok, " Paris"), r2.loc_prompt: enc(tok, " New York"), r3.loc_prompt: enc(tok, " Milan")}
+    ScriptedGreedy(m, script).install(monkeypatch)
+    ev, cs = Evaluator(m, "greedy"), cases([r1, r2, r3])
+    pre = ev.reference(cs)
+    whole = ev.evaluate(m.model, cs, pre, None, OP)
+    parts = ev.score_records(m.model, cs[:2], pre[:2]) + ev.score_records(m.model, cs[2:], pre[2:])
+    assert [r["set"] for r in parts] == ["rel", "rel", "gen", "gen", "loc", "loc", "rel", "gen", "loc"]
+    joined = Evaluator.aggregate(cs, parts, OP)
+    assert joined.metrics == whole.metrics and joined.names == whole.names and joined.records == whole.records
+    assert whole.metrics["rel"] == 1.0 and whole.metrics["gen"] == pytest.approx((0 + 0.5 + 1) / 3)
+    with pytest.raises(EditbenchError, match="out of step"):
+        Evaluator.aggregate(cs, parts[:1] + parts[2:], OP)
+    with pytest.raises(EditbenchError, match="belong to no case"):
+        Evaluator.aggregate(cs[:2], parts[:6] + parts[8:], OP)  # r3's loc record, and no r3
+
+
 @pytest.mark.parametrize("shortcut", [True, False], ids=["shortcut", "plain"])
 @pytest.mark.parametrize("scoring", ["greedy", "teacher_forced"])
 def test_unedited_model_has_locality_one_against_its_own_outputs(tiny_model, zsre_records, scoring,

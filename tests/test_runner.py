@@ -276,6 +276,64 @@ def test_interrupted_then_resumed_equals_uninterrupted(editor, ft_run, tmp_path,
     assert a["cursor"] == b["cursor"] == 8 and len(a["edit_s"]) == len(b["edit_s"]) == 8
 
 
+def test_a_kill_during_an_evaluation_keeps_its_finished_parts(tmp_path, monkeypatch):
+    """An evaluation of more than EVAL_PART cases keeps each finished part: a kill during the
+    second part of N=8's evaluation, then a resume, scores only the parts not kept (the first is
+    read back, the RNG as it was after it), and every row, record and the N=8 state equal an
+    uninterrupted run's bit for bit. A part scored on another checkpoint state is not used."""
+    from editbench import evaluate, run as run_mod, runrecords
+    from editbench.checkpoint import rng_equal
+
+    monkeypatch.setattr(run_mod, "EVAL_PART", 3)  # N=4: parts of 3 + 1 cases; N=8: 3 + 3 + 2
+    over = ["editor=horen"]  # draws random numbers at each edit: the RNG must be right after the parts
+    do_run(over, tmp_path / "ref")
+    calls: list[list[str]] = []
+    orig = evaluate.Evaluator.score_records
+
+    def score_records(self, module, cases, refs, reuse_layer=None):
+        calls.append([c.id for c in cases])
+        if kill_at is not None and len(calls) == kill_at:
+            raise SimulatedKill("killed during an evaluation part")
+        return orig(self, module, cases, refs, reuse_layer)
+
+    monkeypatch.setattr(evaluate.Evaluator, "score_records", score_records)
+    d = tmp_path / "run"
+    kill_at = 4  # N=4: calls 1, 2; N=8: part 0 is call 3 (kept), the kill comes in part 1
+    with pytest.raises(SimulatedKill):
+        do_run(over, d)
+    ids = [r.id for r in ZsRE().stream(8)]
+    assert calls == [ids[0:3], ids[3:4], ids[0:3], ids[3:6]]
+    assert [r["N"] for r in read_rows(d)] == [4]
+    assert sorted(p.name for p in (d / "eval_parts" / "step_000008").iterdir()) == ["part_00000.pt"]
+
+    calls.clear()
+    kill_at = None
+    do_run(over, d)
+    assert calls == [ids[3:6], ids[6:8]], "the kept part is read back, not scored again"
+    assert not (d / "eval_parts").exists()
+    assert metrics_of(read_rows(d)) == metrics_of(read_rows(tmp_path / "ref"))
+    for n in (4, 8):
+        assert runrecords.path(d, n).read_bytes() == runrecords.path(tmp_path / "ref", n).read_bytes()
+    a, b = (torch.load(x / "ckpt" / "step_000008" / "state.pt", weights_only=False) for x in (tmp_path / "ref", d))
+    assert_same(a["editor"], b["editor"], "editor")
+    assert rng_equal(a["rng"], b["rng"])
+
+    # a kept part of another checkpoint state (here: written for a state that is not N=8's) is scored again
+    d2 = tmp_path / "run2"
+    kill_at = 4
+    calls.clear()
+    with pytest.raises(SimulatedKill):
+        do_run(over, d2)
+    part = d2 / "eval_parts" / "step_000008" / "part_00000.pt"
+    payload = torch.load(part, weights_only=False)
+    torch.save({**payload, "state_sha256": "0" * 64}, part)
+    calls.clear()
+    kill_at = None
+    do_run(over, d2)
+    assert calls == [ids[0:3], ids[3:6], ids[6:8]]
+    assert metrics_of(read_rows(d2)) == metrics_of(read_rows(tmp_path / "ref"))
+
+
 def test_timed_checkpoints_bound_the_loss_of_a_kill_and_resume_exactly(ft_run, tmp_path, interrupt_at):
     """save_every_min also checkpoints between grid points (here after every edit): a kill during
     the 7th edit loses only that edit, the resumed run equals the uninterrupted one bit for bit,

@@ -10,19 +10,24 @@ Layout of a run directory:
   references.json.gz  the unedited model's outputs the scorers compare with, under a key of what they
                     depend on (computed once, before the first edit; a resume reads them back)
   ckpt/step_NNNNNN/ state.pt (editor state, stream cursor, RNG states, per-edit costs) + meta.json
+  eval_parts/step_NNNNNN/part_KKKKK.pt  the finished parts of an evaluation under way (records, time,
+                    RNG state after the part, the checkpoint state they scored); removed once the
+                    checkpoint's records are written
 Every file is written under a temporary name, fsync'd, renamed into place and its directory
 fsync'd, so a name that exists is complete and survives a power cut; a kill at any moment loses at
-most the edits since the last checkpoint. The two newest checkpoints are kept: meta.json holds
+most the edits since the last checkpoint, or the evaluation part under way. The two newest checkpoints are kept: meta.json holds
 the SHA-256 of state.pt, and a newest checkpoint that fails it (or fails to load) falls back to
 the previous one.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import errno
 import fcntl
 import gzip
 import hashlib
+import io
 import json
 import os
 import random
@@ -207,6 +212,7 @@ class RunStore:
     def clear(self) -> None:
         """Forget a previous run in this directory (resume=never)."""
         shutil.rmtree(self.dir / "records", ignore_errors=True)
+        shutil.rmtree(self.dir / "eval_parts", ignore_errors=True)
         shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         for name in ("metrics.jsonl", "summary.json", "references.json.gz"):
             (self.dir / name).unlink(missing_ok=True)
@@ -214,13 +220,54 @@ class RunStore:
     def sweep_temporaries(self) -> None:
         """Remove temporary files a killed run left (call with the run's lock held: no one else
         is writing here)."""
-        for junk in [*self.ckpt_dir.glob(".tmp_step_*"), *self.dir.glob(".*.json*"), *self.dir.glob("records/.*")]:
+        for junk in [*self.ckpt_dir.glob(".tmp_step_*"), *self.dir.glob(".*.json*"), *self.dir.glob("records/.*"),
+                     *self.dir.glob("eval_parts/*/.*")]:
             if junk.is_dir():
                 shutil.rmtree(junk, ignore_errors=True)
             else:
                 junk.unlink(missing_ok=True)
 
+    # ------------------------------------------------------------------ evaluation parts
+    def _parts_dir(self, step: int) -> Path:
+        return self.dir / "eval_parts" / f"step_{step:06d}"
+
+    def write_eval_part(self, step: int, k: int, part: dict) -> None:
+        """Part `k` of checkpoint `step`'s evaluation (written atomically): kept until the
+        checkpoint's records are written, so a stop loses at most the part under way."""
+        buf = io.BytesIO()
+        torch.save(part, buf)
+        atomic_write_bytes(self._parts_dir(step) / f"part_{k:05d}.pt", buf.getvalue())
+
+    def eval_parts(self, step: int) -> dict[int, dict]:
+        """The kept parts of checkpoint `step`'s evaluation, by number; one that does not read is
+        removed (it is computed again)."""
+        out = {}
+        for f in sorted(self._parts_dir(step).glob("part_*.pt")):
+            try:
+                out[int(f.stem.removeprefix("part_"))] = torch.load(f, weights_only=False)
+            except Exception:  # truncated or corrupt: the part is computed again
+                f.unlink(missing_ok=True)
+        return out
+
+    def drop_eval_parts(self, keep: int | None = None) -> None:
+        """Remove the kept evaluation parts (of every checkpoint but `keep`)."""
+        root = self.dir / "eval_parts"
+        if not root.is_dir():
+            return
+        for d in root.glob("step_*"):
+            if keep is None or d.name != f"step_{keep:06d}":
+                shutil.rmtree(d, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            root.rmdir()  # only when empty
+
     # ------------------------------------------------------------------ checkpoints
+    def state_sha256(self, step: int) -> str | None:
+        """The SHA-256 of checkpoint `step`'s state as its meta.json records it (None: no such checkpoint)."""
+        try:
+            return json.loads((self.ckpt_dir / f"step_{step:06d}" / "meta.json").read_text()).get("state_sha256")
+        except (OSError, ValueError):
+            return None
+
     def save(self, step: int, state: dict, meta: dict) -> None:
         """Write checkpoint `step`; on failure (disk full, I/O error) the previous checkpoints
         stay as they were and only this call's temporary directory is removed."""

@@ -111,30 +111,62 @@ class Evaluator:
         """Score every probe set of `cases` on `module`; `refs` from `reference` (same cases).
         `reuse_layer`: every block below it is unedited (the lowest layer the editor touches), so
         the exact shortcut may start from cached unedited states there; None: decode everything."""
+        return self.aggregate(cases, self.score_records(module, cases, refs, reuse_layer), overall)
+
+    def score_records(self, module: nn.Module, cases: Sequence[EditCase], refs: Sequence[dict],
+                      reuse_layer: int | None = None) -> list[dict]:
+        """The records of `evaluate` (one per scored probe, probe set by probe set, cases in
+        order): what `aggregate` turns into metrics. A long evaluation runs this on consecutive
+        parts of its cases and keeps each part's records (the runner)."""
         fast = reuse_layer if reuse_layer is not None and module is self.m.model else None
-        values, records, counts = {}, [], {}
+        records = []
         for name in dict.fromkeys(n for c in cases for n in c.probes):
             have = [i for i, c in enumerate(cases) if name in c.probes]
             scorer = self._scorer(name, *{cases[i].probes[name].scorer for i in have})
             items = [(i, j, p) for i in have for j, p in enumerate(cases[i].probes[name].probes)]
             ref = [refs[i][name][j] for i, j, _ in items] if scorer in self.NEEDS_REFERENCE else None
             scored = getattr(self, self.SCORERS[scorer])(module, [p for _, _, p in items], ref, fast)
-            per_case: dict[int, list] = {}
-            extra: dict[str, dict[int, list]] = {}  # a scorer's second metrics per probe (free: "prefix")
             for (i, j, _), (score, out, *more) in zip(items, scored):
-                per_case.setdefault(i, []).append(score)
-                for k, v in (more[0] if more else {}).items():
-                    extra.setdefault(k, {}).setdefault(i, []).append(v)
                 records.append({"case": cases[i].id, "set": name, "i": j, "score": score,
                                 "out": self.m.tok.decode(out), "ids": out, **(more[0] if more else {})})
-            first = scored[0][0] if scored else 0.0
+        return records
+
+    #: the keys every record has; any other key is a scorer's second metric (free scoring: "prefix")
+    RECORD_KEYS = ("case", "set", "i", "score", "out", "ids")
+
+    @classmethod
+    def aggregate(cls, cases: Sequence[EditCase], records: list[dict], overall: metrics.Overall | None = None) -> Scores:
+        """Metrics from the records of `score_records` for `cases` (in the order it writes them,
+        or the concatenation of consecutive parts' records, ordered by probe set with a stable
+        sort): per probe set, the mean over cases of each case's mean over its probes."""
+        order = {name: k for k, name in enumerate(dict.fromkeys(n for c in cases for n in c.probes))}
+        records = sorted(records, key=lambda r: order[r["set"]])  # stable: cases stay in order within a set
+        values, counts, at = {}, {}, 0
+        for name in order:
+            have = [c for c in cases if name in c.probes]
+            per_case: list[list] = []
+            extra: dict[str, list[list]] = {}  # a scorer's second metrics per probe (free: "prefix")
+            for c in have:
+                mine = records[at:at + len(c.probes[name].probes)]
+                at += len(mine)
+                if any(r["case"] != c.id or r["set"] != name for r in mine):
+                    raise EditbenchError(f"evaluation records out of step with the cases at case {c.id}, probe set "
+                                         f"'{name}' — re-run the evaluation")
+                if not mine:  # a case with an empty probe set counts in n_<set>, not in its mean
+                    continue
+                per_case.append([r["score"] for r in mine])
+                for k in [k for k in mine[0] if k not in cls.RECORD_KEYS]:
+                    extra.setdefault(k, []).append([r[k] for r in mine])
+            first = per_case[0][0] if per_case else 0.0
             if isinstance(first, dict):  # a free-text set: one value per metric, `<set>_<metric>`
-                values.update({f"{name}_{k}": v for k, v in text_means(per_case).items()})
+                values.update({f"{name}_{k}": v for k, v in text_means(dict(enumerate(per_case))).items()})
             else:
-                values[name] = metrics.mean([metrics.mean(v) for v in per_case.values()])
+                values[name] = metrics.mean([metrics.mean(v) for v in per_case])
             for k, by_case in extra.items():
-                values[f"{name}_{k}"] = metrics.mean([metrics.mean(v) for v in by_case.values()])
+                values[f"{name}_{k}"] = metrics.mean([metrics.mean(v) for v in by_case])
             counts[name] = len(have)
+        if at != len(records):
+            raise EditbenchError(f"{len(records) - at} evaluation records belong to no case — re-run the evaluation")
         names = list(values)
         if overall is not None and all(p in values for p in overall.parts):
             values[overall.name] = overall(values)

@@ -29,6 +29,9 @@ from editbench.provenance import code_version, config_hash, git_hash, hardware, 
 from editbench.signals import RunStopped, StopSignals
 
 SCHEMA = 1
+#: cases per evaluation part: an evaluation of more cases keeps each finished part, so a stop loses
+#: at most the part under way (a stream of N <= EVAL_PART edits is scored in one piece, as before)
+EVAL_PART = 1000
 
 
 def checkpoint_grid(grid, n_edits: int) -> list[int]:
@@ -172,17 +175,56 @@ class Runner:
         r, n = self.built, self.progress.cursor
         t0 = time.perf_counter()
         idx = eval_indices(n, self.cfg.protocol.retention, n)
-        scores = r.evaluator.evaluate(r.editor.module(), [r.cases[i] for i in idx], [r.refs[i] for i in idx],
-                                      self.reuse_layer, overall=r.data.overall)
+        cases = [r.cases[i] for i in idx]
+        records, earlier_s = self.scored_parts(cases, [r.refs[i] for i in idx])
+        scores = r.evaluator.aggregate(cases, records, overall=r.data.overall)
         if self.cfg.get("diagnostics", True):  # where the editor's router sends the scored prompts
-            scores.metrics.update(routing_diagnostics(r.editor, r.model.encode_prompt, [r.cases[i] for i in idx], idx))
+            scores.metrics.update(routing_diagnostics(r.editor, r.model.encode_prompt, cases, idx))
         edit_s = float(np.sum(self.costs.edit_s))
         row = {**self.static, "N": n, **scores.metrics, "metric_names": scores.names,
-               "edit_s_mean": edit_s / n, "edit_s_total": edit_s, "eval_s": time.perf_counter() - t0,
+               "edit_s_mean": edit_s / n, "edit_s_total": edit_s, "eval_s": time.perf_counter() - t0 + earlier_s,
                **self.costs.row(), "ckpt_mb": self.store.state_mb(n), "cache_mb": r.evaluator.cache.size_gb() * 1024,
                "editor_params": int(r.editor.num_params()), "editor_info": r.editor.report(),
                "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         return row, scores.records
+
+    def scored_parts(self, cases: list, refs: list) -> tuple[list[dict], float]:
+        """The records of this checkpoint's evaluation, scored EVAL_PART cases at a time. With
+        more than one part, each finished part is kept (its records, its time, the RNG state
+        after it, and the checkpoint state it scored), and an evaluation resumed on the same
+        checkpoint state reads the kept parts in order and continues after them with the RNG as
+        it was: the records equal an uninterrupted evaluation's. Returns the records and the
+        seconds the parts read back took."""
+        r, n, store = self.built, self.progress.cursor, self.store
+        store.drop_eval_parts(keep=n)  # parts of any other checkpoint are stale
+        sha, kept = store.state_sha256(n), store.eval_parts(n)
+        starts = range(0, len(cases), EVAL_PART)
+        module, records, earlier_s, after = r.editor.module(), [], 0.0, None
+        for k, a in enumerate(starts):
+            part_cases = cases[a:a + EVAL_PART]
+            part = kept.pop(k, None) if after is not None or k == 0 else None
+            if part is not None and sha is not None and part["state_sha256"] == sha \
+                    and part["cases"] == [c.id for c in part_cases]:
+                records += part["records"]
+                earlier_s += part["eval_s"]
+                after = part["rng"]
+                continue
+            if after is not None:  # the first part to compute after parts read back
+                set_rng_state(after)
+                after, kept = None, {}
+            t = time.perf_counter()
+            part_records = r.evaluator.score_records(module, part_cases, refs[a:a + EVAL_PART], self.reuse_layer)
+            records += part_records
+            if len(starts) > 1:
+                with disk_errors(self.run_dir, self.kept):
+                    store.write_eval_part(n, k, {"records": part_records, "eval_s": time.perf_counter() - t,
+                                                 "rng": rng_state(), "state_sha256": sha,
+                                                 "cases": [c.id for c in part_cases]})
+                print(f"[editbench] N={n}: {a + len(part_cases)} of {len(cases)} cases evaluated (kept in "
+                      f"eval_parts/: a stop now loses none of them)", flush=True)
+        if after is not None:  # every part read back
+            set_rng_state(after)
+        return records, earlier_s
 
     def kept(self) -> int:
         """The edit the newest complete checkpoint resumes from."""
@@ -213,6 +255,7 @@ class Runner:
         with disk_errors(self.run_dir, self.kept):
             store.write_records(p.cursor, records)
             store.write_rows(p.rows)
+            store.drop_eval_parts()  # the records hold them now
             if rng_equal(before, rng_state()):
                 store.update_meta(p.cursor, rows=p.rows)  # the checkpoint's state is still the state after it
             else:  # the evaluation drew random numbers: what follows starts from the state after it
