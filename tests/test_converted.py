@@ -121,6 +121,20 @@ def test_a_second_writer_drops_its_copy_and_stale_partials_go(tiny):
     assert sorted(p.name for p in final.parent.iterdir()) == [".partial-live", final.name]
 
 
+def test_a_full_disk_costs_only_the_cache(tiny, capsys, monkeypatch):
+    """A cache write that fails (ENOSPC) leaves no folder and no partial one; the load goes on."""
+    cache, gguf, model, tok = tiny
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(model, "save_pretrained", full)
+    assert _weights(cache, gguf, model, []) is model
+    assert "No space left on device" in capsys.readouterr().err
+    assert not converted.weights_folder(cache, gguf, "float32").exists()
+    assert list(converted.weights_folder(cache, gguf, "float32").parent.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_smollm2_read_back_equals_the_gguf_load(tmp_path):
     """The embedded model, loaded from its GGUF (first load: builds and writes the cache) and read

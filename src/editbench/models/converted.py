@@ -14,7 +14,8 @@ resume and test). The first load writes what it built into the cache; later load
 The key is the file's content and the library versions that did the conversion, so another GGUF
 or another transformers never reads a stale folder. Each folder is written under a temporary
 name and renamed into place, so it exists only complete (two processes converting at once each
-rename a whole folder; the second rename fails and its copy is dropped). A cached tokenizer must
+rename a whole folder; the second rename fails and its copy is dropped); a write that fails (disk
+full) is said in one line and the run goes on with what it loaded. A cached tokenizer must
 encode CHECK_TEXTS to the ids the fresh build gave (and carry the same chat template), and a
 cached folder that cannot be read or fails that check is removed, said in one line, and
 converted again. `tests/test_converted.py` holds a converted load to the direct one: token ids on
@@ -91,6 +92,18 @@ def _publish(write: Callable[[Path], None], final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _try_publish(write: Callable[[Path], None], final: Path) -> bool:
+    """`_publish`, where a failed write (disk full, quota, read-only) only costs the next load its
+    speed: said in one line, nothing half-written left. Returns whether the folder is there."""
+    try:
+        _publish(write, final)
+        return True
+    except OSError as e:
+        print(f"[editbench] could not write the converted model cache {final} ({e.strerror or e}); this run goes "
+              f"on, and the next load converts the GGUF again", file=sys.stderr)
+        return False
+
+
 def _discard(folder: Path, why: str) -> None:
     print(f"[editbench] converted model cache {folder} {why}; removed, converting the GGUF again", file=sys.stderr)
     shutil.rmtree(folder, ignore_errors=True)
@@ -124,7 +137,7 @@ def cached_tokenizer(cache_dir: Path, gguf: Path, build: Callable[[], tuple], fi
         tok.save_pretrained(str(tmp))
         (tmp / "editbench.json").write_text(json.dumps(info, indent=1) + "\n")
 
-    _publish(write, folder)
+    _try_publish(write, folder)
     return tok, info
 
 
@@ -139,8 +152,8 @@ def cached_weights(cache_dir: Path, gguf: Path, dtype_name: str, dtype, load_ggu
         except Exception as e:  # noqa: BLE001 - any failure to read a cache entry means: convert it again
             _discard(folder, f"cannot be read ({type(e).__name__}: {e})")
     model = load_gguf()
-    _publish(lambda tmp: model.save_pretrained(str(tmp), safe_serialization=True), folder)
-    mb = sum(f.stat().st_size for f in folder.iterdir()) / 2**20
-    print(f"[editbench] de-quantised {gguf.name} ({dtype_name}) written to {folder} ({mb:.0f} MB); later loads read "
-          f"it", file=sys.stderr)
+    if _try_publish(lambda tmp: model.save_pretrained(str(tmp), safe_serialization=True), folder):
+        mb = sum(f.stat().st_size for f in folder.iterdir()) / 2**20
+        print(f"[editbench] de-quantised {gguf.name} ({dtype_name}) written to {folder} ({mb:.0f} MB); later loads "
+              f"read it", file=sys.stderr)
     return model
