@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import run_in_process, read_rows, read_summary, run_dirs  # noqa: E402
@@ -25,7 +26,13 @@ def records(run: Path, n: int) -> list[dict]:
         return [json.loads(x) for x in f]
 
 
-def test_rescored_checkpoints_equal_a_run_scored_that_way(tmp_path):
+@pytest.mark.parametrize("part", [1000, 4], ids=["one-piece", "in-parts"])
+def test_rescored_checkpoints_equal_a_run_scored_that_way(tmp_path, monkeypatch, part):
+    """Also when the evaluations come in parts (`run.EVAL_PART`; here N=6 is scored as 4 + 2
+    cases): a rescore scores in the same parts as a run."""
+    from editbench import run
+
+    monkeypatch.setattr(run, "EVAL_PART", part)
     cache = f"cache_dir={tmp_path / 'cache'}"
     assert editbench(*BASE, "keep_checkpoints=grid", f"out_dir={tmp_path / 'g'}", cache)[0] == 0
     assert editbench(*BASE, "protocol=lifelong_v1_tf", f"out_dir={tmp_path / 't'}", cache)[0] == 0
@@ -40,6 +47,7 @@ def test_rescored_checkpoints_equal_a_run_scored_that_way(tmp_path):
     assert got[0]["rescored_from"] == read_rows(greedy)[0]["run_id"] and read_summary(out)["status"] == "complete"
     for n in (3, 6):
         assert records(out, n) == records(tf, n)
+    assert not (out / "eval_parts").exists()
 
 
 def test_rescore_refuses_bad_input_in_one_line(tmp_path):

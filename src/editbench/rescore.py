@@ -5,7 +5,8 @@ The run's own config (`RUN_DIR/.hydra/config.yaml`) is rebuilt with `protocol.sc
 model, the stream, the unedited references under that scoring, the editor set up as the run set it
 up); each kept checkpoint (`RUN_DIR/ckpt/step_NNNNNN`, or only `step=N`) restores the editor's
 state, and the cases that checkpoint evaluates (every edit so far, or the protocol's seeded
-retention sample) are scored. The result is a run directory of its own, `RUN_DIR/rescore/<MODE>/`:
+retention sample) are scored, in the parts of 1,000 cases a run scores them in (kept as they
+finish: a stopped rescore run again continues after them). The result is a run directory of its own, `RUN_DIR/rescore/<MODE>/`:
 `metrics.jsonl` (rows with `scoring: MODE` and `rescored_from`: the run's id), `records/`,
 `summary.json` and `.hydra/config.yaml`, so tables and plots keep its rows apart by scoring.
 Which checkpoints a run keeps is `keep_checkpoints` (the newest two by default; `grid` keeps every
@@ -68,7 +69,7 @@ def rescore(run_dir: Path, scoring: str, step: int | None = None, log=print) -> 
     from editbench.build import build
     from editbench.checkpoint import RunStore
     from editbench.provenance import config_hash
-    from editbench.run import eval_indices
+    from editbench.run import eval_indices, score_in_parts
 
     run_dir = Path(run_dir)
     cfg_file, rows_file = run_dir / ".hydra" / "config.yaml", run_dir / "metrics.jsonl"
@@ -98,14 +99,18 @@ def rescore(run_dir: Path, scoring: str, step: int | None = None, log=print) -> 
         n = int(state["cursor"])
         idx = eval_indices(n, cfg.protocol.retention, n)
         t0 = time.perf_counter()
-        scores = r.evaluator.evaluate(r.editor.module(), [r.cases[i] for i in idx], [r.refs[i] for i in idx], reuse,
-                                      overall=r.data.overall)
+        cases = [r.cases[i] for i in idx]
+        sha = json.loads((ckpt / "meta.json").read_text()).get("state_sha256")
+        records, earlier_s = score_in_parts(r.evaluator, r.editor.module(), cases, [r.refs[i] for i in idx], reuse,
+                                            out, n, sha)
+        scores = r.evaluator.aggregate(cases, records, overall=r.data.overall)
         same_n = next((b for b in base if b["N"] == n), {})
         rows.append({**static, "N": n, **scores.metrics, "metric_names": scores.names,
-                     **{k: same_n[k] for k in COSTS if k in same_n}, "eval_s": time.perf_counter() - t0,
+                     **{k: same_n[k] for k in COSTS if k in same_n}, "eval_s": time.perf_counter() - t0 + earlier_s,
                      "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
         out.write_records(n, scores.records)
         out.write_rows(rows)
+        out.drop_eval_parts()
         shown = " ".join(f"{k}={rows[-1][k]:.3f}" for k in scores.names)
         log(f"[editbench] rescored N={n} ({scoring}): {shown}")
     out.write_summary({"status": "complete", "run_id": static["run_id"], "rescored_from": static["rescored_from"],

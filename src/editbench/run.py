@@ -49,6 +49,46 @@ def eval_indices(n: int, retention, at: int) -> list[int]:
     return sorted(random.Random(retention.sample_seed * 1_000_003 + at).sample(range(n), cap))
 
 
+def score_in_parts(evaluator, module, cases: list, refs: list, reuse_layer: int | None, store: RunStore, step: int,
+                   state_sha: str | None, kept: Callable[[], int] = lambda: 0) -> tuple[list[dict], float]:
+    """The records of checkpoint `step`'s evaluation of `cases` (`Evaluator.score_records`),
+    scored EVAL_PART cases at a time. With more than one part, each finished part is kept in
+    `store` (its records, its time, the RNG state after it, and `state_sha`: the checkpoint state
+    it scored), and an evaluation of the same state resumed later reads the kept parts back in
+    order and continues after them with the RNG as it was: the records equal an uninterrupted
+    evaluation's. Returns the records and the seconds the parts read back had taken. (`kept`:
+    the edit the newest checkpoint resumes from, for the one line a failed write prints.)"""
+    store.drop_eval_parts(keep=step)  # parts of any other checkpoint are stale
+    saved = store.eval_parts(step)
+    starts = range(0, len(cases), EVAL_PART)
+    records, earlier_s, after = [], 0.0, None
+    for k, a in enumerate(starts):
+        part_cases = cases[a:a + EVAL_PART]
+        part = saved.pop(k, None) if after is not None or k == 0 else None
+        if part is not None and state_sha is not None and part["state_sha256"] == state_sha \
+                and part["cases"] == [c.id for c in part_cases]:
+            records += part["records"]
+            earlier_s += part["eval_s"]
+            after = part["rng"]
+            continue
+        if after is not None:  # the first part to compute after parts read back
+            set_rng_state(after)
+            after, saved = None, {}
+        t = time.perf_counter()
+        part_records = evaluator.score_records(module, part_cases, refs[a:a + EVAL_PART], reuse_layer)
+        records += part_records
+        if len(starts) > 1:
+            with disk_errors(store.dir, kept):
+                store.write_eval_part(step, k, {"records": part_records, "eval_s": time.perf_counter() - t,
+                                                "rng": rng_state(), "state_sha256": state_sha,
+                                                "cases": [c.id for c in part_cases]})
+            print(f"[editbench] N={step}: {a + len(part_cases)} of {len(cases)} cases evaluated (kept in "
+                  f"eval_parts/: a stop now loses none of them)", flush=True)
+    if after is not None:  # every part read back
+        set_rng_state(after)
+    return records, earlier_s
+
+
 def run(cfg: DictConfig, run_dir: Path, overrides: list[str] | tuple[str, ...] = ()) -> dict:
     """Run one edit stream; returns the final metrics row. Resumes from `run_dir` if asked.
 
@@ -176,7 +216,8 @@ class Runner:
         t0 = time.perf_counter()
         idx = eval_indices(n, self.cfg.protocol.retention, n)
         cases = [r.cases[i] for i in idx]
-        records, earlier_s = self.scored_parts(cases, [r.refs[i] for i in idx])
+        records, earlier_s = score_in_parts(r.evaluator, r.editor.module(), cases, [r.refs[i] for i in idx],
+                                            self.reuse_layer, self.store, n, self.store.state_sha256(n), self.kept)
         scores = r.evaluator.aggregate(cases, records, overall=r.data.overall)
         if self.cfg.get("diagnostics", True):  # where the editor's router sends the scored prompts
             scores.metrics.update(routing_diagnostics(r.editor, r.model.encode_prompt, cases, idx))
@@ -187,44 +228,6 @@ class Runner:
                "editor_params": int(r.editor.num_params()), "editor_info": r.editor.report(),
                "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
         return row, scores.records
-
-    def scored_parts(self, cases: list, refs: list) -> tuple[list[dict], float]:
-        """The records of this checkpoint's evaluation, scored EVAL_PART cases at a time. With
-        more than one part, each finished part is kept (its records, its time, the RNG state
-        after it, and the checkpoint state it scored), and an evaluation resumed on the same
-        checkpoint state reads the kept parts in order and continues after them with the RNG as
-        it was: the records equal an uninterrupted evaluation's. Returns the records and the
-        seconds the parts read back took."""
-        r, n, store = self.built, self.progress.cursor, self.store
-        store.drop_eval_parts(keep=n)  # parts of any other checkpoint are stale
-        sha, kept = store.state_sha256(n), store.eval_parts(n)
-        starts = range(0, len(cases), EVAL_PART)
-        module, records, earlier_s, after = r.editor.module(), [], 0.0, None
-        for k, a in enumerate(starts):
-            part_cases = cases[a:a + EVAL_PART]
-            part = kept.pop(k, None) if after is not None or k == 0 else None
-            if part is not None and sha is not None and part["state_sha256"] == sha \
-                    and part["cases"] == [c.id for c in part_cases]:
-                records += part["records"]
-                earlier_s += part["eval_s"]
-                after = part["rng"]
-                continue
-            if after is not None:  # the first part to compute after parts read back
-                set_rng_state(after)
-                after, kept = None, {}
-            t = time.perf_counter()
-            part_records = r.evaluator.score_records(module, part_cases, refs[a:a + EVAL_PART], self.reuse_layer)
-            records += part_records
-            if len(starts) > 1:
-                with disk_errors(self.run_dir, self.kept):
-                    store.write_eval_part(n, k, {"records": part_records, "eval_s": time.perf_counter() - t,
-                                                 "rng": rng_state(), "state_sha256": sha,
-                                                 "cases": [c.id for c in part_cases]})
-                print(f"[editbench] N={n}: {a + len(part_cases)} of {len(cases)} cases evaluated (kept in "
-                      f"eval_parts/: a stop now loses none of them)", flush=True)
-        if after is not None:  # every part read back
-            set_rng_state(after)
-        return records, earlier_s
 
     def kept(self) -> int:
         """The edit the newest complete checkpoint resumes from."""
