@@ -334,6 +334,33 @@ def test_a_kill_during_an_evaluation_keeps_its_finished_parts(tmp_path, monkeypa
     assert metrics_of(read_rows(d2)) == metrics_of(read_rows(tmp_path / "ref"))
 
 
+def test_a_full_disk_during_an_evaluation_part_is_one_line_and_resumes(tmp_path, monkeypatch):
+    """No room for an evaluation part: one line naming the folder and the fix; the summary never
+    says complete; the same command then finishes with the uninterrupted rows."""
+    from editbench import run as run_mod
+    from editbench.checkpoint import RunStore
+
+    monkeypatch.setattr(run_mod, "EVAL_PART", 3)
+    orig, writes = RunStore.write_eval_part, []
+
+    def full(self, step, k, part):
+        writes.append((step, k))
+        if len(writes) == 3:  # N=8's first part
+            raise OSError(28, "No space left on device")
+        return orig(self, step, k, part)
+
+    monkeypatch.setattr(RunStore, "write_eval_part", full)
+    d = tmp_path / "run"
+    with pytest.raises(EditbenchError, match="No space left on device.*re-run the same command") as e:
+        do_run(FT, d)
+    assert "\n" not in str(e.value) and read_summary(d)["status"] != "complete"
+    monkeypatch.setattr(RunStore, "write_eval_part", orig)
+    do_run(FT, d)
+    ref = tmp_path / "ref"
+    do_run(FT, ref)
+    assert metrics_of(read_rows(d)) == metrics_of(read_rows(ref))
+
+
 def test_timed_checkpoints_bound_the_loss_of_a_kill_and_resume_exactly(ft_run, tmp_path, interrupt_at):
     """save_every_min also checkpoints between grid points (here after every edit): a kill during
     the 7th edit loses only that edit, the resumed run equals the uninterrupted one bit for bit,

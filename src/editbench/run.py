@@ -50,14 +50,13 @@ def eval_indices(n: int, retention, at: int) -> list[int]:
 
 
 def score_in_parts(evaluator, module, cases: list, refs: list, reuse_layer: int | None, store: RunStore, step: int,
-                   state_sha: str | None, kept: Callable[[], int] = lambda: 0) -> tuple[list[dict], float]:
+                   state_sha: str | None) -> tuple[list[dict], float]:
     """The records of checkpoint `step`'s evaluation of `cases` (`Evaluator.score_records`),
     scored EVAL_PART cases at a time. With more than one part, each finished part is kept in
     `store` (its records, its time, the RNG state after it, and `state_sha`: the checkpoint state
     it scored), and an evaluation of the same state resumed later reads the kept parts back in
     order and continues after them with the RNG as it was: the records equal an uninterrupted
-    evaluation's. Returns the records and the seconds the parts read back had taken. (`kept`:
-    the edit the newest checkpoint resumes from, for the one line a failed write prints.)"""
+    evaluation's. Returns the records and the seconds the parts read back had taken."""
     store.drop_eval_parts(keep=step)  # parts of any other checkpoint are stale
     saved = store.eval_parts(step)
     starts = range(0, len(cases), EVAL_PART)
@@ -78,10 +77,14 @@ def score_in_parts(evaluator, module, cases: list, refs: list, reuse_layer: int 
         part_records = evaluator.score_records(module, part_cases, refs[a:a + EVAL_PART], reuse_layer)
         records += part_records
         if len(starts) > 1:
-            with disk_errors(store.dir, kept):
+            try:
                 store.write_eval_part(step, k, {"records": part_records, "eval_s": time.perf_counter() - t,
                                                 "rng": rng_state(), "state_sha256": state_sha,
                                                 "cases": [c.id for c in part_cases]})
+            except OSError as e:
+                raise EditbenchError(f"cannot write the results in {store.dir} ({e.strerror or e}) — free space or fix "
+                                     f"the permissions, then re-run the same command (it continues after the {k} "
+                                     f"evaluation parts kept)") from None
             print(f"[editbench] N={step}: {a + len(part_cases)} of {len(cases)} cases evaluated (kept in "
                   f"eval_parts/: a stop now loses none of them)", flush=True)
     if after is not None:  # every part read back
@@ -217,7 +220,7 @@ class Runner:
         idx = eval_indices(n, self.cfg.protocol.retention, n)
         cases = [r.cases[i] for i in idx]
         records, earlier_s = score_in_parts(r.evaluator, r.editor.module(), cases, [r.refs[i] for i in idx],
-                                            self.reuse_layer, self.store, n, self.store.state_sha256(n), self.kept)
+                                            self.reuse_layer, self.store, n, self.store.state_sha256(n))
         scores = r.evaluator.aggregate(cases, records, overall=r.data.overall)
         if self.cfg.get("diagnostics", True):  # where the editor's router sends the scored prompts
             scores.metrics.update(routing_diagnostics(r.editor, r.model.encode_prompt, cases, idx))
