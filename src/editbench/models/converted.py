@@ -5,10 +5,10 @@ de-quantises every tensor, and the file is parsed again for the config, the toke
 the context length (about 40 s of one core for the embedded SmolLM2, on every run, sweep job,
 resume and test). The first load writes what it built into the cache; later loads read that:
 
-    <cache_dir>/converted/<GGUF sha256[:16]>/tokenizer-<transformers>-<tokenizers>/
+    <cache_dir>/converted/<GGUF sha256[:16]>/tokenizer-<transformers>-<tokenizers>-<gguf>/
         tokenizer files (`save_pretrained`) + editbench.json (the GGUF's BOS / EOS metadata, its
         context length, the chat template, and the ids of CHECK_TEXTS as the fresh build gave them)
-    <cache_dir>/converted/<GGUF sha256[:16]>/<dtype>-<transformers>/
+    <cache_dir>/converted/<GGUF sha256[:16]>/<dtype>-<transformers>-<gguf>/
         config.json, generation_config.json, model.safetensors (the de-quantised weights)
 
 The key is the file's content and the library versions that did the conversion, so another GGUF
@@ -53,18 +53,20 @@ def gguf_key(path: Path) -> str:
     return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)[:16]
 
 
-def _versions(*modules: str) -> str:
-    import importlib
+def _versions(*distributions: str) -> str:
+    """The installed versions of the libraries that read and convert the file (`gguf` de-quantises)."""
+    from importlib.metadata import version
 
-    return "-".join(importlib.import_module(m).__version__ for m in modules)
+    return "-".join(version(d) for d in distributions)
 
 
 def tokenizer_folder(cache_dir: Path, gguf: Path) -> Path:
-    return Path(cache_dir) / "converted" / gguf_key(gguf) / f"tokenizer-{_versions('transformers', 'tokenizers')}"
+    return (Path(cache_dir) / "converted" / gguf_key(gguf)
+            / f"tokenizer-{_versions('transformers', 'tokenizers', 'gguf')}")
 
 
 def weights_folder(cache_dir: Path, gguf: Path, dtype: str) -> Path:
-    return Path(cache_dir) / "converted" / gguf_key(gguf) / f"{dtype}-{_versions('transformers')}"
+    return Path(cache_dir) / "converted" / gguf_key(gguf) / f"{dtype}-{_versions('transformers', 'gguf')}"
 
 
 def check_ids(tok) -> dict[str, list[int]]:
