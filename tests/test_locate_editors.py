@@ -263,9 +263,21 @@ def test_alphaedit_updates_stay_in_the_null_space_and_accumulate_keys(zsre_recor
         assert dW.abs().max() > 0
         I = torch.eye(P.shape[0], dtype=P.dtype)  # keys in the protected space see no change
         torch.testing.assert_close(dW @ (I - P), torch.zeros_like(dW), rtol=0, atol=1e-5 * float(dW.abs().max()))
-    for i, s in enumerate(ed.sites):  # C_p = the edited model's keys of this edit
+    for i, s in enumerate(ed.sites):  # P C_p with C_p = the edited model's keys of this edit
         k = ed._keys(r, s)
-        torch.testing.assert_close(ed.Cp[i], torch.outer(k, k).float(), rtol=1e-5, atol=1e-7)
+        assert torch.equal(ed.PC[i], torch.outer(ed.P[i] @ k, k))  # the key of the edit itself, bit for bit
+
+
+def test_alphaedit_reads_a_checkpoint_that_holds_c_p(zsre_records):
+    """A checkpoint written before the editor kept P C_p holds C_p (float32): it loads as P C_p."""
+    m, ed, _ = build_editor("alphaedit")
+    ed.edit([zsre_records[0].request])
+    old = ed.state_dict()
+    g = torch.Generator().manual_seed(0)
+    Cp = [(lambda a: (a @ a.T).float())(torch.randn(P.shape[0], 3, generator=g)) for P in ed.P]
+    ed.load_state_dict({"deltas": old["deltas"], "Cp": Cp, "templates": old["templates"]})
+    for P, c, pc in zip(ed.P, Cp, ed.PC):
+        assert pc.dtype == torch.float64 and torch.equal(pc, P @ c.double())
 
 
 @pytest.mark.parametrize("arch", ["tiny_llama", "tiny_gemma3"])

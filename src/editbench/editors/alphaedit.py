@@ -12,7 +12,8 @@ R = (z* − z_cur) / (#layers − i), D the change of layer l's down_proj output
 output by R (R itself in LLaMA / Qwen blocks, which add that output to the residual as it is; found
 through the block where it normalises the output first, as Gemma-3's does:
 `EditableModel.site_change_for`), Δ_l = solve(P_l (k_l k_lᵀ + C_p,l) + λI, P_l k_l Dᵀ), W_l += Δ_lᵀ;
-finally each k_l is recomputed with the edited model and C_p,l += k_l k_lᵀ. The layers are per
+finally C_p,l += k_l k_lᵀ with k_l as the edited model gives it (the same k_l: it depends only on the
+layers below l). The editor keeps P_l C_p,l, not C_p,l. The layers are per
 model: `conf/editor_model/alphaedit_<model>.yaml`.
 """
 from __future__ import annotations
@@ -58,7 +59,9 @@ class AlphaEdit(Editor):
         self.direct = [model.output_reaches_residual(s) for s in self.sites]
         self.templates: list[str] = ["{}"]
         self.P: list[torch.Tensor] = []  # null-space projector per layer (set up from the statistics)
-        self.Cp = [torch.zeros(d_in, d_in, device=model.device) for _ in self.sites]  # Σ k kᵀ of past edits
+        # P_l C_p,l (C_p,l = Σ k kᵀ of past edits), float64: each edit adds the rank-one (P_l k) kᵀ, so
+        # the normal equations' matrix costs O(d²) per edit instead of a d³ product with P_l
+        self.PC = [torch.zeros(d_in, d_in, dtype=torch.float64, device=model.device) for _ in self.sites]
         self.stats_info: dict = {}
         self.last = {"steps": None, "loss": None}
 
@@ -100,28 +103,34 @@ class AlphaEdit(Editor):
         res = optimise_delta(m, rows, z_layer, float(z0.norm()), hp["v_lr"], hp["v_num_grad_steps"],
                              hp["kl_factor"], hp["v_weight_decay"], hp["clamp_norm_factor"])
         z_star = (z0 + res.delta).double()
-        n = len(self.sites)
+        n, keys = len(self.sites), []
         for i, s in enumerate(self.sites):
+            # layer l's key depends only on the layers below it, all updated by now: the key the reference
+            # recomputes after the last layer's update (step 3) is this one
             k = self._keys(r, s)
+            keys.append(k)
             z_cur = at_lookup(block_output(m, b0, z_layer), l0)[0].double()
             R = (z_star - z_cur) / (n - i)
             D = R if self.direct[i] else m.site_change_for(s, b0, int(l0[0]), R)
-            P = self.P[i]
-            A = P @ (torch.outer(k, k) + self.Cp[i].double()) + hp["l2"] * torch.eye(len(k), dtype=k.dtype, device=k.device)
-            upd = torch.linalg.solve(A, P @ torch.outer(k, D))  # d_in x d_out
+            Pk = self.P[i] @ k
+            A = self.PC[i] + torch.outer(Pk, k)  # P (k kᵀ + C_p)
+            A.diagonal().add_(hp["l2"])
+            upd = torch.linalg.solve(A, torch.outer(Pk, D))  # d_in x d_out
             self.deltas.add(s, upd.T.float())
-        for i, s in enumerate(self.sites):
-            k = self._keys(r, s)
-            self.Cp[i] += torch.outer(k, k).float()
+        for i, k in enumerate(keys):
+            self.PC[i] += torch.outer(self.P[i] @ k, k)
         self.last = {"steps": res.steps, "loss": res.loss}
 
     def state_dict(self) -> dict:
-        return {"deltas": self.deltas.state_dict(), "Cp": [c.cpu().clone() for c in self.Cp],
+        return {"deltas": self.deltas.state_dict(), "PC": [c.cpu().clone() for c in self.PC],
                 "templates": list(self.templates)}
 
     def load_state_dict(self, sd: dict) -> None:
         self.deltas.load_state_dict(sd["deltas"])
-        self.Cp = [c.to(self.model.device, torch.float32, copy=True) for c in sd["Cp"]]  # += below: own copies
+        if "PC" in sd:
+            self.PC = [c.to(self.model.device, torch.float64, copy=True) for c in sd["PC"]]  # += above: own copies
+        else:  # a checkpoint written before P C_p was kept holds C_p (float32)
+            self.PC = [P @ c.to(self.model.device, torch.float64) for P, c in zip(self.P, sd["Cp"])]
         self.templates = list(sd["templates"])
 
     def report(self) -> dict:
