@@ -103,22 +103,20 @@ class AlphaEdit(Editor):
         res = optimise_delta(m, rows, z_layer, float(z0.norm()), hp["v_lr"], hp["v_num_grad_steps"],
                              hp["kl_factor"], hp["v_weight_decay"], hp["clamp_norm_factor"])
         z_star = (z0 + res.delta).double()
-        n, keys = len(self.sites), []
+        n = len(self.sites)
         for i, s in enumerate(self.sites):
             # layer l's key depends only on the layers below it, all updated by now: the key the reference
-            # recomputes after the last layer's update (step 3) is this one
+            # recomputes after the last layer's update to add to C_p is this one, so C_p takes it here
             k = self._keys(r, s)
-            keys.append(k)
             z_cur = at_lookup(block_output(m, b0, z_layer), l0)[0].double()
             R = (z_star - z_cur) / (n - i)
             D = R if self.direct[i] else m.site_change_for(s, b0, int(l0[0]), R)
             Pk = self.P[i] @ k
-            A = self.PC[i] + torch.outer(Pk, k)  # P (k kᵀ + C_p)
+            self.PC[i] += torch.outer(Pk, k)  # P (C_p + k kᵀ): C_p now holds this edit's key
+            A = self.PC[i].clone()
             A.diagonal().add_(hp["l2"])
             upd = torch.linalg.solve(A, torch.outer(Pk, D))  # d_in x d_out
             self.deltas.add(s, upd.T.float())
-        for i, k in enumerate(keys):
-            self.PC[i] += torch.outer(self.P[i] @ k, k)
         self.last = {"steps": res.steps, "loss": res.loss}
 
     def state_dict(self) -> dict:
