@@ -105,3 +105,47 @@ def test_diagnostics_false_leaves_them_out(tmp_path):
     assert done.returncode == 0, done.stderr
     row = json.loads(next(tmp_path.rglob("metrics.jsonl")).read_text().splitlines()[-1])
     assert not [k for k in row if k.startswith("route_")]
+
+
+def test_cache_reads_a_prompts_states_from_a_stored_sequence_that_starts_with_it():
+    from editbench.cache import StateCache
+
+    cache = StateCache(None)
+    long = torch.arange(12.0).reshape(4, 3)  # states of (layer 2; ids 5, 7, 9, 11)
+    cache.put_site({(2, 5, 7, 9, 11): long, (2, 5, 8): torch.ones(2, 3)})
+    got = cache.get_site_extending([(2, 5, 7), (2, 5, 7, 9, 11), (2, 5), (3, 5, 7), (2, 7), (2, 5, 7, 9, 11, 13)])
+    assert torch.equal(got[(2, 5, 7)], long[:2]) and torch.equal(got[(2, 5, 7, 9, 11)], long)
+    assert got[(2, 5)].shape == (1, 3)  # the first extension in key order, (2, 5, 7, ...) < (2, 5, 8)
+    assert set(got) == {(2, 5, 7), (2, 5, 7, 9, 11), (2, 5)}  # another layer, not a prefix, longer: not found
+
+
+@pytest.mark.parametrize("name", ["horen", "grace", "wise"])
+def test_routing_from_the_evaluators_cached_states_is_the_full_pass_routing(name, monkeypatch):
+    from editbench.editors._common import site_batches
+    from editbench.evaluate import Evaluator
+
+    model, editor, cases = build_editor(name, model="tiny_llama", n_cases=6)
+    for c in cases[:4]:
+        editor.edit([c.request])
+    ev = Evaluator(model, "greedy", batch_size=4)
+    ev.evaluate(editor.module(), cases[:4], ev.reference(cases[:4]), reuse_layer=model.site.layer)
+    prompts = [model.encode_prompt(c.probes[s].probes[0].prompt) for c in cases for s in ("rel", "gen", "loc")]
+    computed = []
+    real = ev._site_states
+    monkeypatch.setattr(ev, "_site_states", lambda seqs, layer: computed.extend(seqs) or real(seqs, layer))
+    # the site's input and unedited output at every prompt position, from the cache or through every block
+    for (x, y, mask), (xc, yc, maskc) in zip(site_batches(model, prompts, size=5),
+                                            site_batches(model, prompts, size=5, states=ev.prompt_states)):
+        assert torch.equal(mask, maskc)
+        torch.testing.assert_close(xc[mask], x[mask], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(yc[mask], y[mask], rtol=1e-5, atol=1e-5)
+    # only the two cases the evaluation did not score were run through the blocks below the site
+    assert sorted(map(tuple, computed)) == sorted(map(tuple, prompts[12:]))
+    full, cached = editor.routing(prompts), editor.routing(prompts, ev.prompt_states)
+    assert cached.entry.tolist() == full.entry.tolist() and (full.entry >= 0).any()
+    if full.displacement is not None:
+        torch.testing.assert_close(cached.displacement, full.displacement, rtol=1e-4, atol=1e-5)
+    d, dc = (routing_diagnostics(editor, model.encode_prompt, cases[:4], range(4), s) for s in (None, ev.prompt_states))
+    for k in d:
+        if k != "route_s":
+            assert dc[k] == (d[k] if d[k] is None else pytest.approx(d[k], rel=1e-4, abs=1e-5)), k

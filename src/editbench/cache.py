@@ -2,7 +2,8 @@
 
 Two tables in one SQLite file (standard library; safe for several runs writing at once):
 `site` maps a token sequence to the hidden states entering the edit-site block (the evaluator's
-exact shortcut runs only the blocks above), `outputs` maps (prompt ids, decode length) to the
+exact shortcut runs only the blocks above; a prompt's states are also read from a stored sequence
+that starts with it), `outputs` maps (prompt ids, decode length) to the
 unedited model's greedy output. One row per entry: entries are added, never rewritten, and only
 the entries a batch needs are read, so memory stays flat however long the stream. The file stops
 growing at `max_gb`; past it new entries are computed and not stored (said once). A file SQLite
@@ -108,6 +109,22 @@ class StateCache:
     def get_site(self, seqs: list[tuple[int, ...]]) -> dict[tuple[int, ...], torch.Tensor]:
         found = self._select("site", "dtype, shape, value", [_key(s) for s in seqs])
         return {s: _from_blob(*found[_key(s)]) for s in seqs if _key(s) in found}
+
+    def get_site_extending(self, seqs: list[tuple[int, ...]]) -> dict[tuple[int, ...], torch.Tensor]:
+        """For each `seqs[i]` (the layer, then token ids) that some stored sequence starts with (itself
+        included): the states of the first such sequence in key order, cut to `seqs[i]`'s positions
+        (the unedited states at a position depend only on the tokens up to it)."""
+        return self._guarded(self._extending, seqs)
+
+    def _extending(self, seqs: list[tuple[int, ...]]) -> dict[tuple[int, ...], torch.Tensor]:
+        out = {}
+        q = "SELECT dtype, shape, value FROM site WHERE key >= ? AND key < ? ORDER BY key LIMIT 1"
+        for s in dict.fromkeys(seqs):
+            k = _key(s)  # keys are int64 arrays: a sequence's extensions sort in [k, k + 0xff * 9)
+            row = self.db.execute(q, (k, k + b"\xff" * 9)).fetchone()
+            if row is not None:
+                out[s] = _from_blob(*row)[: len(s) - 1].clone()
+        return out
 
     def get_outputs(self, keys: list[tuple[int, ...]]) -> dict[tuple[int, ...], list[int]]:
         found = self._select("outputs", "value", [_key(k) for k in keys])

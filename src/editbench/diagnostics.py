@@ -20,13 +20,16 @@ and plots them like any metric) with the time they took (`route_s`).
 
 How many edits took each codebook case (insertion, same-label reuse, conflict) is the editor's own
 count, in `editor_info.cases`. A probe's prompt is routed exactly as at a prefill pass: the
-evaluator's prompt ids, the site input of the unedited blocks below the site.
+evaluator's prompt ids, the site input of the unedited blocks below the site. The runner hands over
+the evaluator's cached unedited states entering the site's block (those of the prompt + answer the
+evaluation just checked, cut to the prompt), so only that block runs; the blocks below run only for
+a prompt the cache does not hold.
 """
 from __future__ import annotations
 
 import random
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -37,9 +40,12 @@ from editbench.data import EditCase
 NN_SAMPLE = 2_000  # keys whose nearest neighbour is found (each against every key)
 
 
-def routing_diagnostics(editor, encode_prompt, cases: Sequence[EditCase], case_index: Sequence[int]) -> dict:
+def routing_diagnostics(editor, encode_prompt, cases: Sequence[EditCase], case_index: Sequence[int],
+                        states: Callable | None = None) -> dict:
     """The `route_*` fields for `cases` (stream positions `case_index`), {} for editors that do not
-    route. `encode_prompt`: the model's prompt encoder (the evaluator's ids)."""
+    route. `encode_prompt`: the model's prompt encoder (the evaluator's ids); `states`: the unedited
+    states entering a block at each prompt's positions (`Evaluator.prompt_states`; see
+    `Editor.routing`), None: computed through the blocks below the site."""
     t0 = time.perf_counter()
     entries = editor.edit_entries()
     if editor.routing([]) is None:
@@ -48,7 +54,7 @@ def routing_diagnostics(editor, encode_prompt, cases: Sequence[EditCase], case_i
     for name in dict.fromkeys(n for c in cases for n in c.probes):
         items = [(pos, p) for c, pos in zip(cases, case_index) if name in c.probes for p in c.probes[name].probes]
         scorer = next(c.probes[name].scorer for c in cases if name in c.probes)
-        routed = editor.routing([encode_prompt(p.prompt) for _, p in items])
+        routed = editor.routing([encode_prompt(p.prompt) for _, p in items], states)
         entry = routed.entry.numpy()
         hit = entry >= 0
         if scorer == "locality":

@@ -365,6 +365,15 @@ class Evaluator:
             have.update(new)
         return [have[(layer, *s)] for s in seqs]
 
+    def prompt_states(self, prompts: list[list[int]], layer: int) -> list[torch.Tensor]:
+        """The unedited hidden states entering block `layer` at each prompt's positions: read from a
+        cached sequence that starts with the prompt (one the exact shortcut checked, prompt + answer),
+        else computed and cached (`_site_states`)."""
+        found = self.cache.get_site_extending([(layer, *p) for p in prompts])
+        missing = [p for p in prompts if (layer, *p) not in found]
+        found.update({(layer, *p): h for p, h in zip(missing, self._site_states(missing, layer))})
+        return [found[(layer, *p)] for p in prompts]
+
     @torch.no_grad()
     def _check(self, rows: list[tuple[list[int], int]], layer: int) -> list[bool]:
         batch = self.m.batch(rows)

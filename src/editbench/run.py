@@ -223,7 +223,8 @@ class Runner:
                                             self.reuse_layer, self.store, n, self.store.state_sha256(n))
         scores = r.evaluator.aggregate(cases, records, overall=r.data.overall)
         if self.cfg.get("diagnostics", True):  # where the editor's router sends the scored prompts
-            scores.metrics.update(routing_diagnostics(r.editor, r.model.encode_prompt, cases, idx))
+            states = r.evaluator.prompt_states if r.model.site.layer <= self.reuse_layer else None
+            scores.metrics.update(routing_diagnostics(r.editor, r.model.encode_prompt, cases, idx, states))
         edit_s = float(np.sum(self.costs.edit_s))
         row = {**self.static, "N": n, **scores.metrics, "metric_names": scores.names,
                "edit_s_mean": edit_s / n, "edit_s_total": edit_s, "eval_s": time.perf_counter() - t0 + earlier_s,

@@ -148,9 +148,9 @@ class CodebookEditor(Editor):
         return self.book.K[rows]
 
     @torch.no_grad()
-    def routing(self, prompts) -> Routing:
+    def routing(self, prompts, states=None) -> Routing:
         """The site wrapper's decision at a prefill pass over each prompt, in batches."""
-        routed = [self.routed(x, mask) for x, _, mask in site_batches(self.model, prompts)]
+        routed = [self.routed(x, mask) for x, _, mask in site_batches(self.model, prompts, states=states)]
         entry = torch.cat([torch.zeros(0, dtype=torch.long)] + [j.cpu() for j, _ in routed])
         disp = [d.float().cpu() for _, d in routed if d is not None]  # a router that refines: every batch
         return Routing(entry, torch.cat([torch.zeros(0)] + disp) if len(disp) == len(routed) else None)
@@ -181,13 +181,24 @@ class CodebookEditor(Editor):
         self.gen.set_state(sd["gen"] if "gen" in sd else torch.get_rng_state())
 
 
-def site_batches(model, prompts, size: int = 64):
+def site_batches(model, prompts, size: int = 64, states: Callable | None = None):
     """(x, y0, prompt_mask) at the edit site for `prompts` (token ids, all of them prompt), `size`
-    at a time, left-padded: what a site wrapper sees at a prefill pass over them."""
+    at a time, left-padded: what a site wrapper sees at a prefill pass over them. `states(prompts,
+    layer)`: the unedited hidden states entering block `layer` at each prompt's positions (the
+    evaluator's cache; valid while every block below the site is unedited), so only the site's
+    block runs; None: the blocks below run too."""
     for k in range(0, len(prompts), size):
-        batch = model.batch([(list(ids), len(ids)) for ids in prompts[k:k + size]])
+        chunk = [list(ids) for ids in prompts[k:k + size]]
+        batch = model.batch([(ids, len(ids)) for ids in chunk])
+        h = None
+        if states is not None:
+            hs = states(chunk, model.site.layer)
+            T = batch.input_ids.shape[1]
+            h = hs[0].new_zeros((len(chunk), T, hs[0].shape[-1]))
+            for i, s in enumerate(hs):
+                h[i, T - s.shape[0]:] = s
         with torch.no_grad():
-            x, y0 = model.site_io(batch)
+            x, y0 = model.site_io(batch, h=h)
         yield x, y0, batch.prompt_mask
 
 

@@ -184,11 +184,11 @@ class SideMemoryEditor(Editor):
                 best = torch.where(take, s, best)
         return route
 
-    def routing(self, prompts) -> Routing:
+    def routing(self, prompts, states=None) -> Routing:
         """The prefill pass's routing decision per prompt: -1 (the unedited weight) or a memory
         (`_weights()` index). Memories are shared by many edits and renumbered as shards are
         saved and merged, so no edit has an entry of its own (`edit_entries` stays None)."""
-        entry = [self.route(x, y0, mask).cpu() for x, y0, mask in site_batches(self.model, prompts)]
+        entry = [self.route(x, y0, mask).cpu() for x, y0, mask in site_batches(self.model, prompts, states=states)]
         return Routing(torch.cat([torch.zeros(0, dtype=torch.long)] + entry), None)
 
     def apply_route(self, x: torch.Tensor, y0: torch.Tensor, route: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -125,10 +125,11 @@ class Editor(ABC):
         `editor_info` (e.g. generated templates, memory counts). Nothing by default."""
         return {}
 
-    def routing(self, prompts: Sequence[Sequence[int]]) -> Routing | None:
+    def routing(self, prompts: Sequence[Sequence[int]], states: Callable | None = None) -> Routing | None:
         """Where this editor's router sends each prompt (token ids, all of them prompt), read-only,
         for the runner's routing diagnostics at each checkpoint; None: the editor does not route
-        (weight editors). An editor that routes also says which entry each edit was written to
+        (weight editors). `states(prompts, layer)`: the unedited hidden states entering block
+        `layer` at each prompt's positions, from the evaluator's cache (`editors._common.site_batches`). An editor that routes also says which entry each edit was written to
         (`edit_entries`) and what its keys are (`routing_keys`)."""
         return None
 

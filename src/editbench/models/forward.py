@@ -304,22 +304,33 @@ class ForwardPasses:
         return nn.functional.cross_entropy(logits.float(), labels[:, 1:][nxt[:, :-1]])
 
     @torch.no_grad()
-    def site_io(self, batch: TokenBatch, site: EditSite | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def site_io(self, batch: TokenBatch, site: EditSite | None = None,
+                h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Input and unedited output of the module at `site` (default: the edit site) on every
-        position of `batch` (one partial pass)."""
+        position of `batch` (one partial pass). `h`: the unedited hidden states entering block
+        `site.layer` on every position of `batch` (e.g. cached): then only that block runs."""
+        site = site or self.site
         captured = {}
 
         def grab(_module, args, output):
             captured["x"], captured["y"] = args[0].detach(), output.detach()
             raise _StopForward
 
-        handle = self.module_at(site or self.site).register_forward_hook(grab)
+        inner = self.model.model
+        full = inner.layers
+        handle = self.module_at(site).register_forward_hook(grab)
         try:
             with self.bind(Pass("unedited", batch.prompt_mask)):
-                self.model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                 position_ids=batch.position_ids, use_cache=False)
+                if h is None:
+                    inner(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          position_ids=batch.position_ids, use_cache=False)
+                else:
+                    inner.layers = nn.ModuleList([full[site.layer]])
+                    inner(inputs_embeds=h, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                          use_cache=False)
         except _StopForward:
             pass
         finally:
             handle.remove()
+            inner.layers = full
         return captured["x"], captured["y"]
