@@ -48,6 +48,11 @@ def test_rescored_checkpoints_equal_a_run_scored_that_way(tmp_path, monkeypatch,
     for n in (3, 6):
         assert records(out, n) == records(tf, n)
     assert not (out / "eval_parts").exists()
+    # one checkpoint again (step=N, the stream built to N only): its row replaced, the other's kept
+    code, err = editbench("rescore", str(greedy), "scoring=teacher_forced", "step=3")
+    assert code == 0, err
+    assert [{k: r[k] for k in keys} for r in read_rows(out)] == [{k: r[k] for k in keys} for r in want]
+    assert records(out, 3) == records(tf, 3) and (out / "references.json.gz").is_file()
 
 
 def test_rescore_refuses_bad_input_in_one_line(tmp_path):

@@ -8,7 +8,10 @@ state, and the cases that checkpoint evaluates (every edit so far, or the protoc
 retention sample) are scored, in the parts of 1,000 cases a run scores them in (kept as they
 finish: a stopped rescore run again continues after them). The result is a run directory of its own, `RUN_DIR/rescore/<MODE>/`:
 `metrics.jsonl` (rows with `scoring: MODE` and `rescored_from`: the run's id), `records/`,
-`summary.json` and `.hydra/config.yaml`, so tables and plots keep its rows apart by scoring.
+`summary.json` and `.hydra/config.yaml`, so tables and plots keep its rows apart by scoring. A rescore
+of one checkpoint (`step=N`) replaces that N's row and keeps the rows of the others; the stream is
+built up to the last checkpoint scored, and the unedited references under MODE are kept in that
+directory (`references.json.gz`) for the next rescore.
 Which checkpoints a run keeps is `keep_checkpoints` (the newest two by default; `grid` keeps every
 grid checkpoint). Exit status 0, or 2 with one line on bad input.
 """
@@ -84,15 +87,19 @@ def rescore(run_dir: Path, scoring: str, step: int | None = None, log=print) -> 
     if not base:
         raise EditbenchError(f"{run_dir} has no result row yet — rescore a run that evaluated a checkpoint")
     cfg.protocol.scoring = scoring
-    r = build(cfg, log=log)
+    steps = [int(json.loads((c / "meta.json").read_text())["cursor"]) for c in todo]
     out = RunStore(run_dir / "rescore" / scoring)
     out.dir.mkdir(parents=True, exist_ok=True)
+    # the stream up to the last checkpoint scored, not the run's whole stream (its references are the cost)
+    r = build(cfg, n_cases=max(steps), references_file=out.references_path, log=log)
     out.write_config(OmegaConf.to_yaml(cfg, resolve=True), [f"rescore {run_dir} scoring={scoring}"])
     reuse = min((s.layer for s in r.editor.touches()), default=r.model.site.layer)
     static = {**{k: v for k, v in base[-1].items() if k in STATIC}, "scoring": scoring,
               "config_hash": config_hash(cfg), "run_id": f"{base[-1]['run_id']}-rescore-{scoring}",
               "rescored_from": base[-1]["run_id"]}
-    rows = []
+    kept = out.dir / "metrics.jsonl"  # rows an earlier rescore (e.g. step=N) wrote for other checkpoints
+    rows = [json.loads(x) for x in kept.read_text().splitlines() if x.strip()] if kept.is_file() else []
+    rows = [x for x in rows if x["N"] not in steps]
     for ckpt in todo:
         state = torch.load(ckpt / "state.pt", map_location=r.model.device, weights_only=False)
         r.editor.load_state_dict(state["editor"])
@@ -105,13 +112,14 @@ def rescore(run_dir: Path, scoring: str, step: int | None = None, log=print) -> 
                                             out, n, sha)
         scores = r.evaluator.aggregate(cases, records, overall=r.data.overall)
         same_n = next((b for b in base if b["N"] == n), {})
-        rows.append({**static, "N": n, **scores.metrics, "metric_names": scores.names,
-                     **{k: same_n[k] for k in COSTS if k in same_n}, "eval_s": time.perf_counter() - t0 + earlier_s,
-                     "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        row = {**static, "N": n, **scores.metrics, "metric_names": scores.names,
+               **{k: same_n[k] for k in COSTS if k in same_n}, "eval_s": time.perf_counter() - t0 + earlier_s,
+               "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
+        rows = sorted([*rows, row], key=lambda x: x["N"])
         out.write_records(n, scores.records)
         out.write_rows(rows)
         out.drop_eval_parts()
-        shown = " ".join(f"{k}={rows[-1][k]:.3f}" for k in scores.names)
+        shown = " ".join(f"{k}={row[k]:.3f}" for k in scores.names)
         log(f"[editbench] rescored N={n} ({scoring}): {shown}")
     out.write_summary({"status": "complete", "run_id": static["run_id"], "rescored_from": static["rescored_from"],
                        "scoring": scoring, "done": rows[-1]["N"], "n_edits": base[-1]["n_edits"]})
