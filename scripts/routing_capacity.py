@@ -28,7 +28,8 @@ site wrapper routes a prefill pass (refine, match, s > τ):
 
 Queries. A probe's query depends only on its prompt ids (the model is causal), so each distinct
 prompt's pooled query (`editor.query` on the edit-site input) is computed once, batched by
-length, single-threaded, and kept in `<cache_dir>/queries/<model>-<key>-L<layer>.<module>-rho<ρ>
+length, single-threaded, from the evaluator's cached unedited states entering the site's block where
+the runs' evaluations left them (so only that block runs), and kept in `<cache_dir>/queries/<model>-<key>-L<layer>.<module>-rho<ρ>
 .sqlite` (a `StateCache`: prompt ids -> vector; the key covers the model config and the torch /
 transformers versions), so a rerun costs only the replay. The JSON records how far batched queries
 are from the editor's own single-prompt query (`checks.query_vs_editor`).
@@ -78,7 +79,7 @@ from editbench.__main__ import register_resolvers
 from editbench import runrecords
 from editbench.build import build, instantiate_group
 from editbench.cache import StateCache
-from editbench.editors._common import edit_labels
+from editbench.editors._common import edit_labels, site_batches
 from editbench.evaluate import cache_key
 from editbench.provenance import git_hash
 
@@ -130,18 +131,19 @@ def query_cache(cfg, editor) -> StateCache:
 
 @torch.no_grad()
 def pooled_queries(model, editor, seqs: list[tuple[int, ...]], cache: StateCache, batch_size: int = 64,
-                   every_s: float = 60.0) -> tuple[dict[tuple[int, ...], torch.Tensor], dict]:
+                   every_s: float = 60.0, states=None) -> tuple[dict[tuple[int, ...], torch.Tensor], dict]:
     """`editor.query` of every prompt (token ids, all of them prompt), read from `cache` or computed
-    in left-padded batches of similar length and stored; returns (ids -> q0, what it cost)."""
+    in left-padded batches of similar length and stored; returns (ids -> q0, what it cost). `states`:
+    the evaluator's unedited states entering the site's block (`Evaluator.prompt_states`: what the
+    runs' evaluations cached), so only that block runs (`editors._common.site_batches`)."""
     uniq = list(dict.fromkeys(seqs))
     have = cache.get_site(uniq)
     missing = sorted((s for s in uniq if s not in have), key=len)
     t0 = last = time.perf_counter()
     for k in range(0, len(missing), batch_size):
         chunk = missing[k:k + batch_size]
-        batch = model.batch([(list(s), len(s)) for s in chunk])
-        x, _ = model.site_io(batch)
-        q = editor.query(x, batch.prompt_mask)
+        ((x, _, mask),) = site_batches(model, chunk, size=len(chunk), states=states)
+        q = editor.query(x, mask)
         new = {s: q[i].clone() for i, s in enumerate(chunk)}
         cache.put_site(new)
         have.update(new)
@@ -664,7 +666,8 @@ def main(argv: list[str]) -> dict:
         if k == 0:
             sid = stream_ids(run.model, run.cases)
             cache = query_cache(vcfg, run.editor)
-            have, cost = pooled_queries(run.model, run.editor, sid.all_ids(), cache, args.batch_size)
+            have, cost = pooled_queries(run.model, run.editor, sid.all_ids(), cache, args.batch_size,
+                                        states=run.evaluator.prompt_states)
             meta_path = Path(cache.path).with_suffix(".json")
             meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"computed": 0, "seconds": 0.0}
             if cost["computed"]:
