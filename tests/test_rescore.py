@@ -38,9 +38,13 @@ def test_rescored_checkpoints_equal_a_run_scored_that_way(tmp_path, monkeypatch,
     assert editbench(*BASE, "protocol=lifelong_v1_tf", f"out_dir={tmp_path / 't'}", cache)[0] == 0
     (greedy,), (tf,) = run_dirs(tmp_path / "g"), run_dirs(tmp_path / "t")
     assert sorted(p.name for p in (greedy / "ckpt").glob("step_*")) == ["step_000003", "step_000006"]
+    rows_file = greedy / "metrics.jsonl"  # as if an older version of editbench had run the edits
+    rows_file.write_text("".join(json.dumps({**r, "code_version": "0.0.1+old"}) + "\n" for r in read_rows(greedy)))
     code, err = editbench("rescore", str(greedy), "scoring=teacher_forced")
     assert code == 0, err
     out = greedy / "rescore" / "teacher_forced"
+    from editbench.provenance import code_version
+    assert {r["code_version"] for r in read_rows(out)} == {code_version()}  # what scored them: this code
     got, want = read_rows(out), read_rows(tf)
     keys = ("N", "rel", "gen", "loc", "op", "n_eval", "scoring")
     assert [{k: r[k] for k in keys} for r in got] == [{k: r[k] for k in keys} for r in want]

@@ -71,7 +71,7 @@ def rescore(run_dir: Path, scoring: str, step: int | None = None, log=print) -> 
     written to `run_dir/rescore/<scoring>/metrics.jsonl`."""
     from editbench.build import build
     from editbench.checkpoint import RunStore
-    from editbench.provenance import config_hash
+    from editbench.provenance import code_version, config_hash, git_hash, hardware, versions
     from editbench.run import eval_indices, score_in_parts
 
     run_dir = Path(run_dir)
@@ -96,7 +96,10 @@ def rescore(run_dir: Path, scoring: str, step: int | None = None, log=print) -> 
     reuse = min((s.layer for s in r.editor.touches()), default=r.model.site.layer)
     static = {**{k: v for k, v in base[-1].items() if k in STATIC}, "scoring": scoring,
               "config_hash": config_hash(cfg), "run_id": f"{base[-1]['run_id']}-rescore-{scoring}",
-              "rescored_from": base[-1]["run_id"]}
+              "rescored_from": base[-1]["run_id"],
+              # what scored these rows: this process's code, libraries and machine (the edits' are the run's)
+              "git_hash": git_hash(), "code_version": code_version(), "versions": versions(),
+              "hardware": hardware(r.model.device)}
     kept = out.dir / "metrics.jsonl"  # rows an earlier rescore (e.g. step=N) wrote for other checkpoints
     rows = [json.loads(x) for x in kept.read_text().splitlines() if x.strip()] if kept.is_file() else []
     rows = [x for x in rows if x["N"] not in steps]
@@ -126,10 +129,11 @@ def rescore(run_dir: Path, scoring: str, step: int | None = None, log=print) -> 
     return rows
 
 
-#: the fields a rescored row keeps from the run's own rows: identity and config (scoring replaced)
+#: the fields a rescored row keeps from the run's own rows: identity and config (scoring replaced; the
+#: code, library versions and hardware are the rescoring process's own)
 STATIC = ("schema", "tag", "method", "editor", "model", "data", "protocol", "protocol_version", "max_new_tokens",
           "seed", "n_edits", "hparams", "edit_layer", "edit_module", "chat_template", "touched", "model_revision",
-          "data_info", "git_hash", "code_version", "versions", "hardware")
+          "data_info")
 #: ... and, at the same N, what the edits cost (the edits are the run's)
 COSTS = ("edit_s_mean", "edit_s_total", "editor_params", "resident_mem_gb", "peak_mem_gb", "mem_device",
          "mem_growth_gb", "editor_info", "ckpt_mb")
