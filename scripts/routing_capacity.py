@@ -28,9 +28,9 @@ site wrapper routes a prefill pass (refine, match, s > τ):
 
 Queries. A probe's query depends only on its prompt ids (the model is causal), so each distinct
 prompt's pooled query (`editor.query` on the edit-site input) is computed once, batched by
-length, single-threaded, from the evaluator's cached unedited states entering the site's block where
-the runs' evaluations left them (so only that block runs), and kept in `<cache_dir>/queries/<model>-<key>-L<layer>.<module>-rho<ρ>
-.sqlite` (a `StateCache`: prompt ids -> vector; the key covers the model config and the torch /
+length, single-threaded, from the evaluator's cached unedited states entering the site's block
+where the runs' evaluations left them (so only that block runs), and kept in
+`<cache_dir>/queries/<model>-<key>-L<layer>.<module>-rho<ρ>.sqlite` (a `StateCache`: prompt ids -> vector; the key covers the model config and the torch /
 transformers versions), so a rerun costs only the replay. The JSON records how far batched queries
 are from the editor's own single-prompt query (`checks.query_vs_editor`).
 

@@ -129,8 +129,9 @@ class Editor(ABC):
         """Where this editor's router sends each prompt (token ids, all of them prompt), read-only,
         for the runner's routing diagnostics at each checkpoint; None: the editor does not route
         (weight editors). `states(prompts, layer)`: the unedited hidden states entering block
-        `layer` at each prompt's positions, from the evaluator's cache (`editors._common.site_batches`). An editor that routes also says which entry each edit was written to
-        (`edit_entries`) and what its keys are (`routing_keys`)."""
+        `layer` at each prompt's positions, from the evaluator's cache (`editors._common.site_batches`).
+        An editor that routes also says which entry each edit was written to (`edit_entries`) and
+        what its keys are (`routing_keys`)."""
         return None
 
     def edit_entries(self) -> Sequence[int] | None:
