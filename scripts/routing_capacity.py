@@ -30,8 +30,9 @@ Queries. A probe's query depends only on its prompt ids (the model is causal), s
 prompt's pooled query (`editor.query` on the edit-site input) is computed once, batched by
 length, single-threaded, from the evaluator's cached unedited states entering the site's block
 where the runs' evaluations left them (so only that block runs), and kept in
-`<cache_dir>/queries/<model>-<key>-L<layer>.<module>-rho<ρ>.sqlite` (a `StateCache`: prompt ids -> vector; the key covers the model config and the torch /
-transformers versions), so a rerun costs only the replay. The JSON records how far batched queries
+`<cache_dir>/queries/<model>-<key>-L<layer>.<module>-rho<ρ>.sqlite` (a `StateCache`: prompt ids ->
+vector; the key covers the model config and the torch / transformers versions), so a rerun costs
+only the replay. The JSON records how far batched queries
 are from the editor's own single-prompt query (`checks.query_vs_editor`).
 
 Checks against the committed runs under `<runs>/<data>/<model>/horen/` whose routing
