@@ -76,8 +76,13 @@ def test_fast_path_equals_decoding(tiny_model, zsre_records, monkeypatch):
     assert all(len(s) <= 3 and s[-1] in ev.stop_ids for s in stopped)
     monkeypatch.setattr(m, "greedy", counting)
     assert ev._generate_free(m.model, pairs, stopped, layer) == stopped and not decoded
+    # a candidate wrong only in its last token: the teacher-forced pass gives that token (a stop), no decoding
     wrong = [s[:-1] + [s[-1] + 1] for s in stopped]
-    assert ev._generate_free(m.model, pairs, wrong, layer) == stopped and sum(decoded) == len(pairs)
+    assert ev._generate_free(m.model, pairs, wrong, layer) == stopped and not decoded
+    # wrong in its second token: the pass gives the first two tokens, decoding goes on after them
+    ev._stop_ids = frozenset(m.eos_ids)
+    wrong = [g[:1] + [g[1] + 1] + g[2:] for g in full]
+    assert ev._generate_free(m.model, pairs, wrong, layer) == full and sum(decoded) == len(pairs)
 
 
 def test_evaluate_free_records_both_metrics(tiny_model, zsre_records):

@@ -187,7 +187,9 @@ class ScriptedGreedy:
         self.by_ids = {tuple(model.encode_prompt(text)): ids for text, ids in script.items()}
         self.calls: list[tuple[tuple[int, ...], int]] = []
 
-    def __call__(self, evaluator, module, prompts, n_new):
+    def __call__(self, evaluator, module, prompts, n_new, prompt_lens=None):
+        # a script stands for the whole decoding: the plain path, which never continues known tokens
+        assert prompt_lens is None or prompt_lens == [len(p) for p in prompts]
         out = []
         for p, n in zip(prompts, n_new):
             self.calls.append((tuple(p), n))
@@ -197,7 +199,8 @@ class ScriptedGreedy:
         return out
 
     def install(self, monkeypatch) -> "ScriptedGreedy":
-        monkeypatch.setattr(Evaluator, "greedy", lambda ev, module, prompts, n_new, **kw: self(ev, module, prompts, n_new))
+        monkeypatch.setattr(Evaluator, "greedy", lambda ev, module, prompts, n_new, prompt_lens=None, **kw:
+                            self(ev, module, prompts, n_new, prompt_lens))
         return self
 
     def n_new_for(self, text: str) -> list[int]:
@@ -268,7 +271,7 @@ def test_evaluator_scores_computed_by_hand(tiny_model, monkeypatch):
     assert pre == [{"loc": [enc(tok, " Paris")]}, {"loc": [enc(tok, " New York")]}]
 
     # against the unedited model's own outputs: Loc 1
-    scores = ev.evaluate(m.model, cases([r1, r2]), pre, False, OP)
+    scores = ev.evaluate(m.model, cases([r1, r2]), pre, None, OP)
     out = scores.metrics
     assert out == {"rel": 1.0, "gen": 0.25, "loc": 1.0, "op": pytest.approx(0.25 ** (1 / 3)), "n_eval": 2}
     assert scores.names == ["rel", "gen", "loc", "op"]
@@ -347,6 +350,38 @@ def test_greedy_shortcut_equals_plain_decoding(tiny_model, zsre_records, monkeyp
     assert fast == plain  # metrics and every record's output
     plain = plain.metrics
     assert plain["rel"] > 0  # some rows were confirmable
+
+
+def test_greedy_shortcut_decodes_only_after_a_candidates_first_wrong_token(tiny_model, zsre_records, monkeypatch):
+    """A candidate right up to position j and wrong there fixes the output's first j + 1 tokens (the
+    teacher-forced argmax at j is what decoding emits next): the shortcut decodes only the tokens
+    after them, continuing from prompt + those tokens, and nothing when they fill the output."""
+    m = tiny_model
+    ev = Evaluator(m, "greedy", batch_size=4)
+    probes = [c.probes["loc"].probes[0] for c in zsre_records[:8]]
+    pairs = [(p.prompt, p.answer) for p in probes]
+    full = ev._generate_for(m.model, pairs, None, None)  # plain decoding
+    assert min(map(len, full)) >= 2 and not any(set(g) & set(m.eos_ids) for g in full)
+    calls = []
+    real = m.greedy
+
+    def counting(module, prompts, n_new, **kw):
+        calls.append((prompts, n_new, kw.get("prompt_lens")))
+        return real(module, prompts, n_new, **kw)
+
+    monkeypatch.setattr(m, "greedy", counting)
+    layer = m.site.layer
+    assert ev._generate_for(m.model, pairs, full, layer) == full and not calls  # all confirmed
+    last = [g[:-1] + [(g[-1] + 1) % len(m.tok)] for g in full]  # wrong in the last token only
+    assert ev._generate_for(m.model, pairs, last, layer) == full and not calls
+    second = [g[:1] + [(g[1] + 1) % len(m.tok)] + g[2:] for g in full]  # wrong in the second token
+    assert ev._generate_for(m.model, pairs, second, layer) == full
+    rows = [(r, n, k) for prompts, n_new, lens in calls for r, n, k in zip(prompts, n_new, lens)]
+    longer = [(x, g) for (x, _), g in zip(pairs, full) if len(g) > 2]  # two tokens fill the others
+    assert len(rows) == len(longer) >= 4
+    for x, g in longer:  # each went on from prompt + its two known tokens
+        p = m.encode_prompt(x)
+        assert (p + g[:2], len(g) - 2, len(p)) in rows
 
 
 def naive_greedy(m, module, prompt: list[int], n: int) -> list[int]:

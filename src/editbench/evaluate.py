@@ -11,7 +11,9 @@ cached decode step, or unedited), so site wrappers know where they are.
 sequence c exactly when, run teacher-forced on prompt + c, the argmax at every answer position
 equals c (induction over decoding steps). The evaluator first checks each row's expected answer
 that way (the target for Rel/Gen, the unedited model's own output for Loc) and decodes only the
-rows that fail. When the editor leaves every block below the edit site frozen, the hidden states
+rows that fail; by the same induction a row whose argmax first differs from c at position j starts
+with c[:j] and that argmax, so its decoding goes on after them (none when they fill the output or
+end it). When the editor leaves every block below the edit site frozen, the hidden states
 entering the edit-site block are the same at every checkpoint and for every editor: they are
 computed once (`cache.StateCache`) and each check runs only the blocks from the edit site up.
 Free generation (`scoring="free"`) uses the same shortcut: a candidate that ends at a stop token
@@ -283,26 +285,41 @@ class Evaluator:
     def _confirmed_or_generated(self, module, prompts, candidates, caps, fast: int | None, unedited: bool,
                                 free: bool) -> list[list[int]]:
         """Per prompt: its candidate where `fast` is given and the candidate is confirmed from
-        cached states (`_confirm`: greedy rows for `caps[i]` tokens; free rows for the candidate's
+        cached states (`_known`: greedy rows for `caps[i]` tokens; free rows for the candidate's
         own length, ending at a stop token or the cap), else a greedy generation of up to `caps[i]`
-        tokens (free: stopping at, and cut after, the first stop token)."""
-        out: list = [None] * len(prompts)
+        tokens (free: stopping at, and cut after, the first stop token). A candidate that is not
+        confirmed still fixes the generation's first tokens (up to and including its first wrong
+        one, `_known`): the generation continues after them, or ends there when they end it."""
+        found: list = [None] * len(prompts)
         if fast is not None and candidates is not None:
-            lengths = [len(c) for c in candidates] if free else caps
-            for i, ok in enumerate(self._confirm(prompts, candidates, lengths, fast, stopped=free)):
-                if ok:
-                    out[i] = candidates[i]
+            found = self._known(prompts, candidates, caps, fast, stopped=free)
+        out: list = [None] * len(prompts)
+        known: list = [[] for _ in prompts]
+        ends = self.stop_ids if free else frozenset(self.m.eos_ids)
+        for i, f in enumerate(found):
+            if f is None:
+                continue
+            confirmed, k = f
+            if confirmed:
+                out[i] = k
+            elif len(k) == caps[i] or k[-1] in ends:  # its known tokens end the generation
+                out[i] = k if free else k + [self.m.eos_id] * (caps[i] - len(k))
+            else:
+                known[i] = k
         todo = [i for i in range(len(prompts)) if out[i] is None]
+        rows = [prompts[i] + known[i] for i in todo]
+        lens = [len(prompts[i]) for i in todo]
+        rest = [caps[i] - len(known[i]) for i in todo]
         if free:
             def generate(idx):
-                return self.m.greedy(module, [prompts[todo[i]] for i in idx], [caps[todo[i]] for i in idx],
-                                     unedited=unedited, stop_ids=self.stop_ids)
+                return self.m.greedy(module, [rows[i] for i in idx], [rest[i] for i in idx], unedited=unedited,
+                                     stop_ids=self.stop_ids, prompt_lens=[lens[i] for i in idx])
         else:
             def generate(idx):
-                return self.greedy(module, [prompts[todo[i]] for i in idx], [caps[todo[i]] for i in idx],
-                                   unedited=unedited)
-        for i, g in zip(todo, self._batched([prompts[i] for i in todo], generate)):
-            out[i] = self._through_stop(g) if free else g
+                return self.greedy(module, [rows[i] for i in idx], [rest[i] for i in idx], unedited=unedited,
+                                   prompt_lens=[lens[i] for i in idx])
+        for i, g in zip(todo, self._batched(rows, generate)):
+            out[i] = self._through_stop(known[i] + g) if free else known[i] + g
         return out
 
     # ------------------------------------------------------------------ free generation
@@ -323,33 +340,41 @@ class Evaluator:
         `fast`, each row's candidate is first confirmed from cached states (see module doc)."""
         prompts = [self.m.encode_prompt(x) for x, _ in pairs]
         caps = self._free_caps(pairs)
-        whole = None
-        if candidates is not None:  # a candidate that neither stops nor fills its cap cannot be confirmed
-            cut = [self._through_stop(list(c)[:n]) for c, n in zip(candidates, caps)]
-            whole = [c if (c and c[-1] in self.stop_ids) or len(c) == n else [] for c, n in zip(cut, caps)]
-        return self._confirmed_or_generated(module, prompts, whole, caps, fast, unedited, free=True)
+        cut = None if candidates is None else [self._through_stop(list(c)[:n]) for c, n in zip(candidates, caps)]
+        return self._confirmed_or_generated(module, prompts, cut, caps, fast, unedited, free=True)
 
     def _through_stop(self, ids: list[int]) -> list[int]:
         ends = [k for k, t in enumerate(ids) if t in self.stop_ids]
         return ids[:ends[0] + 1] if ends else ids
 
     # ------------------------------------------------------------------ the exact shortcut
-    def _confirm(self, prompts, candidates, n_new, layer: int, stopped: bool = False) -> list[bool]:
-        """True where greedy decoding would produce candidates[i][:n_new[i]] (see module doc);
-        `stopped`: the candidates are whole free generations (through their stop token)."""
-        rows = []
-        for p, c, n in zip(prompts, candidates, n_new):
+    def _known(self, prompts, candidates, caps, layer: int,
+               stopped: bool = False) -> list[tuple[bool, list[int]] | None]:
+        """Per row, what one teacher-forced pass over prompt + candidates[i][:caps[i]] tells of the
+        greedy output of `caps[i]` tokens (see module doc): (True, the candidate) where the
+        candidate is a whole output (greedy: `caps[i]` tokens, checked through its first EOS, after
+        which the decoder pads with EOS on its own; `stopped`, a free generation: through its stop
+        token, or `caps[i]` tokens) and every answer position's argmax is its token; else (False,
+        the output's first tokens: the candidate's tokens before the first position where the
+        argmax differs, then that argmax; the whole candidate where none differs); None: no
+        candidate."""
+        rows, whole = [], []
+        for p, c, n in zip(prompts, candidates, caps):
             c = list(c[:n])
-            if len(c) < n or not c:
-                rows.append(None)
-                continue
-            # after an EOS the decoder pads with EOS on its own: only check through the first one
-            rows.append((p + (c if stopped else self.m.until_eos(c)), len(p)))
+            rows.append((p + (c if stopped else self.m.until_eos(c)), len(p)) if c else None)
+            whole.append(len(c) == n or (stopped and bool(c) and c[-1] in self.stop_ids))
         live = [i for i, r in enumerate(rows) if r is not None]
-        ok = [False] * len(rows)
-        for i, good in zip(live, self._batched([rows[i][0] for i in live], lambda idx: self._check([rows[live[i]] for i in idx], layer))):
-            ok[i] = good
-        return ok
+        known: list = [None] * len(rows)
+        preds = self._batched([rows[i][0] for i in live], lambda idx: self._check([rows[live[i]] for i in idx], layer))
+        for i, pred in zip(live, preds):
+            ids, n_prompt = rows[i]
+            cand = ids[n_prompt:]
+            wrong = next((k for k, (a, b) in enumerate(zip(pred, cand)) if a != b), None)
+            if wrong is None:
+                known[i] = (whole[i], list(candidates[i][:caps[i]]) if whole[i] else cand)
+            else:
+                known[i] = (False, cand[:wrong] + [pred[wrong]])
+        return known
 
     def _site_states(self, seqs: list[list[int]], layer: int) -> list[torch.Tensor]:
         """The unedited hidden states entering block `layer` for each sequence (cached)."""
@@ -375,7 +400,9 @@ class Evaluator:
         return [found[(layer, *p)] for p in prompts]
 
     @torch.no_grad()
-    def _check(self, rows: list[tuple[list[int], int]], layer: int) -> list[bool]:
+    def _check(self, rows: list[tuple[list[int], int]], layer: int) -> list[list[int]]:
+        """Per (ids, n_prompt) row: the argmax at each answer position, teacher-forced from the cached
+        unedited states entering block `layer`."""
         batch = self.m.batch(rows)
         states = self._site_states([ids for ids, _ in rows], layer)
         T = batch.input_ids.shape[1]
@@ -385,9 +412,7 @@ class Evaluator:
         hidden = self.m.suffix_hidden(EditableModel.Prefix(h, batch, None, 0, layer), Pass("prefill", batch.prompt_mask))
         nxt = batch.predicts_label
         pred = self.m.model.lm_head(hidden[nxt]).argmax(-1)
-        agree = pred == batch.labels[:, 1:][nxt[:, :-1]]
-        counts = nxt.sum(1).tolist()
-        return [bool(a.all()) for a in torch.split(agree, counts)]
+        return [p.tolist() for p in torch.split(pred, nxt.sum(1).tolist())]
 
     # ------------------------------------------------------------------ plain paths
     def _teacher_forced(self, module, pairs, unedited: bool = False):
@@ -422,6 +447,6 @@ class Evaluator:
 
     @torch.no_grad()
     def greedy(self, module, prompts: list[list[int]], n_new: list[int], unedited: bool = False,
-               use_cache: bool = True) -> list[list[int]]:
+               use_cache: bool = True, prompt_lens: list[int] | None = None) -> list[list[int]]:
         """The adapter's greedy decoding (`EditableModel.greedy`)."""
-        return self.m.greedy(module, prompts, n_new, unedited=unedited, use_cache=use_cache)
+        return self.m.greedy(module, prompts, n_new, unedited=unedited, use_cache=use_cache, prompt_lens=prompt_lens)

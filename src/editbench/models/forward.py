@@ -86,7 +86,8 @@ class ForwardPasses:
 
     @torch.no_grad()
     def greedy(self, module, prompts: list[list[int]], n_new: list[int], unedited: bool = False,
-               use_cache: bool = True, stop_ids: frozenset[int] | None = None) -> list[list[int]]:
+               use_cache: bool = True, stop_ids: frozenset[int] | None = None,
+               prompt_lens: list[int] | None = None) -> list[list[int]]:
         """Greedy decoding of n_new[i] tokens per prompt (left-padded batch). A row that emits an
         EOS id keeps emitting `eos_id`, as HF `generate` pads finished rows. With the KV cache the
         prompt goes through once (a "prefill" pass) and each new token is a "decode" pass; without
@@ -95,8 +96,12 @@ class ForwardPasses:
         "unedited" one (the unedited model's outputs, whatever wrappers are installed). One
         `Pass.state` lives through the whole generation (`module`: the editor's, which routes through
         this adapter's passes). `stop_ids`: the ids that end a row (default: the EOS ids); a row
-        that emits one is then padded with `eos_id` too."""
-        batch = self.batch([(p, len(p)) for p in prompts])
+        that emits one is then padded with `eos_id` too. `prompt_lens`: the rows' prompt lengths,
+        where a row goes on after tokens already generated (`prompts[i][prompt_lens[i]:]`, none of
+        them a stop): the first pass takes them as the generated positions they are, not as prompt;
+        only the n_new[i] tokens after them are returned."""
+        batch = self.batch([(p, len(p) if prompt_lens is None else n) for p, n in
+                            zip(prompts, prompt_lens or [None] * len(prompts))])
         am, pos, pmask = batch.attention_mask, batch.position_ids, batch.prompt_mask
         eos = self.eos_id
         stops = torch.tensor(sorted(stop_ids) if stop_ids else self.eos_ids, device=batch.input_ids.device)
