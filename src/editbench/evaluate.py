@@ -35,6 +35,7 @@ from editbench.cache import StateCache
 from editbench.data import EditCase, Probe
 from editbench.errors import EditbenchError
 from editbench.models import EditableModel, Pass
+from editbench.models.text import left_padded
 
 SCORINGS = ("greedy", "teacher_forced", "free")
 
@@ -405,10 +406,7 @@ class Evaluator:
         unedited states entering block `layer`."""
         batch = self.m.batch(rows)
         states = self._site_states([ids for ids, _ in rows], layer)
-        T = batch.input_ids.shape[1]
-        h = states[0].new_zeros((len(rows), T, states[0].shape[-1]))
-        for i, s in enumerate(states):
-            h[i, T - s.shape[0]:] = s
+        h = left_padded(states, batch.input_ids.shape[1])
         hidden = self.m.suffix_hidden(EditableModel.Prefix(h, batch, None, 0, layer), Pass("prefill", batch.prompt_mask))
         nxt = batch.predicts_label
         pred = self.m.model.lm_head(hidden[nxt]).argmax(-1)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from editbench.editors.base import Editor, Routing, SetupContext, StepCount
+from editbench.models.text import left_padded
 
 
 TRAINED = "trained_value"  # Pass.state key: (value parameter, retrieval hit?) during a training pass
@@ -190,13 +191,7 @@ def site_batches(model, prompts, size: int = 64, states: Callable | None = None)
     for k in range(0, len(prompts), size):
         chunk = [list(ids) for ids in prompts[k:k + size]]
         batch = model.batch([(ids, len(ids)) for ids in chunk])
-        h = None
-        if states is not None:
-            hs = states(chunk, model.site.layer)
-            T = batch.input_ids.shape[1]
-            h = hs[0].new_zeros((len(chunk), T, hs[0].shape[-1]))
-            for i, s in enumerate(hs):
-                h[i, T - s.shape[0]:] = s
+        h = None if states is None else left_padded(states(chunk, model.site.layer), batch.input_ids.shape[1])
         with torch.no_grad():
             x, y0 = model.site_io(batch, h=h)
         yield x, y0, batch.prompt_mask

@@ -84,6 +84,15 @@ class PromptFormat:
         return [len(ids) for ids in self.tok(texts, add_special_tokens=not self.chat_template).input_ids]
 
 
+def left_padded(states: Sequence[torch.Tensor], width: int) -> torch.Tensor:
+    """Per-sequence hidden states (T_i x d) in one B x width x d tensor, right-aligned as `batch()`
+    left-pads their ids (zeros at the padding)."""
+    h = states[0].new_zeros((len(states), width, states[0].shape[-1]))
+    for i, s in enumerate(states):
+        h[i, width - s.shape[0]:] = s
+    return h
+
+
 class Batching:
     """`batch()`, a mixin of `EditableModel` (which supplies `pad_id` and `device`)."""
 
